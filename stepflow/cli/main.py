@@ -1,0 +1,195 @@
+"""`stepflow dev | serve | send | runs | run`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from stepflow import codec
+from stepflow.cli.output import fail, print_json, print_table
+from stepflow.client import Client
+from stepflow.engine import EngineConfig
+from stepflow.errors import StepflowError
+from stepflow.server.app import ServerSettings
+from stepflow.server.runner import ServerOptions, run_server
+from stepflow.store import DEFAULT_SQLITE_PATH
+
+RUN_COLUMNS = [("run_id", "RUN"), ("function_id", "FUNCTION"), ("status", "STATUS"),
+               ("run_started_at", "STARTED"), ("ended_at", "ENDED"), ("output", "OUTPUT")]
+STEP_COLUMNS = [("step_id", "STEP"), ("status", "STATUS"), ("attempts", "ATTEMPTS"), ("started_at", "STARTED"),
+                ("ended_at", "ENDED"), ("output", "OUTPUT"), ("error", "ERROR")]
+
+
+def _run_async(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+@click.group()
+@click.version_option(package_name="stepflow")
+def main() -> None:
+    """stepflow: durable step execution. Events trigger functions; every step result is stored."""
+
+
+def _server_options(func: Any) -> Any:
+    options = [
+        click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False),
+                     help="Workflow function file (.json or .toml). Repeatable."),
+        click.option("--host", default="127.0.0.1", show_default=True),
+        click.option("--port", default=8288, show_default=True, type=int),
+        click.option("--db", envvar="STEPFLOW_DATABASE_URL", default=None,
+                     help=f"Store URL or SQLite path [default: {DEFAULT_SQLITE_PATH}]"),
+        click.option("--concurrency", type=int, default=None, help="Steps executing at once [default: 100]"),
+        click.option("--backoff-base", type=float, default=None,
+                     help="First retry delay in seconds (doubles each retry) [default: 1]"),
+        click.option("--step-timeout", type=float, default=None, help="Default step timeout, seconds [900]"),
+        click.option("-v", "--verbose", is_flag=True, help="Log engine activity."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _start(files: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
+           backoff_base: float | None, step_timeout: float | None, verbose: bool,
+           settings: ServerSettings) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = EngineConfig.from_env(concurrency=concurrency, backoff_base=backoff_base, step_timeout=step_timeout,
+                                   signing_key=settings.signing_keys[0] if settings.signing_keys else None)
+    options = ServerOptions(host=host, port=port, store_url=db, function_files=list(files), settings=settings,
+                            engine=engine)
+    try:
+        _run_async(run_server(options, announce=lambda line: click.echo(line, err=False)))
+    except StepflowError as exc:
+        fail(exc.message)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+@main.command()
+@_server_options
+@click.option("--signing-key", envvar="STEPFLOW_SIGNING_KEY", default=None,
+              help="Optional in dev: when set, the REST API requires it and step requests are signed.")
+@click.option("--event-key", envvar="STEPFLOW_EVENT_KEY", default=None, help="Optional in dev.")
+def dev(files: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
+        backoff_base: float | None, step_timeout: float | None, verbose: bool, signing_key: str | None,
+        event_key: str | None) -> None:
+    """Everything in one process on embedded SQLite, keyless unless keys are given."""
+    settings = ServerSettings(signing_keys=[signing_key] if signing_key else [],
+                              event_keys=[event_key] if event_key else [], dev=True)
+    _start(files, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings)
+
+
+@main.command()
+@_server_options
+@click.option("--signing-key", envvar="STEPFLOW_SIGNING_KEY", default=None, help="Required.")
+@click.option("--signing-key-fallback", envvar="STEPFLOW_SIGNING_KEY_FALLBACK", default=None,
+              help="Also accepted on the REST API, for key rotation.")
+@click.option("--event-key", "event_keys", envvar="STEPFLOW_EVENT_KEY", multiple=True, help="Required. Repeatable.")
+def serve(files: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
+          backoff_base: float | None, step_timeout: float | None, verbose: bool, signing_key: str | None,
+          signing_key_fallback: str | None, event_keys: tuple[str, ...]) -> None:
+    """The production server: the same as dev, but keys are required."""
+    if not signing_key:
+        fail("stepflow serve needs a signing key: --signing-key or STEPFLOW_SIGNING_KEY "
+             "(it protects the REST API and signs requests to your steps)")
+    if not event_keys or not all(event_keys):
+        fail("stepflow serve needs an event key: --event-key or STEPFLOW_EVENT_KEY "
+             "(events are accepted only at /e/<event key>)")
+    assert signing_key is not None
+    keys = [signing_key] + ([signing_key_fallback] if signing_key_fallback else [])
+    settings = ServerSettings(signing_keys=keys, event_keys=list(event_keys), dev=False)
+    _start(files, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings)
+
+
+def _client_options(func: Any) -> Any:
+    func = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+    func = click.option("--url", envvar="STEPFLOW_BASE_URL", default="http://127.0.0.1:8288", show_default=True,
+                        help="The stepflow server.")(func)
+    func = click.option("--signing-key", envvar="STEPFLOW_SIGNING_KEY", default=None)(func)
+    return func
+
+
+def _with_client(url: str, signing_key: str | None, action: Any, event_key: str | None = None) -> Any:
+    async def go() -> Any:
+        async with Client(url, signing_key=signing_key, event_key=event_key) as client:
+            return await action(client)
+
+    try:
+        return asyncio.run(go())
+    except StepflowError as exc:
+        fail(exc.message)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--data", default="{}", help="The event's data, a JSON object.")
+@click.option("--id", "event_id", default=None, help="An id for deduplication (24 h).")
+@click.option("--event-key", envvar="STEPFLOW_EVENT_KEY", default=None)
+@_client_options
+def send(name: str, data: str, event_id: str | None, event_key: str | None, url: str, signing_key: str | None,
+         as_json: bool) -> None:
+    """Send an event NAME with --data JSON."""
+    try:
+        payload = codec.loads(data)
+    except codec.JSONDecodeError as exc:
+        fail(f"--data is not valid JSON: {exc}")
+    event: dict[str, Any] = {"name": name, "data": payload}
+    if event_id:
+        event["id"] = event_id
+    ids = _with_client(url, signing_key, lambda c: c.send(event), event_key=event_key)
+    if as_json:
+        print_json({"ids": ids})
+    else:
+        for i in ids:
+            click.echo(i)
+
+
+@main.command()
+@click.argument("event_id")
+@_client_options
+def runs(event_id: str, url: str, signing_key: str | None, as_json: bool) -> None:
+    """The runs that EVENT_ID started."""
+    data = _with_client(url, signing_key, lambda c: c.get_event_runs(event_id))
+    if as_json:
+        print_json(data)
+    else:
+        print_table(data, RUN_COLUMNS)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--wait", is_flag=True, help="Wait until the run ends.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait with --wait.")
+@_client_options
+def run(run_id: str, wait: bool, timeout: float, url: str, signing_key: str | None, as_json: bool) -> None:
+    """One run, with its steps."""
+    async def action(client: Client) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        info = await client.wait_for_run(run_id, timeout) if wait else await client.get_run(run_id)
+        return info, await client.get_run_steps(run_id)
+
+    info, steps = _with_client(url, signing_key, action)
+    if as_json:
+        print_json({**info, "steps": steps})
+        return
+    print_table([info], RUN_COLUMNS)
+    if info.get("error"):
+        click.echo(f"error: {codec.dumps(info['error']).decode()}")
+    click.echo()
+    print_table(steps, STEP_COLUMNS)
+    if info["status"] in ("Failed", "Cancelled"):
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

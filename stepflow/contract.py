@@ -1,0 +1,91 @@
+"""The step contract (DESIGN.md §2), shared by every runtime.
+
+Input:    {"event", "events", "steps", "ctx"} — the same document for http, docker and lambda.
+Response: {"status", "body"} (or `statusCode`); a string body holding JSON is decoded; a document with
+          neither field is a bare body with status 200.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from stepflow import codec
+
+DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024  # 1 MiB, encoded
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    run_id: str
+    function_id: str
+    app_id: str
+    step_id: str
+    attempt: int
+    max_attempts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "function_id": self.function_id, "app_id": self.app_id,
+                "step_id": self.step_id, "attempt": self.attempt, "max_attempts": self.max_attempts}
+
+
+def build_input(event: dict[str, Any], steps: dict[str, Any], ctx: StepContext,
+                events: list[dict[str, Any]] | None = None) -> bytes:
+    """Encode the Input document once; every runtime sends these exact bytes."""
+    return codec.dumps({"event": event, "events": events if events is not None else [event],
+                        "steps": steps, "ctx": ctx.to_dict()})
+
+
+@dataclass(frozen=True, slots=True)
+class StepResponse:
+    """A step's answer, normalised: an HTTP-like status and the decoded body."""
+
+    status: int
+    body: Any
+
+    def to_stored(self) -> dict[str, Any]:
+        return {"status": self.status, "body": self.body}
+
+
+class MalformedResponse(ValueError):
+    """The answer is not a Response (bad JSON, non-integer status, …). Treated like no answer: retried."""
+
+
+def interpret_document(document: Any, default_status: int = 200) -> StepResponse:
+    """Turn a decoded answer into a StepResponse, following the contract's fallbacks."""
+    if isinstance(document, dict) and ("status" in document or "statusCode" in document):
+        status = document.get("status", document.get("statusCode"))
+        if isinstance(status, str) and status.isdigit():
+            status = int(status)
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            raise MalformedResponse(f"'status' must be an HTTP status code (100-599), got {status!r}")
+        body = document.get("body")
+        if isinstance(body, str):
+            stripped = body.lstrip()
+            if stripped[:1] in ("{", "[", '"') or stripped in ("true", "false", "null") or _looks_numeric(stripped):
+                try:
+                    body = codec.loads(body)
+                except codec.JSONDecodeError:
+                    pass  # a plain string body stays a string
+        return StepResponse(status=status, body=body)
+    return StepResponse(status=default_status, body=document)
+
+
+def parse_response_bytes(raw: bytes, default_status: int = 200) -> StepResponse:
+    """Decode a JSON answer. An empty answer is a bare `null` body."""
+    if not raw.strip():
+        return StepResponse(status=default_status, body=None)
+    try:
+        document = codec.loads(raw)
+    except codec.JSONDecodeError as exc:
+        raise MalformedResponse(f"the answer is not JSON ({exc}); it began with {snippet(raw)!r}") from exc
+    return interpret_document(document, default_status)
+
+
+def snippet(raw: bytes, limit: int = 200) -> str:
+    text = raw[:limit].decode("utf-8", errors="replace")
+    return text + ("…" if len(raw) > limit else "")
+
+
+def _looks_numeric(text: str) -> bool:
+    return bool(text) and (text[0].isdigit() or (text[0] == "-" and text[1:2].isdigit()))

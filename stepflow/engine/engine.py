@@ -1,0 +1,183 @@
+"""The Engine: owns the store, the function registry and the runtimes; accepts events; runs the worker loop.
+
+Worker loop: claim due jobs (up to the free concurrency), execute each in its own task, sleep until new
+work is announced, a slot frees up, or the earliest scheduled job falls due (never longer than the poll
+interval, which is the guarantee when a wake-up is missed or comes from another process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+from stepflow.definitions import FunctionDef
+from stepflow.engine.config import EngineConfig
+from stepflow.engine.executor import Executor
+from stepflow.engine.planner import plan_runs_for_event
+from stepflow.engine.registry import FunctionRegistry
+from stepflow.engine.watch import RunWatcher
+from stepflow.events import validate_event
+from stepflow.ids import new_ulid, now_ms
+from stepflow.runtimes.base import Runtime, RuntimeRegistry
+from stepflow.runtimes.http import HttpRuntime
+from stepflow.runtimes.inprocess import InProcessRuntime
+from stepflow.store.base import Store
+from stepflow.store.records import EventRecord, Job, RunRecord
+
+log = logging.getLogger("stepflow.engine")
+
+
+class Engine:
+    def __init__(self, store: Store, config: EngineConfig | None = None, *,
+                 runtimes: list[Runtime] | None = None, run_workers: bool = True) -> None:
+        self.store = store
+        self.config = config or EngineConfig()
+        self.functions = FunctionRegistry(store)
+        self.runtimes = RuntimeRegistry()
+        for runtime in runtimes if runtimes is not None else [HttpRuntime(), InProcessRuntime()]:
+            self.runtimes.add(runtime)
+        self.watcher = RunWatcher(store)
+        self.executor = Executor(store, self.functions, self.runtimes, self.config)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-6:]}"
+        self._run_workers = run_workers
+        self._wake = asyncio.Event()
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.open()
+        acquire = getattr(self.store, "acquire_engine_lock", None)
+        if self._run_workers and acquire is not None:
+            acquire()
+            # We are the only engine on this database: whatever is leased belongs to a dead predecessor.
+            released = await self.store.release_leases(None, now_ms())
+            if released:
+                log.warning("recovered %d step(s) left in flight by a previous process", released)
+        await self.functions.load_active()
+        await self.runtimes.start()
+        if self._run_workers:
+            self._loop_task = asyncio.create_task(self._worker_loop(), name="stepflow-worker")
+            self._lease_task = asyncio.create_task(self._renew_leases(), name="stepflow-leases")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming; give in-flight steps `grace` seconds, then cancel them (their leases are released,
+        so the next engine re-runs them — a step is only ever recorded once)."""
+        self._stopping = True
+        self._wake.set()
+        for task in (self._loop_task, self._lease_task):
+            if task is not None:
+                task.cancel()
+        if self._inflight:
+            _, pending = await asyncio.wait(list(self._inflight.values()), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        if self._run_workers:
+            await self.store.release_leases(self.worker_id, now_ms())
+        await self.runtimes.close()
+        await self.store.close()
+
+    async def __aenter__(self) -> "Engine":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- functions and events -----------------------------------------------------------------------------
+
+    async def register(self, fn: FunctionDef) -> int:
+        return await self.functions.register(fn)
+
+    async def ingest(self, events: list[EventRecord]) -> list[str]:
+        """Store events and start the runs they trigger, in one transaction; then wake the workers."""
+        matches = {ev.id: self.functions.matching(ev.name, ev.to_dict()) for ev in events}
+
+        def plan(ev: EventRecord) -> list[Any]:
+            return plan_runs_for_event(matches[ev.id], ev)
+
+        ids = await self.store.ingest_events(events, plan)
+        if any(matches.values()):
+            self._wake.set()
+        return ids
+
+    async def send(self, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
+        """Send events from Python, validated exactly as `POST /e/{key}` validates them."""
+        items = events if isinstance(events, list) else [events]
+        received = now_ms()
+        records = [validate_event(item, index=i if len(items) > 1 else None, received_at=received)
+                   for i, item in enumerate(items)]
+        return await self.ingest(records)
+
+    async def wait_for_run(self, run_id: str, timeout: float) -> RunRecord | None:
+        return await self.watcher.wait(run_id, timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- worker -------------------------------------------------------------------------------------------
+
+    async def _worker_loop(self) -> None:
+        lease_ms = int(self.config.lease_seconds * 1000)
+        while not self._stopping:
+            try:
+                free = self.config.concurrency - len(self._inflight)
+                jobs: list[Job] = []
+                self._wake.clear()
+                if free > 0:
+                    jobs = await self.store.claim_jobs(self.worker_id, free, lease_ms, now_ms())
+                    for job in jobs:
+                        task = asyncio.create_task(self._execute(job))
+                        self._inflight[job.id] = task
+                if jobs and len(jobs) == free:
+                    await self._wake.wait()  # full: wait for a slot (set by _execute) or new work
+                    continue
+                if jobs:
+                    continue  # claimed something: there may be more due right away
+                due = await self.store.next_due_at()
+                timeout = self.config.poll_interval
+                if due is not None:
+                    timeout = max(0.0, min(timeout, (due - now_ms()) / 1000))
+                if timeout > 0:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    except asyncio.TimeoutError:
+                        pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the store hiccuped: log, back off, keep going (leases protect the work)
+                log.exception("worker loop error; retrying in 1s")
+                await asyncio.sleep(1.0)
+
+    async def _execute(self, job: Job) -> None:
+        try:
+            ended = await self.executor.execute(job)
+            if ended is not None:
+                self.watcher.notify(ended.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Nothing was recorded: the job stays leased and is retried when the lease expires.
+            log.exception("failed to execute run %s step %s; it will be retried", job.run_id, job.step_id)
+        finally:
+            self._inflight.pop(job.id, None)
+            self._wake.set()
+
+    async def _renew_leases(self) -> None:
+        interval = self.config.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            if self._inflight:
+                try:
+                    await self.store.renew_leases(self.worker_id,
+                                                  now_ms() + int(self.config.lease_seconds * 1000))
+                except Exception:
+                    log.exception("lease renewal failed")

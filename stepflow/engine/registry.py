@@ -1,0 +1,69 @@
+"""The functions an engine knows: the active definitions (for matching events) and every stored version
+(runs keep the version they started with, even after the definition changes)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from stepflow.definitions import FunctionDef, parse_function
+from stepflow.errors import ExpressionError, NotFoundError
+from stepflow.store.base import Store
+
+log = logging.getLogger("stepflow.engine")
+
+
+class FunctionRegistry:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._active: dict[str, tuple[int, FunctionDef]] = {}
+        self._versions: dict[tuple[str, int], FunctionDef] = {}
+
+    async def register(self, fn: FunctionDef) -> int:
+        """Store the definition (a new version if it changed) and make it active."""
+        version = await self._store.save_function(fn.id, fn.app_id, fn.to_config())
+        self._active[fn.id] = (version, fn)
+        self._versions[(fn.id, version)] = fn
+        return version
+
+    async def load_active(self) -> None:
+        """Read the active definitions from the store (for processes that did not register them)."""
+        active: dict[str, tuple[int, FunctionDef]] = {}
+        for version, config in await self._store.list_functions():
+            fn = self._versions.get((config["id"], version)) or parse_function(config, source="store")
+            self._versions[(fn.id, version)] = fn
+            active[fn.id] = (version, fn)
+        self._active = active
+
+    def active(self) -> list[tuple[int, FunctionDef]]:
+        return list(self._active.values())
+
+    def get_active(self, function_id: str) -> tuple[int, FunctionDef] | None:
+        return self._active.get(function_id)
+
+    async def get(self, function_id: str, version: int) -> FunctionDef:
+        fn = self._versions.get((function_id, version))
+        if fn is not None:
+            return fn
+        found = await self._store.get_function(function_id, version)
+        if found is None:
+            raise NotFoundError(f"function {function_id!r} version {version} is not stored")
+        fn = parse_function(found[1], source="store")
+        self._versions[(function_id, version)] = fn
+        return fn
+
+    def matching(self, name: str, event: dict[str, Any]) -> list[tuple[int, FunctionDef]]:
+        """Functions triggered by this event.
+
+        A trigger filter that fails to evaluate (e.g. it reads a field this event lacks) does not match; the
+        failure is logged with the function id so it is never silent, and other functions still run.
+        """
+        out: list[tuple[int, FunctionDef]] = []
+        for version, fn in self._active.values():
+            try:
+                if fn.matches(name, event):
+                    out.append((version, fn))
+            except ExpressionError as exc:
+                log.warning("function %r: trigger filter failed on event %r (%s): %s",
+                            fn.id, name, event.get("id"), exc.message)
+        return out

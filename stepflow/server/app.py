@@ -1,0 +1,125 @@
+"""The aiohttp application: middlewares (errors, auth) and the routes of the event API and REST API."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from stepflow import codec
+from stepflow.engine import Engine
+from stepflow.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, StepflowError, UnauthorizedError
+
+log = logging.getLogger("stepflow.server")
+
+ENGINE_KEY: web.AppKey[Engine] = web.AppKey("engine", Engine)
+
+
+@dataclass(slots=True)
+class ServerSettings:
+    signing_keys: list[str] = field(default_factory=list)   # REST auth; the first also signs step requests
+    event_keys: list[str] = field(default_factory=list)     # accepted in POST /e/{event_key}
+    dev: bool = False                                       # keyless when no keys are configured
+    max_request_bytes: int = 16 * 1024 * 1024
+    environment_id: str = "local"
+
+    @property
+    def rest_auth_required(self) -> bool:
+        return bool(self.signing_keys) or not self.dev
+
+    @property
+    def event_auth_required(self) -> bool:
+        return bool(self.event_keys) or not self.dev
+
+
+SETTINGS_KEY: web.AppKey[ServerSettings] = web.AppKey("settings", ServerSettings)
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=codec.dumps(data), status=status, content_type="application/json")
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    """Every error leaves as `{"error": {"code", "message"}}` with the right status — never a stack trace."""
+    try:
+        return await handler(request)
+    except StepflowError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, "payload_too_large",
+                              f"the request body is larger than the server's limit ({exc.max_size} bytes)")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        message = exc.text or exc.reason
+        if exc.status == 404:
+            message = f"no route for {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        return error_response(exc.status, code, message)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "the server failed to handle this request; see its log")
+
+
+def _key_matches(given: str, keys: list[str]) -> bool:
+    # constant-time comparison against every key, so timing does not reveal which (or how much) matched
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given.encode(), key.encode())
+    return found
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    settings = request.app[SETTINGS_KEY]
+    path = request.path
+    if path.startswith(("/v1/", "/v2/")) and settings.rest_auth_required:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise UnauthorizedError("missing 'Authorization: Bearer <signing key>' header")
+        if not _key_matches(token.strip(), settings.signing_keys):
+            raise UnauthorizedError("the signing key is not valid for this server")
+    return await handler(request)
+
+
+def create_app(engine: Engine, settings: ServerSettings) -> web.Application:
+    from stepflow.server import routes_events, routes_rest
+
+    app = web.Application(middlewares=[error_middleware, auth_middleware],
+                          client_max_size=settings.max_request_bytes)
+    app[ENGINE_KEY] = engine
+    app[SETTINGS_KEY] = settings
+    routes_events.setup(app)
+    routes_rest.setup(app)
+    app.router.add_get("/health", health)
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def read_body(request: web.Request) -> bytes:
+    settings = request.app[SETTINGS_KEY]
+    if request.content_length is not None and request.content_length > settings.max_request_bytes:
+        raise PayloadTooLargeError(f"the request body is {request.content_length} bytes; the server accepts at "
+                                   f"most {settings.max_request_bytes} bytes per request")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLargeError(f"the request body is larger than the server's limit "
+                                   f"({settings.max_request_bytes} bytes)") from exc
+
+
+__all__ = ["ENGINE_KEY", "SETTINGS_KEY", "ServerSettings", "create_app", "error_response", "json_response",
+           "read_body", "InvalidRequestError", "NotFoundError"]

@@ -1,0 +1,154 @@
+"""REST API v1 (Inngest's field names) and v2 (the InngestRun JSON Schema)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from stepflow.durations import parse_duration
+from stepflow.errors import InvalidRequestError, NotFoundError
+from stepflow.ids import is_ulid, is_valid_event_id, now_ms
+from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response
+from stepflow.server.serialize import event_v1, run_v1, run_v2, step_v1
+from stepflow.store.records import RunRecord, RunStatus
+
+MAX_WAIT_SECONDS = 300.0
+MAX_PAGE = 500
+
+
+def _run_id(request: web.Request) -> str:
+    run_id = request.match_info["run_id"]
+    if not is_ulid(run_id):
+        raise InvalidRequestError(f"{run_id!r} is not a run id (run ids are 26-character ULIDs)")
+    return run_id.upper()
+
+
+def _event_id(request: web.Request) -> str:
+    event_id = request.match_info["event_id"]
+    if not is_valid_event_id(event_id):
+        raise InvalidRequestError(f"{event_id!r} is not a valid event id")
+    return event_id
+
+
+async def _load_run(request: web.Request, run_id: str) -> RunRecord:
+    engine = request.app[ENGINE_KEY]
+    wait_param = request.query.get("wait")
+    if wait_param is not None:
+        try:
+            wait = parse_duration(wait_param if not wait_param.isdigit() else f"{wait_param}s")
+        except ValueError as exc:
+            raise InvalidRequestError(f"'wait': {exc}") from exc
+        if wait > MAX_WAIT_SECONDS:
+            raise InvalidRequestError(f"'wait' may be at most {MAX_WAIT_SECONDS:g}s")
+        run = await engine.wait_for_run(run_id, wait)
+    else:
+        run = await engine.store.get_run(run_id)
+    if run is None:
+        raise NotFoundError(f"run {run_id} not found")
+    return run
+
+
+async def _event_runs(request: web.Request) -> list[RunRecord]:
+    engine = request.app[ENGINE_KEY]
+    event_id = _event_id(request)
+    runs = await engine.store.get_event_runs(event_id)
+    if not runs and await engine.store.get_event(event_id) is None:
+        raise NotFoundError(f"event {event_id} not found")
+    return runs
+
+
+async def get_event(request: web.Request) -> web.Response:
+    event_id = _event_id(request)
+    event = await request.app[ENGINE_KEY].store.get_event(event_id)
+    if event is None:
+        raise NotFoundError(f"event {event_id} not found")
+    return json_response({"data": event_v1(event)})
+
+
+async def get_event_runs_v1(request: web.Request) -> web.Response:
+    env = request.app[SETTINGS_KEY].environment_id
+    return json_response({"data": [run_v1(r, env) for r in await _event_runs(request)]})
+
+
+async def get_run_v1(request: web.Request) -> web.Response:
+    run = await _load_run(request, _run_id(request))
+    return json_response({"data": run_v1(run, request.app[SETTINGS_KEY].environment_id)})
+
+
+async def get_run_steps(request: web.Request) -> web.Response:
+    run_id = _run_id(request)
+    store = request.app[ENGINE_KEY].store
+    if await store.get_run(run_id) is None:
+        raise NotFoundError(f"run {run_id} not found")
+    return json_response({"data": [step_v1(s) for s in await store.get_run_steps(run_id)]})
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    run_id = _run_id(request)
+    run = await request.app[ENGINE_KEY].store.cancel_run(run_id, now_ms())
+    if run is None:
+        raise NotFoundError(f"run {run_id} not found")
+    request.app[ENGINE_KEY].watcher.notify(run_id)
+    return json_response({"data": run_v1(run, request.app[SETTINGS_KEY].environment_id)})
+
+
+def _parse_list_query(request: web.Request) -> tuple[RunStatus | None, str | None, str | None, int]:
+    q = request.query
+    status = None
+    if q.get("status"):
+        try:
+            status = RunStatus(q["status"].upper())
+        except ValueError:
+            raise InvalidRequestError(f"unknown status {q['status']!r}; one of "
+                                      + ", ".join(s.title for s in RunStatus)) from None
+    cursor = q.get("cursor") or None
+    if cursor is not None and not is_ulid(cursor):
+        raise InvalidRequestError("'cursor' must be a run id from a previous page")
+    try:
+        limit = int(q.get("limit", "50"))
+    except ValueError:
+        raise InvalidRequestError("'limit' must be a whole number") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequestError(f"'limit' must be between 1 and {MAX_PAGE}")
+    return status, q.get("function_id") or None, cursor.upper() if cursor else None, limit
+
+
+async def _list(request: web.Request) -> tuple[list[RunRecord], str | None]:
+    status, function_id, cursor, limit = _parse_list_query(request)
+    runs = await request.app[ENGINE_KEY].store.list_runs(status=status, function_id=function_id, cursor=cursor,
+                                                         limit=limit + 1)
+    next_cursor = runs[limit - 1].id if len(runs) > limit else None
+    return runs[:limit], next_cursor
+
+
+async def list_runs_v1(request: web.Request) -> web.Response:
+    runs, cursor = await _list(request)
+    env = request.app[SETTINGS_KEY].environment_id
+    return json_response({"data": [run_v1(r, env) for r in runs], "cursor": cursor, "has_more": cursor is not None})
+
+
+async def get_run_v2(request: web.Request) -> web.Response:
+    return json_response({"data": run_v2(await _load_run(request, _run_id(request)))})
+
+
+async def get_event_runs_v2(request: web.Request) -> web.Response:
+    return json_response({"data": [run_v2(r) for r in await _event_runs(request)]})
+
+
+async def list_runs_v2(request: web.Request) -> web.Response:
+    runs, cursor = await _list(request)
+    return json_response({"data": [run_v2(r) for r in runs], "cursor": cursor, "has_more": cursor is not None})
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/v1/events/{event_id}", get_event)
+    r.add_get("/v1/events/{event_id}/runs", get_event_runs_v1)
+    r.add_get("/v1/runs", list_runs_v1)
+    r.add_get("/v1/runs/{run_id}", get_run_v1)
+    r.add_delete("/v1/runs/{run_id}", cancel_run)
+    r.add_get("/v1/runs/{run_id}/steps", get_run_steps)
+    r.add_get("/v2/events/{event_id}", get_event)
+    r.add_get("/v2/events/{event_id}/runs", get_event_runs_v2)
+    r.add_get("/v2/runs", list_runs_v2)
+    r.add_get("/v2/runs/{run_id}", get_run_v2)
+    r.add_get("/v2/runs/{run_id}/steps", get_run_steps)

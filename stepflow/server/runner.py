@@ -1,0 +1,67 @@
+"""Starting and stopping a whole server process: store, engine, functions from files, HTTP listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from stepflow.definitions import load_function_file
+from stepflow.engine import Engine, EngineConfig
+from stepflow.server.app import ServerSettings, create_app
+from stepflow.store import store_from_url
+
+log = logging.getLogger("stepflow.server")
+
+
+@dataclass(slots=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8288
+    store_url: str | None = None
+    function_files: list[str] = field(default_factory=list)
+    settings: ServerSettings = field(default_factory=ServerSettings)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    run_workers: bool = True
+
+
+async def run_server(options: ServerOptions, announce: Callable[[str], None] = print) -> None:
+    """Run until SIGINT/SIGTERM. Definitions are checked before anything listens: a bad file stops startup."""
+    functions = [fn for path in options.function_files for fn in load_function_file(path)]
+    engine = Engine(store_from_url(options.store_url), options.engine, run_workers=options.run_workers)
+    await engine.start()
+    runner: web.AppRunner | None = None
+    try:
+        for fn in functions:
+            version = await engine.register(fn)
+            announce(f"  function {fn.id} (v{version}) from {fn.source}: {len(fn.steps)} step(s), "
+                     f"triggers {', '.join(t.event or f'cron {t.cron}' for t in fn.triggers)}")
+        app = create_app(engine, options.settings)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, options.host, options.port, reuse_address=True, backlog=1024)
+        await site.start()
+        store_desc = engine.store.url
+        if store_desc.startswith("sqlite:///"):
+            store_desc = f"SQLite {Path(store_desc[len('sqlite:///'):]).resolve()}"
+        announce(f"stepflow listening on http://{options.host}:{options.port}")
+        announce(f"  store: {store_desc}")
+        announce(f"  events: POST http://{options.host}:{options.port}/e/<event key>   "
+                 f"REST: http://{options.host}:{options.port}/v1/")
+        if not options.settings.rest_auth_required:
+            announce("  dev mode: no keys configured — the REST API and the event API accept any caller")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        announce("stepflow shutting down: finishing in-flight steps…")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await engine.stop()

@@ -1,0 +1,70 @@
+"""How records look on the wire. v1 keeps the field names of Inngest's REST API; v2 follows the InngestRun
+JSON Schema exactly (no other fields)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from stepflow.store.records import EventRecord, RunRecord, StepRecord
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def run_v1(run: RunRecord, environment_id: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "run_id": run.id,
+        "run_started_at": iso(run.started_at if run.started_at is not None else run.created_at),
+        "function_id": run.function_id,
+        "function_version": run.function_version,
+        "environment_id": environment_id,
+        "event_id": run.event_id,
+        "status": run.status.title,
+        "ended_at": iso(run.ended_at),
+        "output": run.output,
+    }
+    if run.error is not None:
+        out["error"] = run.error
+    return out
+
+
+def run_v2(run: RunRecord) -> dict[str, Any]:
+    """Valid against the InngestRun schema: `output` must be an object, timestamps strings; absent → omitted."""
+    out: dict[str, Any] = {"run_id": run.id, "function_id": run.function_id, "app_id": run.app_id,
+                           "status": run.status.value}
+    if run.event_id is not None:
+        out["event_id"] = run.event_id
+    if run.output is not None:
+        out["output"] = run.output if isinstance(run.output, dict) else {"value": run.output}
+    if run.started_at is not None:
+        out["started_at"] = iso(run.started_at)
+    if run.ended_at is not None:
+        out["ended_at"] = iso(run.ended_at)
+    return out
+
+
+def step_v1(step: StepRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "step_id": step.step_id,
+        "status": step.status.value,
+        "attempts": step.attempts,
+        "scheduled_at": iso(step.scheduled_at),
+        "started_at": iso(step.started_at),
+        "ended_at": iso(step.ended_at),
+        "output": step.output,
+        "error": step.error,
+    }
+    if step.logs:
+        out["logs"] = step.logs
+    return out
+
+
+def event_v1(event: EventRecord) -> dict[str, Any]:
+    out = event.to_dict()
+    out["received_at"] = iso(event.received_at)
+    return out

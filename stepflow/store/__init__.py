@@ -1,0 +1,37 @@
+"""Durable state. `open_store(url)` picks the backend from the URL."""
+
+from __future__ import annotations
+
+from stepflow.store.base import Store
+from stepflow.store.records import (
+    Advance,
+    EventRecord,
+    Job,
+    NewJob,
+    NewRun,
+    RunRecord,
+    RunState,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    StepUpdate,
+)
+from stepflow.store.sqlite import SqliteStore, sqlite_path_from_url
+from stepflow.errors import ConfigError
+
+DEFAULT_SQLITE_PATH = ".stepflow/stepflow.db"
+
+
+def store_from_url(url: str | None) -> Store:
+    """`sqlite:///path.db` (or a bare path) → SqliteStore; `postgresql://…` → PostgresStore."""
+    if not url:
+        return SqliteStore(DEFAULT_SQLITE_PATH)
+    if url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("PostgreSQL support is not available in this build yet; use sqlite:///path.db")
+    return SqliteStore(sqlite_path_from_url(url))
+
+
+__all__ = [
+    "Advance", "DEFAULT_SQLITE_PATH", "EventRecord", "Job", "NewJob", "NewRun", "RunRecord", "RunState",
+    "RunStatus", "SqliteStore", "StepRecord", "StepStatus", "StepUpdate", "Store", "store_from_url",
+]

@@ -1,0 +1,97 @@
+"""The Store protocol: the domain operations the engine and the API need, each one transaction.
+
+Backends: `SqliteStore` (embedded default) and, for scale-out, a PostgreSQL store with the same contract.
+Callbacks passed to the write operations (`plan`, `advance`) are pure functions evaluated *inside* the
+transaction, so a decision and the state it was made on can never diverge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from stepflow.store.records import (
+    Advance,
+    EventRecord,
+    Job,
+    NewRun,
+    RunRecord,
+    RunState,
+    RunStatus,
+    StepRecord,
+    StepUpdate,
+)
+
+PlanRuns = Callable[[EventRecord], list[NewRun]]
+AdvanceRun = Callable[[RunState], Advance]
+
+
+class Store(Protocol):
+    url: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # --- functions ----------------------------------------------------------------------------------------
+    async def save_function(self, function_id: str, app_id: str, config: dict[str, Any]) -> int:
+        """Store a definition; returns its version (unchanged definitions keep their version)."""
+        ...
+
+    async def get_function(self, function_id: str, version: int | None = None) -> tuple[int, dict[str, Any]] | None:
+        ...
+
+    async def list_functions(self) -> list[tuple[int, dict[str, Any]]]: ...
+
+    async def remove_function(self, function_id: str) -> None: ...
+
+    # --- events and runs ----------------------------------------------------------------------------------
+    async def ingest_events(self, events: list[EventRecord], plan: PlanRuns) -> list[str]:
+        """Store new events and the runs `plan` makes for each, all in one transaction.
+
+        An event whose id is already stored is a duplicate: nothing is written for it and `plan` is not
+        called. Returns the ids in order.
+        """
+        ...
+
+    async def get_event(self, event_id: str) -> EventRecord | None: ...
+
+    async def get_event_runs(self, event_id: str) -> list[RunRecord]: ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def get_run_steps(self, run_id: str) -> list[StepRecord]: ...
+
+    async def list_runs(self, *, status: RunStatus | None = None, function_id: str | None = None,
+                        cursor: str | None = None, limit: int = 50) -> list[RunRecord]: ...
+
+    async def cancel_run(self, run_id: str, now: int) -> RunRecord | None:
+        """Cancel a run that has not ended: remove its pending work. Returns the run as it now is."""
+        ...
+
+    # --- work queue ---------------------------------------------------------------------------------------
+    async def claim_jobs(self, worker_id: str, limit: int, lease_ms: int, now: int) -> list[Job]:
+        """Lease up to `limit` due jobs, mark their steps running and their runs started."""
+        ...
+
+    async def renew_leases(self, worker_id: str, until: int) -> int: ...
+
+    async def release_leases(self, worker_id: str | None, now: int) -> int: ...
+
+    async def next_due_at(self) -> int | None:
+        """When the earliest job becomes due (ms), or None when there is no work at all."""
+        ...
+
+    async def load_run_state(self, run_id: str) -> RunState | None: ...
+
+    async def settle_job(self, job: Job, update: StepUpdate, advance: AdvanceRun | None) -> RunRecord | None:
+        """Record an attempt's final result for the job's step, remove the job and apply `advance`.
+
+        Returns the run after the transaction, or None when the job was no longer ours (cancelled, or the
+        lease was lost); in that case the result is kept on the step for the record but nothing advances.
+        """
+        ...
+
+    async def retry_job(self, job: Job, update: StepUpdate, available_at: int) -> bool:
+        """Record a failed attempt and put the job back for `available_at`. False when no longer ours."""
+        ...
