@@ -1,0 +1,128 @@
+"""Shared fixtures. Everything is real: a stepflow server on 127.0.0.1 (in this process, on its own port,
+with a real SQLite file), and real HTTP step servers. Nothing of stepflow's is mocked."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from stepflow import Client, parse_function
+from stepflow.engine import Engine, EngineConfig
+from stepflow.server import ServerSettings, create_app
+from stepflow.store import SqliteStore
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    engine: Engine
+    client: Client
+    settings: ServerSettings
+    db_path: Path
+
+    async def register(self, config: dict[str, Any]) -> int:
+        return await self.engine.register(parse_function(config, source="test"))
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def stepflow_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    """Start stepflow servers: `await factory(settings=..., config=...)`. All are stopped at teardown."""
+    started: list[tuple[web.AppRunner, Engine, Client]] = []
+
+    async def start(settings: ServerSettings | None = None, config: EngineConfig | None = None,
+                    db_path: Path | None = None) -> RunningServer:
+        settings = settings or ServerSettings(dev=True)
+        config = config or EngineConfig(backoff_base=0.01, backoff_max=0.2, poll_interval=0.2)
+        db = db_path or tmp_path / f"stepflow-{len(started)}.db"
+        engine = Engine(SqliteStore(db), config)
+        await engine.start()
+        runner = web.AppRunner(create_app(engine, settings), access_log=None)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        url = f"http://127.0.0.1:{port}"
+        client = Client(url, signing_key=settings.signing_keys[0] if settings.signing_keys else None,
+                        event_key=settings.event_keys[0] if settings.event_keys else None)
+        started.append((runner, engine, client))
+        return RunningServer(url=url, engine=engine, client=client, settings=settings, db_path=db)
+
+    yield start
+    for runner, engine, client in reversed(started):
+        await client.close()
+        await runner.cleanup()
+        await engine.stop(grace=1.0)
+
+
+@pytest.fixture
+async def stepflow(stepflow_factory: ServerFactory) -> RunningServer:
+    """A dev-mode (keyless) server with fast retries (backoff base 10 ms)."""
+    return await stepflow_factory()
+
+
+Handler = Callable[[dict[str, Any], web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class StepServer:
+    """A real HTTP server whose routes are step handlers; it records every Input it receives."""
+
+    url: str = ""
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    headers: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+    def route(self, path: str, handler: Handler) -> str:
+        """Serve `handler` at `path`; returns the full URL to put in a runtime."""
+        self.handlers[path] = handler
+        return self.url + path
+
+    def json(self, path: str, document: Any, status: int = 200) -> str:
+        """Serve a fixed JSON answer."""
+        async def handler(_: dict[str, Any], __: web.Request) -> web.StreamResponse:
+            return web.json_response(document, status=status)
+
+        return self.route(path, handler)
+
+
+@pytest.fixture
+async def step_server() -> AsyncIterator[StepServer]:
+    server = StepServer()
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        handler = server.handlers.get(request.path)
+        if handler is None:
+            return web.json_response({"error": "no handler"}, status=404)
+        payload = await request.json()
+        server.calls.setdefault(request.path, []).append(payload)
+        server.headers.setdefault(request.path, []).append(dict(request.headers))
+        return await handler(payload, request)
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    server.url = f"http://127.0.0.1:{port}"
+    yield server
+    await runner.cleanup()
+
+
+def workflow_config(steps: dict[str, Any], *, id: str = "wf", event: str = "test/go",
+                    **extra: Any) -> dict[str, Any]:
+    return {"id": id, "triggers": [{"event": event}], "steps": steps, **extra}
