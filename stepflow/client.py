@@ -136,7 +136,11 @@ class Client:
                 await asyncio.sleep(0.05)
                 runs = await self.get_event_runs(id)
             run_id = runs[0]["run_id"]
-        run = await self.wait_for_run(run_id, max(0.001, deadline - time.monotonic()))
+        try:
+            run = await self.wait_for_run(run_id, max(0.001, deadline - time.monotonic()))
+        except WaitTimeoutError as exc:
+            # name the caller's timeout, not the remainder left after finding the event's run
+            raise WaitTimeoutError(run_id, exc.run_status, timeout) from None
         if run["status"] != "Completed":
             raise RunFailedError(run_id, run["status"], run.get("error"))
         return run["output"]

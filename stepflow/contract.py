@@ -8,7 +8,10 @@ Response: {"status", "body"} (or `statusCode`); a string body holding JSON is de
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from stepflow import codec
 
@@ -34,6 +37,38 @@ def build_input(event: dict[str, Any], steps: dict[str, Any], ctx: StepContext,
     """Encode the Input document once; every runtime sends these exact bytes."""
     return codec.dumps({"event": event, "events": events if events is not None else [event],
                         "steps": steps, "ctx": ctx.to_dict()})
+
+
+def canonical_json(document: Any) -> bytes:
+    """`document` in the RFC 8785 (JCS) form: object keys sorted, no whitespace, whole numbers without a
+    fraction (`1.0` is written `1`).
+
+    Inngest's official SDKs check `X-Inngest-Signature` against the JCS form of the body they parsed, not
+    against the bytes on the wire, so a signed request must carry exactly that form or they reject it.
+    orjson writes every other number, string and escape the way JCS does, except in corners step data is
+    not expected to reach: keys beyond the Basic Multilingual Plane sort by UTF-8 rather than UTF-16, and
+    fractions between 1e-6 and 1e-5 or whole floats of 2**63 and more keep orjson's exponent notation.
+    """
+    return orjson.dumps(_jcs_numbers(document), option=orjson.OPT_SORT_KEYS)
+
+
+def _jcs_numbers(value: Any) -> Any:
+    # exact type checks, and no call for strings and ints: this runs over every signed Input
+    kind = type(value)
+    if kind is float:
+        # JCS writes numbers as JavaScript does: 1.0 -> 1, -0.0 -> 0, 1e16 -> 10000000000000000, and whole
+        # numbers above 2**53 from their shortest digits (3.2311429614555152e16 -> 32311429614555150).
+        if value.is_integer() and abs(value) < 2 ** 63:
+            return int(Decimal(repr(value)))
+        return value
+    if kind is dict:
+        return {key: _jcs_numbers(item) if type(item) in _NESTED else item for key, item in value.items()}
+    if kind is list:
+        return [_jcs_numbers(item) if type(item) in _NESTED else item for item in value]
+    return value
+
+
+_NESTED = frozenset({float, dict, list})
 
 
 @dataclass(frozen=True, slots=True)

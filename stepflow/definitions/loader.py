@@ -17,6 +17,7 @@ from stepflow import codec
 from stepflow.definitions.model import (
     DEFAULT_RETRIES,
     RUNTIME_TYPES,
+    CancelOn,
     Edge,
     FunctionDef,
     RetryPolicy,
@@ -30,7 +31,8 @@ from stepflow.expressions import Expression
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _EVENT_NAME_RE = re.compile(r"^\S{1,256}$")
-_FUNCTION_KEYS = {"id", "name", "app_id", "triggers", "steps", "retries", "description"}
+_FUNCTION_KEYS = {"id", "name", "app_id", "triggers", "steps", "retries", "description", "runtime", "cancel_on",
+                  "idempotency", "timeouts"}
 _STEP_KEYS = {"runtime", "after", "retries", "timeout", "output", "name"}
 _EDGE_KEYS = {"step", "if", "wait"}
 
@@ -93,6 +95,14 @@ def parse_function(config: Any, *, source: str = "python") -> FunctionDef:
 
     triggers = _parse_triggers(config.get("triggers"), fail)
     retries = _parse_retries(config.get("retries"), lambda p: fail(p)) or RetryPolicy()
+    options = _parse_run_options(config, fail)
+
+    if "runtime" in config:
+        if "steps" in config:
+            raise fail("a function has either 'steps' (a workflow) or 'runtime' (code served by an SDK), not both")
+        runtime = _parse_runtime(config["runtime"], fail)
+        return FunctionDef(id=fid, name=name, triggers=triggers, steps={}, app_id=app_id, retries=retries,
+                           source=source, kind="code", runtime=runtime, **options)
 
     raw_steps = config.get("steps")
     if not isinstance(raw_steps, dict) or not raw_steps:
@@ -132,8 +142,46 @@ def parse_function(config: Any, *, source: str = "python") -> FunctionDef:
     return FunctionDef(
         id=fid, name=name, triggers=triggers, steps=steps, app_id=app_id, retries=retries, source=source,
         children={k: tuple(v) for k, v in children.items()}, roots=roots,
-        output_step=outputs[0] if outputs else None,
+        output_step=outputs[0] if outputs else None, **options,
     )
+
+
+def _parse_run_options(config: dict[str, Any], fail: Any) -> dict[str, Any]:
+    """cancel_on, idempotency and timeouts: the same for workflow and code functions."""
+    out: dict[str, Any] = {}
+    raw_cancel = config.get("cancel_on") or []
+    if isinstance(raw_cancel, dict):
+        raw_cancel = [raw_cancel]
+    if not isinstance(raw_cancel, list):
+        raise fail("'cancel_on' must be a list of {\"event\": NAME, \"if\"?: CEL}")
+    cancel_on = []
+    for item in raw_cancel:
+        if not isinstance(item, dict) or not isinstance(item.get("event"), str) or not item["event"]:
+            raise fail("each 'cancel_on' entry needs 'event' (an event name)")
+        expr = item.get("if")
+        if expr is not None:
+            try:
+                Expression(expr)
+            except ExpressionError as exc:
+                raise fail(f"'cancel_on' {item['event']!r}: {exc.message}") from exc
+        cancel_on.append(CancelOn(event=item["event"], expression=expr))
+    out["cancel_on"] = tuple(cancel_on)
+    if config.get("idempotency") is not None:
+        try:
+            out["idempotency"] = Expression(config["idempotency"])
+        except ExpressionError as exc:
+            raise fail(f"'idempotency': {exc.message}") from exc
+    timeouts = config.get("timeouts")
+    if timeouts is not None:
+        if not isinstance(timeouts, dict) or set(timeouts) - {"start", "finish"}:
+            raise fail("'timeouts' must be {\"start\"?: duration, \"finish\"?: duration}")
+        for key in ("start", "finish"):
+            if timeouts.get(key) is not None:
+                try:
+                    out[f"{key}_timeout"] = parse_duration(timeouts[key])
+                except ValueError as exc:
+                    raise fail(f"'timeouts.{key}': {exc}") from exc
+    return out
 
 
 def _parse_triggers(raw: Any, fail: Any) -> tuple[Trigger, ...]:
@@ -237,7 +285,10 @@ def _parse_step(sid: str, raw: Any, fail: Any) -> StepDef:
                 wait = parse_duration(wait_src)
             except ValueError as exc:
                 raise fail(f"'after' {item['step']!r}: {exc}") from exc
-            wait_src = str(wait_src)
+            # Keep what the author wrote when it is text ("2s"); otherwise keep the seconds as a number.
+            # `str()` of a number ("2") or a timedelta ("0:00:02") is not a valid duration, and the stored
+            # config is parsed again when an engine restarts.
+            wait_src = wait_src if isinstance(wait_src, str) else wait
         edges.append(Edge(step=item["step"], condition=condition, wait=wait, wait_source=wait_src))
     timeout = None
     if raw.get("timeout") is not None:
@@ -282,9 +333,11 @@ def _parse_runtime(raw: Any, fail: Any) -> RuntimeSpec:
             raise fail("an inprocess runtime needs 'handler', as 'package.module:function'")
     if "timeout" in options:
         try:
-            parse_duration(options["timeout"])
+            seconds = parse_duration(options["timeout"])
         except ValueError as exc:
             raise fail(f"'runtime.timeout': {exc}") from exc
+        if not isinstance(options["timeout"], (str, int, float)):
+            options["timeout"] = seconds  # a timedelta from Python: the stored config must be plain data
     return RuntimeSpec(type=rtype, options=options)
 
 

@@ -3,6 +3,7 @@ everything (so the engine never meets a definition it cannot run)."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +66,7 @@ class Edge:
     step: str
     condition: Expression | None = None
     wait: float = 0.0
-    wait_source: str | None = None
+    wait_source: str | float | None = None  # as written ("2s"), or seconds when given as a number
 
     def to_config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"step": self.step}
@@ -95,15 +96,32 @@ class StepDef:
         if self.retries is not None:
             out["retries"] = {"attempts": self.retries.attempts}
         if self.timeout is not None:
-            out["timeout"] = f"{self.timeout:g}s"
+            # seconds as a number: f"{t:g}s" would write "1e+06s" for long timeouts, which does not parse back
+            out["timeout"] = self.timeout
         if self.output:
             out["output"] = True
         return out
 
 
 @dataclass(frozen=True, slots=True)
+class CancelOn:
+    """Cancel a running function when this event arrives and `expression` (CEL over `event`, the run's
+    trigger, and `async`, the new event) holds."""
+
+    event: str
+    expression: str | None = None
+
+    def to_config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"event": self.event}
+        if self.expression is not None:
+            out["if"] = self.expression
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class FunctionDef:
-    """A workflow function: a DAG of steps, each reached through its own runtime."""
+    """A function: either a workflow (a DAG of `steps`, each reached through its own runtime) or code (an SDK
+    function reached through `runtime`, driven by the SDK protocol)."""
 
     id: str
     name: str
@@ -112,6 +130,12 @@ class FunctionDef:
     app_id: str = "default"
     retries: RetryPolicy = RetryPolicy()
     source: str | None = None
+    kind: str = "workflow"                      # "workflow" | "code"
+    runtime: RuntimeSpec | None = None          # code functions: where the SDK serves the function
+    cancel_on: tuple[CancelOn, ...] = ()
+    idempotency: Expression | None = None       # CEL over `event`: one run per key per 24 h
+    start_timeout: float | None = None          # seconds a run may stay queued
+    finish_timeout: float | None = None         # seconds a run may take once started
     # derived: children of each step, and the steps that run right after the trigger
     children: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     roots: tuple[str, ...] = field(default=(), compare=False)
@@ -123,15 +147,30 @@ class FunctionDef:
             "name": self.name,
             "app_id": self.app_id,
             "triggers": [t.to_config() for t in self.triggers],
-            "steps": {sid: s.to_config() for sid, s in self.steps.items()},
         }
+        if self.kind == "code":
+            assert self.runtime is not None
+            out["runtime"] = self.runtime.to_config()
+        else:
+            out["steps"] = {sid: s.to_config() for sid, s in self.steps.items()}
         if self.retries != RetryPolicy():
             out["retries"] = {"attempts": self.retries.attempts}
+        if self.cancel_on:
+            out["cancel_on"] = [c.to_config() for c in self.cancel_on]
+        if self.idempotency is not None:
+            out["idempotency"] = self.idempotency.source
+        if self.start_timeout is not None or self.finish_timeout is not None:
+            out["timeouts"] = {k: v for k, v in (("start", self.start_timeout), ("finish", self.finish_timeout))
+                               if v is not None}
         return out
 
+    @property
+    def is_code(self) -> bool:
+        return self.kind == "code"
+
     def attempts_for(self, step_id: str) -> int:
-        step = self.steps[step_id]
-        return (step.retries or self.retries).attempts
+        step = self.steps.get(step_id)
+        return (step.retries if step is not None and step.retries else self.retries).attempts
 
     def matches(self, name: str, event: dict[str, Any]) -> bool:
         return any(t.matches(name, event) for t in self.triggers)
@@ -151,7 +190,8 @@ def cron(schedule: str) -> dict[str, Any]:
 
 
 def workflow(id: str, *, steps: dict[str, dict[str, Any]], triggers: list[dict[str, Any]],
-             name: str | None = None, app_id: str = "default", retries: int | None = None) -> FunctionDef:
+             name: str | None = None, app_id: str = "default",
+             retries: int | dict[str, int] | None = None) -> FunctionDef:
     """Declare a workflow function from Python, with the same shape (and the same checks) as a workflow file."""
     from stepflow.definitions.loader import parse_function
 
@@ -159,4 +199,6 @@ def workflow(id: str, *, steps: dict[str, dict[str, Any]], triggers: list[dict[s
                               "app_id": app_id}
     if retries is not None:
         config["retries"] = retries
-    return parse_function(config, source="python")
+    # Name the declaring file and line as the source, so an invalid declaration's error says where it is.
+    caller = sys._getframe(1)
+    return parse_function(config, source=f"{caller.f_code.co_filename}:{caller.f_lineno}")

@@ -19,6 +19,7 @@ from stepflow.engine.executor import Executor
 from stepflow.engine.planner import plan_runs_for_event
 from stepflow.engine.registry import FunctionRegistry
 from stepflow.engine.watch import RunWatcher
+from stepflow.expressions import Expression
 from stepflow.events import validate_event
 from stepflow.ids import new_ulid, now_ms
 from stepflow.runtimes.base import Runtime, RuntimeRegistry
@@ -40,6 +41,8 @@ class Engine:
         for runtime in runtimes if runtimes is not None else [HttpRuntime(), InProcessRuntime()]:
             self.runtimes.add(runtime)
         self.watcher = RunWatcher(store)
+        store.pause_matcher = PauseMatcher()
+        store.on_run_ended = self._run_ended
         self.executor = Executor(store, self.functions, self.runtimes, self.config)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-6:]}"
         self._run_workers = run_workers
@@ -105,8 +108,7 @@ class Engine:
             return plan_runs_for_event(matches[ev.id], ev)
 
         ids = await self.store.ingest_events(events, plan)
-        if any(matches.values()):
-            self._wake.set()
+        self._wake.set()  # new runs, or waits these events resolved
         return ids
 
     async def send(self, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
@@ -122,6 +124,11 @@ class Engine:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _run_ended(self, run_id: str) -> None:
+        # called inside the store's transaction: only schedule the notification
+        asyncio.get_running_loop().call_soon(self.watcher.notify, run_id)
+        self._wake.set()  # an ended run may have resumed a parent (invoke) with new work
 
     # --- worker -------------------------------------------------------------------------------------------
 
@@ -181,3 +188,25 @@ class Engine:
                                                   now_ms() + int(self.config.lease_seconds * 1000))
                 except Exception:
                     log.exception("lease renewal failed")
+
+
+class PauseMatcher:
+    """Evaluates pause expressions (CEL over `event`, the waiting run's trigger, and `async`, the candidate).
+
+    Expressions are compiled once. One that cannot be evaluated for a candidate (e.g. a missing field) does
+    not match it: the wait goes on for a matching event or its timeout.
+    """
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, Expression] = {}
+
+    def __call__(self, expression: str | None, run_event: dict[str, Any], candidate: dict[str, Any]) -> bool:
+        if expression is None:
+            return True
+        try:
+            compiled = self._compiled.get(expression)
+            if compiled is None:
+                compiled = self._compiled[expression] = Expression(expression)
+            return compiled.is_true({"event": run_event, "async": candidate})
+        except Exception:  # noqa: BLE001
+            return False

@@ -1,17 +1,22 @@
-"""Executing one claimed job: build the Input, call the runtime, and turn the answer into a stored decision.
+"""Executing one claimed job and recording what it produced.
 
-The rules of DESIGN.md §2 live here, once, for every runtime:
-2xx → store {status, body}; 4xx (or X-Inngest-No-Retry) → fail now; 5xx and no answer → retry with backoff
-until the attempts are spent; output over the limit → `output_too_large`, not retried.
+The rules of DESIGN.md §2 live here, once, for every runtime: 2xx → store {status, body}; 4xx (or
+X-Inngest-No-Retry) → fail now; 5xx and no answer → retry with backoff until the attempts are spent; output
+over the limit → `output_too_large`, not retried. Jobs of code functions (calls, sleeps, waits, steps on other
+runtimes) are turned into decisions by `engine.code`; workflow steps by `engine.planner`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from stepflow.contract import StepContext, build_input
+from stepflow import codec
+from stepflow.contract import StepContext, StepResponse, build_input
 from stepflow.definitions import FunctionDef
+from stepflow.durations import parse_duration
+from stepflow.engine import code
 from stepflow.engine.config import EngineConfig
 from stepflow.engine.planner import advance_workflow
 from stepflow.engine.registry import FunctionRegistry
@@ -19,9 +24,28 @@ from stepflow.engine.retry import backoff_delay
 from stepflow.ids import now_ms
 from stepflow.runtimes.base import Invocation, RuntimeRegistry, StepAnswer, StepAttemptError
 from stepflow.store.base import Store
-from stepflow.store.records import Job, RunRecord, StepStatus, StepUpdate
+from stepflow.store.records import (
+    Advance,
+    Job,
+    JobKind,
+    RunRecord,
+    RunState,
+    RunStatus,
+    StepStatus,
+    StepUpdate,
+)
 
 log = logging.getLogger("stepflow.engine")
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One delivery of an Input through a runtime: an answer, or the reason there was none."""
+
+    answer: StepAnswer | None
+    failure: StepAttemptError | None
+    started: int
+    ended: int
 
 
 class Executor:
@@ -32,95 +56,230 @@ class Executor:
         self.runtimes = runtimes
         self.config = config
 
-    async def execute(self, job: Job) -> RunRecord | None:
-        """Run one attempt of the job's step and record the outcome. Returns the run if it just ended."""
-        fn = await self.functions.get(job.function_id, job.function_version)
-        step = fn.steps.get(job.step_id)
-        max_attempts = fn.attempts_for(job.step_id) if step else 1
-        if step is None:
-            update = _failed("unknown_step", f"function {fn.id!r} v{job.function_version} has no step "
-                             f"{job.step_id!r}", attempt=job.attempt)
-            return await self._settle(fn, job, update)
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        return backoff_delay(attempt, self.config.backoff_base, self.config.backoff_max, retry_after)
 
-        state = await self.store.load_run_state(job.run_id)
-        if state is None:
-            return None
-        ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
-                          attempt=job.attempt, max_attempts=max_attempts)
-        payload = build_input(state.event or {}, state.completed_outputs(), ctx)
-        timeout = step.timeout or _float(step.runtime.options.get("timeout")) or self.config.step_timeout
-        invocation = Invocation(input=payload, options=step.runtime.options, ctx=ctx, timeout=timeout,
-                                max_output_bytes=self.config.max_output_bytes,
-                                signing_key=self.config.signing_key)
+    async def execute(self, job: Job) -> RunRecord | None:
+        """Run the job and record the outcome. Returns the run if it ended."""
+        fn = await self.functions.get(job.function_id, job.function_version)
+        if job.kind is JobKind.CALL:
+            return await self._code_call(fn, job)
+        if job.kind is JobKind.SLEEP:
+            now = now_ms()
+            update = StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output={"data": None})
+            return await self._settle(job, update, lambda s: self._wake_if_idle(s, now), now)
+        if job.kind is JobKind.TIMEOUT:
+            return await self._wait_timed_out(job)
+        if job.kind is JobKind.RUN_TIMEOUT:
+            return await self._run_timed_out(fn, job)
+        if fn.is_code:
+            return await self._code_remote_step(fn, job)
+        return await self._workflow_step(fn, job)
+
+    # --- shared -------------------------------------------------------------------------------------------
+
+    async def _attempt(self, runtime_type: str, invocation: Invocation) -> Attempt:
         started = now_ms()
         try:
-            runtime = self.runtimes.get(step.runtime.type)
-            answer: StepAnswer | None = await runtime.invoke(invocation)
+            answer: StepAnswer | None = await self.runtimes.get(runtime_type).invoke(invocation)
             failure: StepAttemptError | None = None
         except StepAttemptError as exc:
             answer, failure = None, exc
         except Exception as exc:  # a bug in a driver must not kill the worker; record it on the step
-            log.exception("runtime %s crashed on run %s step %s", step.runtime.type, job.run_id, job.step_id)
+            log.exception("runtime %s crashed on run %s", runtime_type, invocation.ctx.run_id)
             answer, failure = None, StepAttemptError("runtime_error", f"{type(exc).__name__}: {exc}")
-        ended = now_ms()
-        duration = ended - started
+        return Attempt(answer=answer, failure=failure, started=started, ended=now_ms())
 
+    async def _settle(self, job: Job, update: StepUpdate | None, advance: Any, now: int) -> RunRecord | None:
+        functions = self.functions
+
+        def decide(state: RunState) -> Advance:
+            decision: Advance = advance(state) if advance is not None else Advance()
+            if decision.finish is RunStatus.FAILED:
+                # on_failure handlers start from this event, stored in the same transaction as the failure
+                decision.events.append(code.failure_event(state, decision.error, functions, now))
+            return decision
+
+        run = await self.store.settle_job(job, update, decide, now)
+        if run is not None and run.status.is_terminal:
+            return run
+        return None
+
+    @staticmethod
+    def _wake_if_idle(state: RunState, now: int, removed_pauses: int = 0) -> Advance:
+        decision = Advance()
+        code.call_again_if_idle(state, decision, now, removed_pauses)
+        return decision
+
+    def _timeout_for(self, options: dict[str, Any], step_timeout: float | None = None) -> float:
+        if step_timeout:
+            return step_timeout
+        if options.get("timeout") is not None:
+            return parse_duration(options["timeout"])
+        return self.config.step_timeout
+
+    def _classify(self, attempt: Attempt, job: Job, max_attempts: int) -> tuple[str, Any, float | None]:
+        """("ok", StepResponse, None) | ("retry", error, delay) | ("fail", error, None) per the contract."""
+        answer, failure = attempt.answer, attempt.failure
+        duration = attempt.ended - attempt.started
         if answer is not None:
             status = answer.response.status
             if 200 <= status < 300:
-                update = StepUpdate(status=StepStatus.COMPLETED, ended_at=ended,
-                                    output=answer.response.to_stored(), logs=answer.logs)
-                return await self._settle(fn, job, update)
+                return "ok", answer.response, None
             error: dict[str, Any] = {"code": "step_error", "status": status, "attempt": job.attempt,
-                                     "duration_ms": duration,
-                                     "message": f"the step answered status {status}", "body": answer.response.body}
+                                     "duration_ms": duration, "message": f"the step answered status {status}",
+                                     "body": answer.response.body}
             retryable = status >= 500 and not answer.no_retry
             if 400 <= status < 500:
                 error["message"] += " (4xx: not retried)"
             elif answer.no_retry:
                 error["message"] += " (X-Inngest-No-Retry: not retried)"
-            elif not status >= 500:
+            elif status < 500:
                 error["message"] += " (not a 2xx, 4xx or 5xx status)"
                 retryable = True
             retry_after = answer.retry_after
-            logs = answer.logs
         else:
             assert failure is not None
             error = {"code": failure.code, "message": failure.message, "attempt": job.attempt,
                      "duration_ms": duration, **failure.details}
             retryable = failure.retryable
             retry_after = None
-            logs = failure.logs
-
         if retryable and job.attempt + 1 < max_attempts:
-            delay = backoff_delay(job.attempt, self.config.backoff_base, self.config.backoff_max, retry_after)
+            delay = self.backoff(job.attempt, retry_after)
             error["retry_in_ms"] = int(delay * 1000)
-            update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=ended, error=error, logs=logs)
-            await self.store.retry_job(job, update, ended + int(delay * 1000))
-            return None
+            return "retry", error, delay
         if retryable:
             error["message"] += f"; gave up after {max_attempts} attempt{'s' if max_attempts != 1 else ''}"
-        return await self._settle(fn, job, StepUpdate(status=StepStatus.FAILED, ended_at=ended, error=error,
-                                                      logs=logs))
+        return "fail", error, None
 
-    async def _settle(self, fn: FunctionDef, job: Job, update: StepUpdate) -> RunRecord | None:
-        def advance(state: Any) -> Any:
-            return advance_workflow(fn, state, update, job.step_id, update.ended_at)
+    # --- workflow steps -----------------------------------------------------------------------------------
 
-        run = await self.store.settle_job(job, update, advance)
-        if run is not None and run.status.is_terminal:
-            return run
-        return None
+    async def _workflow_step(self, fn: FunctionDef, job: Job) -> RunRecord | None:
+        step = fn.steps.get(job.step_id)
+        if step is None:
+            now = now_ms()
+            update = StepUpdate(status=StepStatus.FAILED, ended_at=now, error={
+                "code": "unknown_step", "attempt": job.attempt,
+                "message": f"function {fn.id!r} v{job.function_version} has no step {job.step_id!r}"})
+            return await self._settle(job, update, lambda s: advance_workflow(fn, s, update, job.step_id, now), now)
+        state = await self.store.load_run_state(job.run_id)
+        if state is None:
+            return None
+        max_attempts = fn.attempts_for(job.step_id)
+        ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
+                          attempt=job.attempt, max_attempts=max_attempts)
+        invocation = Invocation(input=build_input(state.event or {}, state.completed_outputs(), ctx),
+                                options=step.runtime.options, ctx=ctx,
+                                timeout=self._timeout_for(step.runtime.options, step.timeout),
+                                max_output_bytes=self.config.max_output_bytes, signing_key=self.config.signing_key)
+        attempt = await self._attempt(step.runtime.type, invocation)
+        verdict, value, delay = self._classify(attempt, job, max_attempts)
+        logs = attempt.answer.logs if attempt.answer else attempt.failure.logs if attempt.failure else None
+        now = attempt.ended
+        if verdict == "retry":
+            update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now, error=value, logs=logs)
+            await self.store.retry_job(job, update, now + int((delay or 0) * 1000))
+            return None
+        if verdict == "ok":
+            update = StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output=value.to_stored(), logs=logs)
+        else:
+            update = StepUpdate(status=StepStatus.FAILED, ended_at=now, error=value, logs=logs)
+        return await self._settle(job, update, lambda s: advance_workflow(fn, s, update, job.step_id, now), now)
 
+    # --- code functions -----------------------------------------------------------------------------------
 
-def _failed(code: str, message: str, *, attempt: int) -> StepUpdate:
-    return StepUpdate(status=StepStatus.FAILED, ended_at=now_ms(),
-                      error={"code": code, "message": message, "attempt": attempt})
+    async def _code_call(self, fn: FunctionDef, job: Job) -> RunRecord | None:
+        assert fn.runtime is not None
+        state = await self.store.load_run_state(job.run_id)
+        if state is None:
+            return None
+        target = (job.payload or {}).get("target")
+        max_attempts = fn.attempts_for("")
+        document = code.build_call_input(fn, state, job.attempt, max_attempts, target)
+        ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=target or "",
+                          attempt=job.attempt, max_attempts=max_attempts)
+        options = dict(fn.runtime.options)
+        invocation = Invocation(input=codec.dumps(document), options=options, ctx=ctx,
+                                timeout=self._timeout_for(options), max_output_bytes=self.config.max_output_bytes,
+                                signing_key=self.config.signing_key, sdk_call=True, document=document)
+        attempt = await self._attempt(fn.runtime.type, invocation)
+        now = attempt.ended
+        cc = code.CallContext(fn, self.functions, attempt=job.attempt, max_attempts=max_attempts, target=target,
+                              call_started=attempt.started, now=now, max_output_bytes=self.config.max_output_bytes,
+                              backoff=self.backoff)
+        if attempt.answer is not None:
+            answer = attempt.answer
+            response, error = answer.response, None
+            retryable, retry_after = not answer.no_retry, answer.retry_after
+        else:
+            assert attempt.failure is not None
+            response = None
+            error = {"code": attempt.failure.code, "message": attempt.failure.message, "attempt": job.attempt,
+                     **attempt.failure.details}
+            retryable, retry_after = attempt.failure.retryable, None
+        return await self._settle(
+            job, None, lambda s: code.advance_after_call(s, cc, response, error, retryable, retry_after), now)
 
+    async def _code_remote_step(self, fn: FunctionDef, job: Job) -> RunRecord | None:
+        """A RunStep: a step of a code function executed on another runtime, with the step contract."""
+        payload = job.payload or {}
+        runtime = dict(payload.get("runtime") or {})
+        runtime_type = str(runtime.pop("type", ""))
+        state = await self.store.load_run_state(job.run_id)
+        if state is None:
+            return None
+        max_attempts = fn.attempts_for("")
+        ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
+                          attempt=job.attempt, max_attempts=max_attempts)
+        invocation = Invocation(
+            input=code.build_remote_input(fn, state, job.step_id, job.attempt, max_attempts, payload.get("data")),
+            options=runtime, ctx=ctx, timeout=self._timeout_for(runtime),
+            max_output_bytes=self.config.max_output_bytes, signing_key=self.config.signing_key)
+        attempt = await self._attempt(runtime_type, invocation)
+        verdict, value, delay = self._classify(attempt, job, max_attempts)
+        logs = attempt.answer.logs if attempt.answer else attempt.failure.logs if attempt.failure else None
+        now = attempt.ended
+        if verdict == "retry":
+            update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now, error=value, logs=logs)
+            await self.store.retry_job(job, update, now + int((delay or 0) * 1000))
+            return None
+        if verdict == "ok":
+            response: StepResponse = value
+            update = StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output={"data": response.body},
+                                logs=logs)
+        else:
+            error = {"name": "StepError", **value}
+            update = StepUpdate(status=StepStatus.FAILED, ended_at=now, error=error, logs=logs)
+        return await self._settle(job, update, lambda s: self._wake_if_idle(s, now), now)
 
-def _float(value: Any) -> float | None:
-    if value is None:
-        return None
-    from stepflow.durations import parse_duration
+    async def _wait_timed_out(self, job: Job) -> RunRecord | None:
+        now = now_ms()
+        payload = job.payload or {}
+        if payload.get("wait") == "invoke":
+            update = StepUpdate(status=StepStatus.FAILED, ended_at=now, error={
+                "name": "InvokeTimeout", "code": "timeout", "child_run_id": payload.get("child"),
+                "message": "the invoked function did not finish within the step's timeout"})
+        else:
+            update = StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output={"data": None})
 
-    return parse_duration(value)
+        def advance(state: RunState) -> Advance:
+            decision = self._wake_if_idle(state, now, removed_pauses=1)
+            decision.remove_pauses.append(job.step_id)
+            return decision
+
+        return await self._settle(job, update, advance, now)
+
+    async def _run_timed_out(self, fn: FunctionDef, job: Job) -> RunRecord | None:
+        now = now_ms()
+        which = (job.payload or {}).get("which", "finish")
+
+        def advance(state: RunState) -> Advance:
+            if state.run.status.is_terminal or (which == "start" and state.run.status is not RunStatus.QUEUED):
+                return Advance()
+            limit = fn.start_timeout if which == "start" else fn.finish_timeout
+            return Advance(finish=RunStatus.CANCELLED, error={
+                "code": f"{which}_timeout",
+                "message": f"cancelled: the run {'did not start' if which == 'start' else 'did not finish'} within "
+                           f"its {which} timeout ({limit:g}s)"})
+
+        return await self._settle(job, None, advance, now)

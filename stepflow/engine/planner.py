@@ -13,7 +13,7 @@ from typing import Any
 
 from stepflow.definitions import FunctionDef
 from stepflow.errors import ExpressionError
-from stepflow.ids import new_ulid
+from stepflow.engine.runs import new_run
 from stepflow.store.records import (
     Advance,
     EventRecord,
@@ -26,14 +26,9 @@ from stepflow.store.records import (
 )
 
 
-def new_run(fn: FunctionDef, version: int, now: int) -> NewRun:
-    """A run of `fn`, with its root steps (those with no `after`) due now."""
-    return NewRun(run_id=new_ulid(), function_id=fn.id, function_version=version, app_id=fn.app_id,
-                  jobs=[NewJob(step_id=sid, available_at=now) for sid in fn.roots])
-
-
 def plan_runs_for_event(matches: list[tuple[int, FunctionDef]], event: EventRecord) -> list[NewRun]:
-    return [new_run(fn, version, event.received_at) for version, fn in matches]
+    payload = event.to_dict()
+    return [new_run(fn, version, payload, event.received_at) for version, fn in matches]
 
 
 def advance_workflow(fn: FunctionDef, state: RunState, update: StepUpdate, step_id: str, now: int) -> Advance:

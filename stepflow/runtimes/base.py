@@ -20,6 +20,10 @@ class Invocation:
     timeout: float                    # seconds
     max_output_bytes: int
     signing_key: str | None = None
+    # SDK protocol call (a code function): the answer's HTTP status and JSON body are the Response as they
+    # are (the body is the function's output or its ops), not a `{status, body}` document to unwrap.
+    sdk_call: bool = False
+    document: dict[str, Any] | None = None  # the Input, decoded, for runtimes in this process
 
 
 @dataclass(slots=True)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
 
-from stepflow.contract import MalformedResponse, StepResponse, parse_response_bytes, snippet
+from stepflow import codec
+from stepflow.contract import MalformedResponse, StepResponse, canonical_json, parse_response_bytes, snippet
 from stepflow.runtimes.base import Invocation, StepAnswer, StepAttemptError, parse_retry_after
 from stepflow.signing import SIGNATURE_HEADER, sign
 
@@ -40,20 +40,25 @@ class HttpRuntime:
         url: str = invocation.options["url"]
         headers: dict[str, str] = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         headers.update(invocation.options.get("headers") or {})
+        body = invocation.input
         if invocation.signing_key:
-            headers[SIGNATURE_HEADER] = sign(invocation.input, invocation.signing_key)
+            # Send (and sign) the canonical form: the official SDKs verify the signature against it.
+            body = canonical_json(codec.loads(body))
+            headers[SIGNATURE_HEADER] = sign(body, invocation.signing_key)
         limit = invocation.max_output_bytes
         try:
-            async with self._session.post(url, data=invocation.input, headers=headers,
+            async with self._session.post(url, data=body, headers=headers,
                                           timeout=aiohttp.ClientTimeout(total=invocation.timeout),
                                           allow_redirects=False) as resp:
                 if resp.content_length is not None and resp.content_length > limit:
                     raise _too_large(resp.content_length, limit)
                 raw = await _read_limited(resp, limit)
+                if invocation.sdk_call:
+                    return _sdk_answer(resp.status, resp.headers, raw)
                 return _answer(resp.status, resp.headers, raw)
         except StepAttemptError:
             raise
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise StepAttemptError("timeout", f"no answer from {url} within {invocation.timeout:g}s") from exc
         except aiohttp.ClientConnectorError as exc:
             raise StepAttemptError("connection_failed", f"cannot connect to {url}: {exc.os_error or exc}") from exc
@@ -100,4 +105,19 @@ def _answer(http_status: int, headers: Any, raw: bytes) -> StepAnswer:
     # The HTTP layer failed (e.g. a proxy's 502) but the body carried a status: trust the more severe one.
     status = max(http_status, response.status) if http_status >= 500 else response.status
     return StepAnswer(response=StepResponse(status=status, body=response.body), retry_after=retry_after,
+                      no_retry=no_retry)
+
+
+def _sdk_answer(http_status: int, headers: Any, raw: bytes) -> StepAnswer:
+    """An SDK endpoint's answer: the HTTP status and the JSON body are the Response, unwrapped."""
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    no_retry = headers.get("X-Inngest-No-Retry", "").lower() == "true"
+    try:
+        body = codec.loads(raw) if raw.strip() else None
+    except codec.JSONDecodeError as exc:
+        if 200 <= http_status < 300:
+            raise StepAttemptError("bad_response", f"the SDK endpoint's answer is not JSON; it began with "
+                                                   f"{snippet(raw)!r}") from exc
+        body = snippet(raw)
+    return StepAnswer(response=StepResponse(status=http_status, body=body), retry_after=retry_after,
                       no_retry=no_retry)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from stepflow import codec
-from stepflow.contract import interpret_document
-from stepflow.runtimes.base import Invocation, StepAnswer, StepAttemptError
+from stepflow.contract import StepResponse, interpret_document
+from stepflow.runtimes.base import Invocation, StepAnswer, StepAttemptError, parse_retry_after
 
 
 class InProcessRuntime:
@@ -49,17 +49,21 @@ class InProcessRuntime:
 
     async def invoke(self, invocation: Invocation) -> StepAnswer:
         handler = self._resolve(invocation.options["handler"])
-        document = codec.loads(invocation.input)
+        document = invocation.document if invocation.document is not None else codec.loads(invocation.input)
         try:
             if inspect.iscoroutinefunction(handler):
                 result = await asyncio.wait_for(handler(document), invocation.timeout)
             else:
                 result = await asyncio.wait_for(asyncio.to_thread(handler, document), invocation.timeout)
+                if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                    result = await asyncio.wait_for(result, invocation.timeout)
         except asyncio.TimeoutError as exc:
             raise StepAttemptError("timeout", f"handler did not return within {invocation.timeout:g}s") from exc
         except Exception as exc:
             raise StepAttemptError("handler_error", f"{type(exc).__name__}: {exc}",
                                    details={"stack": traceback.format_exc(limit=20)}) from exc
+        if invocation.sdk_call:
+            return _sdk_answer(result)
         response = interpret_document(result)
         size = len(codec.dumps(response.body))
         if size > invocation.max_output_bytes:
@@ -68,3 +72,15 @@ class InProcessRuntime:
                                    "bytes", retryable=False, details={"size": size,
                                                                        "limit": invocation.max_output_bytes})
         return StepAnswer(response=response)
+
+
+def _sdk_answer(result: Any) -> StepAnswer:
+    """An SDK handler answers with `{status, body, headers}` (or an object with those attributes), taken as is."""
+    if isinstance(result, dict):
+        status, body, headers = result.get("status", 200), result.get("body"), result.get("headers") or {}
+    else:
+        status, body, headers = getattr(result, "status", 200), getattr(result, "body", None), \
+            getattr(result, "headers", None) or {}
+    return StepAnswer(response=StepResponse(status=int(status), body=body),
+                      retry_after=parse_retry_after(headers.get("Retry-After")),
+                      no_retry=str(headers.get("X-Inngest-No-Retry", "")).lower() == "true")

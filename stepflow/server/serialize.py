@@ -49,16 +49,22 @@ def run_v2(run: RunRecord) -> dict[str, Any]:
 
 
 def step_v1(step: StepRecord) -> dict[str, Any]:
+    output = step.output
+    if step.kind is not None and isinstance(output, dict) and "data" in output:
+        output = output["data"]  # code function steps store {"data": value}; show the value
     out: dict[str, Any] = {
-        "step_id": step.step_id,
+        "step_id": step.display_name,
         "status": step.status.value,
         "attempts": step.attempts,
         "scheduled_at": iso(step.scheduled_at),
         "started_at": iso(step.started_at),
         "ended_at": iso(step.ended_at),
-        "output": step.output,
+        "output": output,
         "error": step.error,
     }
+    if step.kind is not None:
+        out["kind"] = step.kind
+        out["hashed_id"] = step.step_id
     if step.logs:
         out["logs"] = step.logs
     return out

@@ -7,7 +7,10 @@ from stepflow.store.records import (
     Advance,
     EventRecord,
     Job,
+    JobKind,
+    NewEvent,
     NewJob,
+    NewPause,
     NewRun,
     RunRecord,
     RunState,
@@ -15,6 +18,7 @@ from stepflow.store.records import (
     StepRecord,
     StepStatus,
     StepUpdate,
+    StepWrite,
 )
 from stepflow.store.sqlite import SqliteStore, sqlite_path_from_url
 from stepflow.errors import ConfigError
@@ -32,6 +36,6 @@ def store_from_url(url: str | None) -> Store:
 
 
 __all__ = [
-    "Advance", "DEFAULT_SQLITE_PATH", "EventRecord", "Job", "NewJob", "NewRun", "RunRecord", "RunState",
-    "RunStatus", "SqliteStore", "StepRecord", "StepStatus", "StepUpdate", "Store", "store_from_url",
+    "Advance", "DEFAULT_SQLITE_PATH", "EventRecord", "Job", "JobKind", "NewEvent", "NewJob", "NewPause", "NewRun", "RunRecord", "RunState",
+    "RunStatus", "SqliteStore", "StepRecord", "StepStatus", "StepUpdate", "StepWrite", "Store", "store_from_url",
 ]

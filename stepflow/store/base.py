@@ -14,6 +14,7 @@ from stepflow.store.records import (
     Advance,
     EventRecord,
     Job,
+    NewEvent,
     NewRun,
     RunRecord,
     RunState,
@@ -24,10 +25,14 @@ from stepflow.store.records import (
 
 PlanRuns = Callable[[EventRecord], list[NewRun]]
 AdvanceRun = Callable[[RunState], Advance]
+# (expression or None, the waiting run's trigger event, the candidate event) -> does it resolve the pause?
+PauseMatcher = Callable[[str | None, dict[str, Any], dict[str, Any]], bool]
 
 
 class Store(Protocol):
     url: str
+    pause_matcher: PauseMatcher
+    on_run_ended: Callable[[str], None]
 
     async def open(self) -> None: ...
 
@@ -52,6 +57,10 @@ class Store(Protocol):
         An event whose id is already stored is a duplicate: nothing is written for it and `plan` is not
         called. Returns the ids in order.
         """
+        ...
+
+    async def fire_cron(self, function_id: str, tick_at: int, new_event: NewEvent) -> bool:
+        """Store one cron tick's event and runs, exactly once across processes. False if already fired."""
         ...
 
     async def get_event(self, event_id: str) -> EventRecord | None: ...
@@ -84,7 +93,8 @@ class Store(Protocol):
 
     async def load_run_state(self, run_id: str) -> RunState | None: ...
 
-    async def settle_job(self, job: Job, update: StepUpdate, advance: AdvanceRun | None) -> RunRecord | None:
+    async def settle_job(self, job: Job, update: StepUpdate | None, advance: AdvanceRun | None,
+                         now: int) -> RunRecord | None:
         """Record an attempt's final result for the job's step, remove the job and apply `advance`.
 
         Returns the run after the transaction, or None when the job was no longer ours (cancelled, or the

@@ -89,14 +89,35 @@ class StepRecord:
     error: dict[str, Any] | None = None      # the last error: {"code", "message", ...}
     seq: int = 0                             # completion order within the run (1, 2, …); 0 = not completed
     logs: str | None = None
+    name: str | None = None                  # code functions: the user's step id (step_id is its hash)
+    kind: str | None = None                  # code functions: run, sleep, wait, invoke, send, runstep
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.step_id
+
+
+class JobKind(str, Enum):
+    STEP = "step"          # a workflow step, or a code function's RunStep: run it on its runtime
+    CALL = "call"          # call a code function (payload: {"target": hashed step id} for a planned step)
+    SLEEP = "sleep"        # a code function's sleep ends: memoize it and call the function again
+    TIMEOUT = "timeout"    # a wait_for_event / invoke gave up waiting: memoize null and call again
+    RUN_TIMEOUT = "run_timeout"  # the function's `timeouts` (start / finish) ran out: cancel the run
 
 
 @dataclass(slots=True)
 class NewJob:
-    """A step to execute, no earlier than `available_at` (ms)."""
+    """Work to do no earlier than `available_at` (ms). `step_id` is the step it concerns ("" for calls)."""
 
     step_id: str
     available_at: int
+    kind: JobKind = JobKind.STEP
+    payload: dict[str, Any] | None = None
+    # steps shown as scheduled until the job runs; calls and timeouts have no step row of their own
+    step_row: bool = True
+    name: str | None = None
+    step_kind: str | None = None
+    attempt: int = 0
 
 
 @dataclass(slots=True)
@@ -107,6 +128,10 @@ class NewRun:
     app_id: str
     jobs: list[NewJob]
     status: RunStatus = RunStatus.QUEUED
+    pauses: list[NewPause] = field(default_factory=list)     # cancel_on
+    idempotency_key: str | None = None                       # one run per key per function for 24 h
+    start_timeout_ms: int | None = None                      # cancel if still queued after this long
+    finish_timeout_ms: int | None = None                     # cancel if still running this long after start
 
 
 @dataclass(slots=True)
@@ -121,6 +146,8 @@ class Job:
     function_version: int
     app_id: str
     attempt: int          # 0-based attempt number being executed now
+    kind: JobKind = JobKind.STEP
+    payload: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -130,6 +157,8 @@ class RunState:
     run: RunRecord
     event: dict[str, Any] | None
     steps: dict[str, StepRecord]
+    pending_jobs: int = 0        # other jobs of this run still queued or running
+    pending_pauses: int = 0      # waits (events, invoked runs) not yet resolved
 
     def completed_outputs(self) -> dict[str, Any]:
         return {sid: s.output for sid, s in self.steps.items() if s.status is StepStatus.COMPLETED}
@@ -147,11 +176,64 @@ class StepUpdate:
 
 
 @dataclass(slots=True)
+class StepWrite:
+    """Create or update one step row (code functions report several per call)."""
+
+    step_id: str
+    status: StepStatus
+    name: str | None = None
+    kind: str | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int | None = None
+    scheduled_at: int | None = None
+    ended_at: int | None = None
+
+
+@dataclass(slots=True)
+class NewPause:
+    """A run waiting for something outside it: an event (`wait_for_event`, `cancel_on`) or an invoked run."""
+
+    run_id: str
+    step_id: str                     # hashed step id ("" for cancel_on)
+    kind: str                        # "event" | "invoke" | "cancel"
+    event_name: str | None = None
+    expression: str | None = None    # CEL over `event` (the run's trigger) and `async` (the candidate)
+    child_run_id: str | None = None
+    expires_at: int | None = None
+    since: int | None = None         # events received at or after this instant (ms) may resolve it
+
+
+@dataclass(slots=True)
+class Pause:
+    id: int
+    run_id: str
+    step_id: str
+    kind: str
+    event_name: str | None
+    expression: str | None
+    child_run_id: str | None
+    expires_at: int | None
+
+
+@dataclass(slots=True)
 class Advance:
-    """The planner's decision after a step settled: new jobs, skipped steps, and maybe the run's end."""
+    """The decision taken after a job settled: step rows, new jobs, pauses, and maybe the run's end."""
 
     jobs: list[NewJob] = field(default_factory=list)
     skipped: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # step id -> reason
+    steps: list[StepWrite] = field(default_factory=list)
+    pauses: list[NewPause] = field(default_factory=list)
+    remove_pauses: list[str] = field(default_factory=list)   # step ids whose waits are over
     finish: RunStatus | None = None
     output: Any = None
     error: dict[str, Any] | None = None
+    events: list["NewEvent"] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class NewEvent:
+    """An event created by the engine inside a transaction (an invocation, a failure notice), with its runs."""
+
+    event: EventRecord
+    runs: list[NewRun]

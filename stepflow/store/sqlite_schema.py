@@ -22,20 +22,21 @@ MIGRATIONS: list[str] = [
         ts           INTEGER NOT NULL,
         received_at  INTEGER NOT NULL
     ) WITHOUT ROWID;
-    CREATE INDEX events_received ON events (received_at);
+    CREATE INDEX events_name_received ON events (name, received_at);
 
     CREATE TABLE runs (
-        id                TEXT PRIMARY KEY,
-        function_id       TEXT NOT NULL,
-        function_version  INTEGER NOT NULL,
-        app_id            TEXT NOT NULL,
-        event_id          TEXT,
-        status            TEXT NOT NULL,
-        created_at        INTEGER NOT NULL,
-        started_at        INTEGER,
-        ended_at          INTEGER,
-        output            BLOB,
-        error             BLOB
+        id                 TEXT PRIMARY KEY,
+        function_id        TEXT NOT NULL,
+        function_version   INTEGER NOT NULL,
+        app_id             TEXT NOT NULL,
+        event_id           TEXT,
+        status             TEXT NOT NULL,
+        created_at         INTEGER NOT NULL,
+        started_at         INTEGER,
+        ended_at           INTEGER,
+        output             BLOB,
+        error              BLOB,
+        finish_timeout_ms  INTEGER
     ) WITHOUT ROWID;
     CREATE INDEX runs_event ON runs (event_id);
     CREATE INDEX runs_status ON runs (status, id);
@@ -53,6 +54,8 @@ MIGRATIONS: list[str] = [
         error         BLOB,
         seq           INTEGER NOT NULL DEFAULT 0,
         logs          TEXT,
+        name          TEXT,
+        kind          TEXT,
         PRIMARY KEY (run_id, step_id)
     ) WITHOUT ROWID;
 
@@ -62,14 +65,47 @@ MIGRATIONS: list[str] = [
         id            INTEGER PRIMARY KEY AUTOINCREMENT,
         run_id        TEXT NOT NULL,
         step_id       TEXT NOT NULL,
+        kind          TEXT NOT NULL DEFAULT 'step',
+        payload       BLOB,
         available_at  INTEGER NOT NULL,
         attempt       INTEGER NOT NULL DEFAULT 0,
         token         INTEGER NOT NULL DEFAULT 0,
         lease_owner   TEXT
     );
     CREATE INDEX jobs_due ON jobs (available_at);
-    CREATE INDEX jobs_run ON jobs (run_id);
+    CREATE INDEX jobs_run ON jobs (run_id, kind);
     CREATE INDEX jobs_owner ON jobs (lease_owner) WHERE lease_owner IS NOT NULL;
+
+    -- Runs waiting on something outside them: an event (wait_for_event, cancel_on) or an invoked run.
+    CREATE TABLE pauses (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id        TEXT NOT NULL,
+        step_id       TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        event_name    TEXT,
+        expression    TEXT,
+        child_run_id  TEXT,
+        expires_at    INTEGER
+    );
+    CREATE INDEX pauses_event ON pauses (event_name) WHERE event_name IS NOT NULL;
+    CREATE INDEX pauses_child ON pauses (child_run_id) WHERE child_run_id IS NOT NULL;
+    CREATE INDEX pauses_run ON pauses (run_id);
+
+    -- One run per (function, idempotency key) while the key is fresh (24 h).
+    CREATE TABLE idempotency (
+        function_id  TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        run_id       TEXT NOT NULL,
+        expires_at   INTEGER NOT NULL,
+        PRIMARY KEY (function_id, key)
+    ) WITHOUT ROWID;
+
+    -- Cron ticks already fired: the primary key makes each tick start one run, whoever fires it.
+    CREATE TABLE cron_ticks (
+        function_id  TEXT NOT NULL,
+        tick_at      INTEGER NOT NULL,
+        PRIMARY KEY (function_id, tick_at)
+    ) WITHOUT ROWID;
     """,
 ]
 

@@ -1,0 +1,170 @@
+"""Running SDK apps embedded: the engine and the functions in one process, no server, no HTTP.
+
+    async with stepflow.Engine(app, store="sqlite:///stepflow.db") as engine:
+        ids = await engine.send({"name": "imports/csv.uploaded", "data": {...}})
+        output = await engine.wait_for_output(ids[0], timeout=60)
+
+The same durability as the server: runs, steps and timers live in the store, and a restarted process picks
+up where the previous one stopped. This module is the glue between the SDK and the engine; neither imports
+the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from stepflow.definitions import FunctionDef, parse_function
+from stepflow.engine import Engine as CoreEngine
+from stepflow.engine import EngineConfig
+from stepflow.errors import NotFoundError, RunFailedError, WaitTimeoutError
+from stepflow.ids import is_ulid, now_ms
+from stepflow.runtimes.http import HttpRuntime
+from stepflow.runtimes.inprocess import InProcessRuntime
+from stepflow.sdk.app import App
+from stepflow.server.serialize import run_v1, step_v1
+from stepflow.store import store_from_url
+from stepflow.store.base import Store
+from stepflow.store.records import RunStatus
+
+
+def inprocess_runtime_for(app: App, function_id: str) -> dict[str, Any]:
+    return {"type": "inprocess", "handler": f"{app.id}:{function_id}"}
+
+
+def _sdk_handler(app: App, function_id: str) -> Any:
+    async def handle(document: dict[str, Any]) -> Any:
+        return await app.call(function_id, document)
+
+    return handle
+
+
+class Engine:
+    """An embedded engine for SDK apps (and workflow functions), with the client's calls."""
+
+    def __init__(self, *apps: App, store: str | Store | None = "sqlite:///.stepflow/stepflow.db",
+                 config: EngineConfig | None = None, functions: list[FunctionDef] | None = None,
+                 environment_id: str = "embedded") -> None:
+        self.apps = list(apps)
+        self._store = store_from_url(store) if isinstance(store, str) or store is None else store
+        self._inprocess = InProcessRuntime()
+        self.core = CoreEngine(self._store, config or EngineConfig(),
+                               runtimes=[self._inprocess, HttpRuntime()])
+        self._functions = list(functions or [])
+        self._environment_id = environment_id
+        self._started = False
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await self.core.start()
+        for app in self.apps:
+            await self.add_app(app)
+        for fn in self._functions:
+            await self.core.register(fn)
+        self._started = True
+
+    async def add_app(self, app: App) -> None:
+        for spec in app.functions.values():
+            self._inprocess.register(f"{app.id}:{spec.id}", _sdk_handler(app, spec.id))
+            await self.core.register(parse_function(spec.config(inprocess_runtime_for(app, spec.id)),
+                                                    source=f"app {app.id}"))
+
+    async def stop(self) -> None:
+        if self._started:
+            await self.core.stop()
+            self._started = False
+
+    async def __aenter__(self) -> "Engine":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- the client's calls -------------------------------------------------------------------------------
+
+    async def send(self, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
+        return await self.core.send(events)
+
+    async def get_event_runs(self, event_id: str) -> list[dict[str, Any]]:
+        return [run_v1(r, self._environment_id) for r in await self._store.get_event_runs(event_id)]
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        run = await self._store.get_run(run_id)
+        if run is None:
+            raise NotFoundError(f"run {run_id} not found")
+        return run_v1(run, self._environment_id)
+
+    async def get_run_steps(self, run_id: str) -> list[dict[str, Any]]:
+        return [step_v1(s) for s in await self._store.get_run_steps(run_id)]
+
+    async def list_runs(self, *, status: str | None = None, function_id: str | None = None,
+                        cursor: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        runs = await self._store.list_runs(status=RunStatus(status.upper()) if status else None,
+                                           function_id=function_id, cursor=cursor, limit=limit)
+        return [run_v1(r, self._environment_id) for r in runs]
+
+    async def cancel(self, run_id: str) -> dict[str, Any]:
+        run = await self._store.cancel_run(run_id, now_ms())
+        if run is None:
+            raise NotFoundError(f"run {run_id} not found")
+        self.core.watcher.notify(run_id)
+        return run_v1(run, self._environment_id)
+
+    async def wait_for_run(self, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        run = await self.core.wait_for_run(run_id, timeout)
+        if run is None:
+            raise NotFoundError(f"run {run_id} not found")
+        if not run.status.is_terminal:
+            raise WaitTimeoutError(run_id, run.status.title, timeout)
+        return run_v1(run, self._environment_id)
+
+    async def wait_for_output(self, id: str, timeout: float = 60.0) -> Any:
+        """Output of a run (by run id, or the first run of an event id); raises RunFailedError or
+        WaitTimeoutError like the client does."""
+        deadline = time.monotonic() + timeout
+        run_id = id
+        if not (is_ulid(id) and await self._store.get_run(id.upper()) is not None):
+            while True:
+                runs = await self._store.get_event_runs(id)
+                if runs:
+                    run_id = runs[0].id
+                    break
+                if await self._store.get_event(id) is None:
+                    raise NotFoundError(f"no run or event {id}")
+                if time.monotonic() >= deadline:
+                    raise WaitTimeoutError(None, None, timeout)
+                await asyncio.sleep(0.01)
+        run = await self.wait_for_run(run_id, max(0.0, deadline - time.monotonic()))
+        if run["status"] != "Completed":
+            raise RunFailedError(run_id, run["status"], run.get("error"))
+        return run["output"]
+
+
+def run(*apps: App, events: list[dict[str, Any]] | dict[str, Any] | None = None,
+        store: str | None = "sqlite:///.stepflow/stepflow.db", timeout: float | None = None,
+        config: EngineConfig | None = None) -> list[Any] | None:
+    """Run apps embedded, blocking.
+
+    With `events`: send them, wait for the runs they start, and return their outputs (in order).
+    Without: keep running (cron triggers, timers) until interrupted.
+    """
+    async def main() -> list[Any] | None:
+        async with Engine(*apps, store=store, config=config) as engine:
+            if events is None:
+                await asyncio.Event().wait()
+                return None
+            ids = await engine.send(events)
+            outputs = []
+            for event_id in ids:
+                for run in await engine.get_event_runs(event_id):
+                    outputs.append(await engine.wait_for_output(run["run_id"], timeout or 3600.0))
+            return outputs
+
+    return asyncio.run(main())

@@ -1,0 +1,333 @@
+"""Driving code functions (SDK protocol, DESIGN.md §3) from the engine side.
+
+A code run is a sequence of *calls*: the engine sends the Input with every memoized step, the SDK answers
+200 (done), 206 (ops) or an error. This module turns each answer into one `Advance`, applied in the same
+transaction that consumes the call's job — so every reported step is stored exactly once, and what comes
+next is queued atomically with it.
+
+The run is called again only when nothing of it is pending: parallel steps (`asyncio.gather`) all settle
+before the function replays, so no step is ever started twice by overlapping replays.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from stepflow import codec
+from stepflow.contract import StepResponse
+from stepflow.definitions import FunctionDef
+from stepflow.definitions.loader import _parse_runtime
+from stepflow.durations import parse_duration
+from stepflow.engine.registry import FunctionRegistry
+from stepflow.engine.runs import new_run
+from stepflow.errors import DefinitionError, ExpressionError, InvalidRequestError
+from stepflow.expressions import Expression
+from stepflow.events import validate_event
+from stepflow.ids import new_ulid
+from stepflow.store.records import (
+    Advance,
+    EventRecord,
+    JobKind,
+    NewEvent,
+    NewJob,
+    NewPause,
+    RunState,
+    RunStatus,
+    StepStatus,
+    StepWrite,
+)
+
+INVOKED_EVENT = "inngest/function.invoked"
+FAILURE_EVENT = "inngest/function.failed"
+
+def memos(state: RunState) -> dict[str, Any]:
+    """The `steps` of a code function's Input: `{hashed id: {"data": …} | {"error": …}}`."""
+    out: dict[str, Any] = {}
+    for sid, step in state.steps.items():
+        if step.kind is None:
+            continue
+        if step.status is StepStatus.COMPLETED:
+            out[sid] = step.output if isinstance(step.output, dict) else {"data": step.output}
+        elif step.status is StepStatus.FAILED:
+            out[sid] = {"error": step.error or {"name": "Error", "message": "step failed"}}
+    return out
+
+
+def build_call_input(fn: FunctionDef, state: RunState, job_attempt: int, max_attempts: int,
+                     target: str | None) -> dict[str, Any]:
+    settled = sorted((s for s in state.steps.values() if s.kind is not None and s.seq > 0), key=lambda s: s.seq)
+    event = state.event or {}
+    return {
+        "event": event,
+        "events": [event],
+        "steps": memos(state),
+        "ctx": {"run_id": state.run.id, "function_id": fn.id, "app_id": fn.app_id, "attempt": job_attempt,
+                "max_attempts": max_attempts, "step_id": target,
+                "stack": {"stack": [s.step_id for s in settled]},
+                "step_names": {s.step_id: s.name for s in settled if s.name}},
+    }
+
+
+def build_remote_input(fn: FunctionDef, state: RunState, step_id: str, attempt: int, max_attempts: int,
+                       data: Any) -> bytes:
+    """The step contract's Input for a RunStep: completed steps by their names, as {status, body}."""
+    steps = {(s.name or sid): {"status": 200, "body": (s.output or {}).get("data")}
+             for sid, s in state.steps.items() if s.kind is not None and s.status is StepStatus.COMPLETED}
+    step = state.steps.get(step_id)
+    document: dict[str, Any] = {
+        "event": state.event or {}, "events": [state.event or {}], "steps": steps,
+        "ctx": {"run_id": state.run.id, "function_id": fn.id, "app_id": fn.app_id,
+                "step_id": step.name if step and step.name else step_id, "attempt": attempt,
+                "max_attempts": max_attempts}}
+    if data is not None:
+        document["data"] = data
+    return codec.dumps(document)
+
+
+class CallContext:
+    """What the advance of one call needs besides the run's state."""
+
+    def __init__(self, fn: FunctionDef, functions: FunctionRegistry, *, attempt: int, max_attempts: int,
+                 target: str | None, call_started: int, now: int, max_output_bytes: int,
+                 backoff: Any) -> None:
+        self.fn = fn
+        self.functions = functions
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.target = target
+        self.call_started = call_started
+        self.now = now
+        self.max_output_bytes = max_output_bytes
+        self.backoff = backoff  # (attempt, retry_after seconds or None) -> delay seconds
+
+
+def call_again_if_idle(state: RunState, decision: Advance, now: int, removed_pauses: int = 0) -> None:
+    if decision.finish is not None or decision.jobs or decision.pauses:
+        return
+    if state.pending_jobs == 0 and state.pending_pauses - removed_pauses <= 0:
+        decision.jobs.append(NewJob("", now, JobKind.CALL, step_row=False))
+
+
+def advance_after_call(state: RunState, cc: CallContext, response: StepResponse | None,
+                       error: dict[str, Any] | None, retryable: bool, retry_after: float | None) -> Advance:
+    """Decide what follows one call of a code function."""
+    now = cc.now
+    if response is not None and response.status == 206:
+        return _apply_ops(state, cc, response.body)
+    if response is not None and 200 <= response.status < 300:
+        size = len(codec.dumps(response.body))
+        if size > cc.max_output_bytes:
+            return Advance(finish=RunStatus.FAILED, error=_too_large("the function's output", size, cc))
+        return Advance(finish=RunStatus.COMPLETED, output=response.body)
+    if response is not None:
+        body = response.body
+        error = {"code": "function_error", "status": response.status, "attempt": cc.attempt}
+        if isinstance(body, dict):
+            error.update({k: body[k] for k in ("name", "message", "stack", "step_id", "cause") if k in body})
+        else:
+            error["message"] = f"the function answered status {response.status}: {str(body)[:500]}"
+        error.setdefault("message", f"the function answered status {response.status}")
+        retryable = retryable and response.status >= 500
+    assert error is not None
+    if retryable and cc.attempt + 1 < cc.max_attempts:
+        delay = cc.backoff(cc.attempt, retry_after)
+        # a retried call keeps its target, and carries the attempt number the SDK will see
+        decision = Advance(jobs=[NewJob("", now + int(delay * 1000), JobKind.CALL,
+                                        {"target": cc.target} if cc.target else None, step_row=False,
+                                        attempt=cc.attempt + 1)])
+        if cc.target:
+            decision.steps.append(StepWrite(step_id=cc.target, status=StepStatus.SCHEDULED, error=error,
+                                            attempts=cc.attempt + 1, scheduled_at=now + int(delay * 1000)))
+        return decision
+    if retryable:
+        error["message"] += f" (gave up after {cc.max_attempts} attempts)"
+    return Advance(finish=RunStatus.FAILED, error=error)
+
+
+def _too_large(what: str, size: int, cc: CallContext) -> dict[str, Any]:
+    return {"code": "output_too_large", "name": "OutputTooLarge", "size": size, "limit": cc.max_output_bytes,
+            "message": f"{what} is {size} bytes encoded; the limit is {cc.max_output_bytes} bytes "
+                       f"({cc.max_output_bytes / 1048576:g} MiB). Return less data (e.g. store large results "
+                       "elsewhere and return a reference)"}
+
+
+def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
+    now = cc.now
+    decision = Advance()
+    if not isinstance(ops, list):
+        return Advance(finish=RunStatus.FAILED, error={
+            "code": "protocol_error", "message": f"a 206 answer must carry a list of ops, got {type(ops).__name__}"})
+    wakes_function = False
+    for op in ops:
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+            return Advance(finish=RunStatus.FAILED, error={"code": "protocol_error",
+                                                           "message": f"malformed op {str(op)[:200]}"})
+        kind = op["op"]
+        if kind == "RunComplete":
+            size = len(codec.dumps(op.get("data")))
+            if size > cc.max_output_bytes:
+                decision.finish, decision.error = RunStatus.FAILED, _too_large("the function's output", size, cc)
+            else:
+                decision.finish, decision.output = RunStatus.COMPLETED, op.get("data")
+            continue
+        sid = op.get("id")
+        if not isinstance(sid, str) or not sid:
+            return Advance(finish=RunStatus.FAILED, error={"code": "protocol_error",
+                                                           "message": f"op {kind} has no step id"})
+        name = str(op.get("displayName") or op.get("name") or sid)
+        opts = op.get("opts") or {}
+        existing = state.steps.get(sid)
+        if existing is not None and existing.status in (StepStatus.COMPLETED, StepStatus.FAILED):
+            continue  # reported again (e.g. by an overlapping call): it is stored already, once
+        pending = existing is not None and existing.status in (StepStatus.SCHEDULED, StepStatus.RUNNING)
+        if kind == "StepRun":
+            data = op.get("data")
+            size = len(codec.dumps(data))
+            if size > cc.max_output_bytes:
+                decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="run", ended_at=now,
+                                                error=_too_large(f"step {name!r}'s output", size, cc),
+                                                attempts=cc.attempt + 1))
+            else:
+                decision.steps.append(StepWrite(sid, StepStatus.COMPLETED, name=name, kind="run",
+                                                output={"data": data}, ended_at=now, attempts=cc.attempt + 1))
+            wakes_function = True
+        elif kind == "StepError":
+            error = dict(op.get("error") or {})
+            error.setdefault("name", "Error")
+            error.setdefault("message", "")
+            attempt = cc.attempt if cc.target == sid or cc.target is None else 0
+            retriable = opts.get("retriable", True) is not False
+            retry_after = opts.get("retry_after_ms")
+            if retriable and attempt + 1 < cc.max_attempts:
+                delay = cc.backoff(attempt, retry_after / 1000 if retry_after is not None else None)
+                at = now + int(delay * 1000)
+                error["retry_in_ms"] = int(delay * 1000)
+                decision.steps.append(StepWrite(sid, StepStatus.SCHEDULED, name=name, kind="run", error=error,
+                                                attempts=attempt + 1, scheduled_at=at))
+                decision.jobs.append(NewJob("", at, JobKind.CALL, {"target": sid} if cc.target else None,
+                                            step_row=False, attempt=attempt + 1))
+            else:
+                if retriable:
+                    error["message"] += f" (gave up after {cc.max_attempts} attempts)"
+                decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="run", error=error,
+                                                attempts=attempt + 1, ended_at=now))
+                wakes_function = True
+        elif pending:
+            continue  # already planned, sleeping or waiting: nothing new to do
+        elif kind == "StepPlanned":
+            decision.jobs.append(NewJob(sid, now, JobKind.CALL, {"target": sid}, name=name, step_kind="run"))
+        elif kind == "Sleep":
+            until = _sleep_until(op, opts, now)
+            decision.jobs.append(NewJob(sid, until, JobKind.SLEEP, name=name, step_kind="sleep"))
+        elif kind == "WaitForEvent":
+            event_name = opts.get("event") or op.get("name")
+            expression = opts.get("if")
+            if opts.get("match"):
+                field = str(opts["match"]).removeprefix("event.").removeprefix("async.")
+                match_expr = f"event.{field} == async.{field}"
+                expression = f"({expression}) && {match_expr}" if expression else match_expr
+            try:
+                if expression is not None:
+                    Expression(expression)
+                expires = now + int(parse_duration(opts.get("timeout", "24h")) * 1000)
+            except (ExpressionError, ValueError) as exc:
+                decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="wait", ended_at=now,
+                                                error={"name": "InvalidWait", "message": str(exc)}))
+                wakes_function = True
+                continue
+            decision.steps.append(StepWrite(sid, StepStatus.SCHEDULED, name=name, kind="wait", scheduled_at=expires))
+            decision.pauses.append(NewPause(run_id=state.run.id, step_id=sid, kind="event", event_name=event_name,
+                                            expression=expression, expires_at=expires, since=cc.call_started))
+            decision.jobs.append(NewJob(sid, expires, JobKind.TIMEOUT, {"wait": "event"}, step_row=False))
+        elif kind == "InvokeFunction":
+            _invoke(state, cc, decision, sid, name, opts)
+        elif kind == "SendEvent":
+            try:
+                ids = _send_events(cc, decision, opts.get("events") or [])
+            except InvalidRequestError as exc:
+                decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="send", ended_at=now,
+                                                error={"name": "InvalidEvent", "message": exc.message}))
+            else:
+                decision.steps.append(StepWrite(sid, StepStatus.COMPLETED, name=name, kind="send", ended_at=now,
+                                                output={"data": {"ids": ids}}))
+            wakes_function = True
+        elif kind == "RunStep":
+            try:
+                spec = _parse_runtime(opts.get("runtime"), lambda p: DefinitionError(p, step=name))
+            except DefinitionError as exc:
+                decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="runstep", ended_at=now,
+                                                error={"name": "InvalidRuntime", "message": exc.message}))
+                wakes_function = True
+                continue
+            decision.jobs.append(NewJob(sid, now, JobKind.STEP, {"runtime": spec.to_config(),
+                                                                 "data": opts.get("data")},
+                                        name=name, step_kind="runstep"))
+        else:
+            return Advance(finish=RunStatus.FAILED, error={"code": "protocol_error",
+                                                           "message": f"unknown op {kind!r} for step {name!r}"})
+    if decision.finish is not None:
+        decision.jobs, decision.pauses = [], []
+        return decision
+    if wakes_function or not ops:
+        call_again_if_idle(state, decision, now)
+    return decision
+
+
+def _sleep_until(op: dict[str, Any], opts: dict[str, Any], now: int) -> int:
+    for candidate in (opts.get("until"), op.get("name")):
+        if isinstance(candidate, str):
+            try:
+                return int(datetime.fromisoformat(candidate.replace("Z", "+00:00")).timestamp() * 1000)
+            except ValueError:
+                pass
+    return now + int(parse_duration(opts.get("duration", 0)) * 1000)
+
+
+def _invoke(state: RunState, cc: CallContext, decision: Advance, sid: str, name: str,
+            opts: dict[str, Any]) -> None:
+    now = cc.now
+    wanted = str(opts.get("function_id", ""))
+    target = cc.functions.get_active(wanted)
+    if target is None and "-" in wanted:  # "<app>-<function>", the public protocol's composite id
+        for version, fn in cc.functions.active():
+            if wanted == f"{fn.app_id}-{fn.id}":
+                target = (version, fn)
+    if target is None:
+        decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="invoke", ended_at=now, error={
+            "name": "FunctionNotFound", "message": f"cannot invoke {wanted!r}: no such function is registered"}))
+        call_again_if_idle(state, decision, now)
+        return
+    version, fn = target
+    payload = opts.get("payload") or {}
+    event = EventRecord(id=new_ulid(), name=INVOKED_EVENT, data=payload.get("data") or {}, ts=now, received_at=now,
+                        user=payload.get("user"))
+    child = new_run(fn, version, event.to_dict(), now)
+    decision.events.append(NewEvent(event=event, runs=[child]))
+    decision.steps.append(StepWrite(sid, StepStatus.SCHEDULED, name=name, kind="invoke", scheduled_at=now))
+    decision.pauses.append(NewPause(run_id=state.run.id, step_id=sid, kind="invoke", child_run_id=child.run_id))
+    if opts.get("timeout"):
+        expires = now + int(parse_duration(opts["timeout"]) * 1000)
+        decision.jobs.append(NewJob(sid, expires, JobKind.TIMEOUT, {"wait": "invoke", "child": child.run_id},
+                                    step_row=False))
+
+
+def _send_events(cc: CallContext, decision: Advance, raw_events: list[Any]) -> list[str]:
+    records = [validate_event(item, index=i if len(raw_events) > 1 else None, received_at=cc.now)
+               for i, item in enumerate(raw_events)]
+    for record in records:
+        payload = record.to_dict()
+        runs = [new_run(fn, version, payload, cc.now) for version, fn in cc.functions.matching(record.name, payload)]
+        decision.events.append(NewEvent(event=record, runs=runs))
+    return [r.id for r in records]
+
+
+def failure_event(state: RunState, error: dict[str, Any] | None, functions: FunctionRegistry, now: int) -> NewEvent:
+    """`inngest/function.failed`, emitted in the transaction that fails a run; starts on_failure handlers."""
+    event = EventRecord(id=new_ulid(), name=FAILURE_EVENT, ts=now, received_at=now, data={
+        "function_id": state.run.function_id, "run_id": state.run.id, "error": error or {},
+        "event": state.event or {}})
+    payload = event.to_dict()
+    runs = [new_run(fn, version, payload, now) for version, fn in functions.matching(FAILURE_EVENT, payload)]
+    return NewEvent(event=event, runs=runs)
+

@@ -1,0 +1,225 @@
+"""One call of a function under the SDK protocol (DESIGN.md §3).
+
+The engine calls the function with the Input `{event, events, steps, ctx}`. The function replays memoized
+steps from `steps` until it reaches steps that have no result yet; this module decides what to do with them
+and answers with a Response:
+
+- `200` + output: the function returned.
+- `206` + ops: step boundaries. A lone new `step.run` is executed inline and the function continues; several
+  consecutive ones run in the same call (up to a time budget) and are reported together as `StepRun` ops, so a
+  3-step function needs one call, not three. When the function then returns, a final `RunComplete` op carries
+  its output. Steps reached together (`asyncio.gather`) are reported as `StepPlanned` and each runs in a call
+  of its own (`ctx.step_id` targets it). Sleeps, waits, invocations, events and steps on other runtimes are
+  reported for the engine to carry out.
+- `4xx` / `5xx` + error: the function raised. 4xx (NonRetriableError, a failed step left uncaught) is final;
+  5xx is retried, honouring `Retry-After`.
+
+Each inline step's op is reported before any later step's result is recorded, in order, in one response:
+the engine records them in one transaction before it calls again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from stepflow.sdk.context import Context, Event, ReplaySafeLogger
+from stepflow.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
+from stepflow.sdk.serialization import to_json_value
+from stepflow.sdk.steps import FoundStep, StepTools
+
+if TYPE_CHECKING:
+    from stepflow.sdk.app import FunctionSpec
+
+DEFAULT_INLINE_BUDGET = 1.0   # seconds of inline step execution per call before results are handed back
+SETTLE_ROUNDS = 3             # loop iterations that let sibling tasks of an asyncio.gather reach their steps
+
+
+@dataclass(slots=True)
+class SdkResponse:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "body": self.body, "headers": self.headers}
+
+
+def error_body(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, StepError):
+        return {"name": "StepError", "message": str(exc), "stack": exc.stack, "step_id": exc.step_id,
+                "cause": {"name": exc.error_name, "message": exc.error_message}}
+    return {"name": type(exc).__name__, "message": str(exc),
+            "stack": "".join(traceback.format_exception(exc)).rstrip()}
+
+
+class Execution:
+    def __init__(self, spec: "FunctionSpec", request: dict[str, Any], *,
+                 inline_budget: float = DEFAULT_INLINE_BUDGET) -> None:
+        self.spec = spec
+        ctx = request.get("ctx") or {}
+        self._memos: dict[str, Any] = dict(request.get("steps") or {})
+        self._stack: list[str] = list((ctx.get("stack") or {}).get("stack") or []) if isinstance(
+            ctx.get("stack"), dict) else list(ctx.get("stack") or [])
+        self._names: dict[str, str] = dict(ctx.get("step_names") or {})
+        self._unvisited: set[str] = set(self._memos)
+        self._target: str | None = ctx.get("step_id") or None
+        if self._target == "step":  # the public protocol's "no target"
+            self._target = None
+        self._budget = inline_budget
+        self._found: list[FoundStep] = []
+        self._ops: list[dict[str, Any]] = []
+        self._new_step = asyncio.Event()
+        self._registrations = 0
+        self._step_done: asyncio.Future[bool] | None = None
+        raw_event = request.get("event") or {}
+        self.context = Context(
+            event=Event.from_dict(raw_event),
+            events=[Event.from_dict(e) for e in request.get("events") or [raw_event]],
+            run_id=str(ctx.get("run_id", "")),
+            function_id=str(ctx.get("function_id", spec.id)),
+            app_id=str(ctx.get("app_id", spec.app_id)),
+            attempt=int(ctx.get("attempt", 0)),
+            step=StepTools(self),
+            logger=ReplaySafeLogger(spec.logger, self.is_replaying),
+        )
+
+    # --- called by the step tools -------------------------------------------------------------------------
+
+    def memo(self, hashed: str) -> Any:
+        memo = self._memos.get(hashed)
+        if memo is not None or hashed in self._memos:
+            self._unvisited.discard(hashed)
+            return memo if memo is not None else {"data": None}
+        return None
+
+    def is_replaying(self) -> bool:
+        return bool(self._unvisited)
+
+    async def report(self, step: FoundStep) -> Any:
+        """Park the caller until the execution decides about this step; returns the step's value if it was
+        executed inline, and otherwise never returns (the call ends and the task is cancelled)."""
+        self._found.append(step)
+        self._registrations += 1
+        self._new_step.set()
+        verdict = await step.decision
+        if verdict != "run" or step.run is None:
+            await asyncio.Event().wait()
+        return await self._run_inline(step)
+
+    async def _run_inline(self, step: FoundStep) -> Any:
+        assert step.run is not None
+        op: dict[str, Any] = {"id": step.hashed, "displayName": step.display, "name": step.display}
+        try:
+            value = await step.run()
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            op.update(op="StepError", error=error_body(exc))
+            if isinstance(exc, NonRetriableError):
+                op["opts"] = {"retriable": False}
+            elif isinstance(exc, RetryAfterError):
+                op["opts"] = {"retry_after_ms": int(exc.retry_after * 1000)}
+            self._ops.append(op)
+            if self._step_done is not None:
+                self._step_done.set_result(False)
+            await asyncio.Event().wait()
+        data = to_json_value(value)
+        op.update(op="StepRun", data=data)
+        self._ops.append(op)
+        # From now on the step is memoized for this call too (a later replay in this call would see it).
+        self._memos[step.hashed] = {"data": data}
+        if self._step_done is not None:
+            self._step_done.set_result(True)
+        return value
+
+    # --- the call -----------------------------------------------------------------------------------------
+
+    async def run(self) -> SdkResponse:
+        started = time.monotonic()
+        task = asyncio.ensure_future(self.spec.handler(self.context))
+        try:
+            while True:
+                await self._settle(task)
+                if task.done():
+                    break
+                found, self._found = self._found, []
+                if self._target is not None:
+                    # A call for one planned parallel step: run it (if reached) and report only it.
+                    step = next((f for f in found if f.hashed == self._target), None)
+                    if step is not None and step.op == "StepRun":
+                        await self._execute_inline(step, task)
+                    break
+                self._check_determinism(found)
+                if len(found) == 1 and found[0].op == "StepRun" and time.monotonic() - started < self._budget:
+                    if await self._execute_inline(found[0], task):
+                        continue
+                    break
+                self._ops.extend(f.to_op() for f in found)
+                break
+        except NonDeterminismError as exc:
+            task.cancel()
+            return SdkResponse(400, error_body(exc), {"X-Inngest-No-Retry": "true"})
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return self._response(task)
+
+    async def _execute_inline(self, step: FoundStep, task: asyncio.Future[Any]) -> bool:
+        """Let the parked step run its callable; True when it succeeded and the function may go on."""
+        self._step_done = asyncio.get_running_loop().create_future()
+        step.decision.set_result("run")
+        done, _ = await asyncio.wait({self._step_done, task}, return_when=asyncio.FIRST_COMPLETED)
+        if self._step_done in done:
+            return self._step_done.result()
+        return True
+
+    async def _settle(self, task: asyncio.Future[Any]) -> None:
+        """Return once the function has finished, or is parked on new steps with no more arriving."""
+        while not task.done():
+            if self._found:
+                seen = self._registrations
+                for _ in range(SETTLE_ROUNDS):
+                    await asyncio.sleep(0)
+                if task.done() or self._registrations == seen:
+                    return
+                continue
+            self._new_step.clear()
+            waiter = asyncio.ensure_future(self._new_step.wait())
+            try:
+                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+
+    def _check_determinism(self, found: list[FoundStep]) -> None:
+        if not found or not self._unvisited:
+            return
+        expected = next((h for h in self._stack if h in self._unvisited), next(iter(self._unvisited)))
+        name = self._names.get(expected, expected)
+        raise NonDeterminismError(
+            f"the function's code changed during this run: it reached step {found[0].display!r} where the run "
+            f"had already recorded step {name!r}. Give changed or reordered steps new ids; runs started "
+            "before a change keep replaying the steps they recorded")
+
+    def _response(self, task: asyncio.Future[Any]) -> SdkResponse:
+        if task.cancelled() or not task.done():
+            return SdkResponse(206, self._ops)
+        exc = task.exception()
+        if exc is None:
+            output = to_json_value(task.result())
+            if self._ops:
+                return SdkResponse(206, [*self._ops, {"op": "RunComplete", "data": output}])
+            return SdkResponse(200, output)
+        if self._ops:
+            # record what ran first; the next call replays them and meets the error again
+            return SdkResponse(206, self._ops)
+        if isinstance(exc, (NonRetriableError, StepError, NonDeterminismError)):
+            return SdkResponse(400, error_body(exc), {"X-Inngest-No-Retry": "true"})
+        headers = {}
+        if isinstance(exc, RetryAfterError):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return SdkResponse(500, error_body(exc), headers)
