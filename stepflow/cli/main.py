@@ -44,6 +44,8 @@ def _server_options(func: Any) -> Any:
     options = [
         click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False),
                      help="Workflow function file (.json or .toml). Repeatable."),
+        click.option("-u", "--app-url", "app_urls", multiple=True,
+                     help="An SDK app endpoint to sync (it registers its functions). Repeatable."),
         click.option("--host", default="127.0.0.1", show_default=True),
         click.option("--port", default=8288, show_default=True, type=int),
         click.option("--db", envvar="STEPFLOW_DATABASE_URL", default=None,
@@ -59,7 +61,7 @@ def _server_options(func: Any) -> Any:
     return func
 
 
-def _start(files: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
+def _start(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
            backoff_base: float | None, step_timeout: float | None, verbose: bool,
            settings: ServerSettings) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -67,7 +69,7 @@ def _start(files: tuple[str, ...], host: str, port: int, db: str | None, concurr
     engine = EngineConfig.from_env(concurrency=concurrency, backoff_base=backoff_base, step_timeout=step_timeout,
                                    signing_key=settings.signing_keys[0] if settings.signing_keys else None)
     options = ServerOptions(host=host, port=port, store_url=db, function_files=list(files), settings=settings,
-                            engine=engine)
+                            engine=engine, app_urls=list(app_urls))
     try:
         _run_async(run_server(options, announce=lambda line: click.echo(line, err=False)))
     except StepflowError as exc:
@@ -81,13 +83,13 @@ def _start(files: tuple[str, ...], host: str, port: int, db: str | None, concurr
 @click.option("--signing-key", envvar="STEPFLOW_SIGNING_KEY", default=None,
               help="Optional in dev: when set, the REST API requires it and step requests are signed.")
 @click.option("--event-key", envvar="STEPFLOW_EVENT_KEY", default=None, help="Optional in dev.")
-def dev(files: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
+def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
         backoff_base: float | None, step_timeout: float | None, verbose: bool, signing_key: str | None,
         event_key: str | None) -> None:
     """Everything in one process on embedded SQLite, keyless unless keys are given."""
     settings = ServerSettings(signing_keys=[signing_key] if signing_key else [],
                               event_keys=[event_key] if event_key else [], dev=True)
-    _start(files, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings)
+    _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings)
 
 
 @main.command()
@@ -96,7 +98,7 @@ def dev(files: tuple[str, ...], host: str, port: int, db: str | None, concurrenc
 @click.option("--signing-key-fallback", envvar="STEPFLOW_SIGNING_KEY_FALLBACK", default=None,
               help="Also accepted on the REST API, for key rotation.")
 @click.option("--event-key", "event_keys", envvar="STEPFLOW_EVENT_KEY", multiple=True, help="Required. Repeatable.")
-def serve(files: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
+def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
           backoff_base: float | None, step_timeout: float | None, verbose: bool, signing_key: str | None,
           signing_key_fallback: str | None, event_keys: tuple[str, ...]) -> None:
     """The production server: the same as dev, but keys are required."""
@@ -109,7 +111,7 @@ def serve(files: tuple[str, ...], host: str, port: int, db: str | None, concurre
     assert signing_key is not None
     keys = [signing_key] + ([signing_key_fallback] if signing_key_fallback else [])
     settings = ServerSettings(signing_keys=keys, event_keys=list(event_keys), dev=False)
-    _start(files, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings)
+    _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings)
 
 
 def _client_options(func: Any) -> Any:

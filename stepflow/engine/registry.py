@@ -35,6 +35,14 @@ class FunctionRegistry:
             active[fn.id] = (version, fn)
         self._active = active
 
+    async def deactivate_app(self, app_id: str, keep: set[str]) -> list[str]:
+        """Forget the functions of `app_id` not in `keep` (an app synced without them). Their runs go on."""
+        removed = [fid for fid, (_, fn) in self._active.items() if fn.app_id == app_id and fid not in keep]
+        for fid in removed:
+            await self._store.remove_function(fid)
+            del self._active[fid]
+        return removed
+
     def active(self) -> list[tuple[int, FunctionDef]]:
         return list(self._active.values())
 

@@ -93,7 +93,7 @@ async def auth_middleware(request: web.Request, handler: web.RequestHandler) -> 
 
 
 def create_app(engine: Engine, settings: ServerSettings) -> web.Application:
-    from stepflow.server import routes_events, routes_rest
+    from stepflow.server import routes_apps, routes_events, routes_rest
 
     app = web.Application(middlewares=[error_middleware, auth_middleware],
                           client_max_size=settings.max_request_bytes)
@@ -101,6 +101,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> web.Application:
     app[SETTINGS_KEY] = settings
     routes_events.setup(app)
     routes_rest.setup(app)
+    routes_apps.setup(app)
     app.router.add_get("/health", health)
     return app
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from stepflow.definitions import load_function_file
 from stepflow.engine import Engine, EngineConfig
 from stepflow.server.app import ServerSettings, create_app
+from stepflow.server.routes_apps import sync_app
 from stepflow.store import store_from_url
 
 log = logging.getLogger("stepflow.server")
@@ -25,6 +26,7 @@ class ServerOptions:
     port: int = 8288
     store_url: str | None = None
     function_files: list[str] = field(default_factory=list)
+    app_urls: list[str] = field(default_factory=list)       # SDK endpoints to sync (PUT) at start
     settings: ServerSettings = field(default_factory=ServerSettings)
     engine: EngineConfig = field(default_factory=EngineConfig)
     run_workers: bool = True
@@ -55,12 +57,18 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
                  f"REST: http://{options.host}:{options.port}/v1/")
         if not options.settings.rest_auth_required:
             announce("  dev mode: no keys configured — the REST API and the event API accept any caller")
+        server_url = f"http://{options.host}:{options.port}"
+        syncs = [asyncio.create_task(sync_app(url, server_url)) for url in options.app_urls]
+        for url in options.app_urls:
+            announce(f"  app: {url} (syncing)")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         announce("stepflow shutting down: finishing in-flight steps…")
+        for task in syncs:
+            task.cancel()
     finally:
         if runner is not None:
             await runner.cleanup()
