@@ -102,10 +102,11 @@ class Engine:
 
     async def ingest(self, events: list[EventRecord]) -> list[str]:
         """Store events and start the runs they trigger, in one transaction; then wake the workers."""
-        matches = {ev.id: self.functions.matching(ev.name, ev.to_dict()) for ev in events}
+        # keyed by the record itself: two events of one request may share an id (the second is a duplicate)
+        matches = {id(ev): self.functions.matching(ev.name, ev.to_dict()) for ev in events}
 
         def plan(ev: EventRecord) -> list[Any]:
-            return plan_runs_for_event(matches[ev.id], ev)
+            return plan_runs_for_event(matches[id(ev)], ev)
 
         ids = await self.store.ingest_events(events, plan)
         self._wake.set()  # new runs, or waits these events resolved

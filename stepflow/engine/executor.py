@@ -63,6 +63,8 @@ class Executor:
         """Run the job and record the outcome. Returns the run if it ended."""
         fn = await self.functions.get(job.function_id, job.function_version)
         if job.kind is JobKind.CALL:
+            if job.attempt >= fn.attempts_for(""):
+                return await self._exhausted(fn, job)
             return await self._code_call(fn, job)
         if job.kind is JobKind.SLEEP:
             now = now_ms()
@@ -72,6 +74,8 @@ class Executor:
             return await self._wait_timed_out(job)
         if job.kind is JobKind.RUN_TIMEOUT:
             return await self._run_timed_out(fn, job)
+        if job.attempt >= fn.attempts_for(job.step_id if not fn.is_code else ""):
+            return await self._exhausted(fn, job)
         if fn.is_code:
             return await self._code_remote_step(fn, job)
         return await self._workflow_step(fn, job)
@@ -251,6 +255,19 @@ class Executor:
             error = {"name": "StepError", **value}
             update = StepUpdate(status=StepStatus.FAILED, ended_at=now, error=error, logs=logs)
         return await self._settle(job, update, lambda s: self._wake_if_idle(s, now), now)
+
+    async def _exhausted(self, fn: FunctionDef, job: Job) -> RunRecord | None:
+        """Every attempt was lost to an engine crash (the attempt counter moves on at recovery): give up."""
+        now = now_ms()
+        error = {"code": "attempts_exhausted", "attempt": job.attempt,
+                 "message": f"all {job.attempt} attempts were interrupted (the engine stopped or lost its lease "
+                            "during each); not trying again"}
+        if job.kind is JobKind.CALL:
+            return await self._settle(job, None, lambda s: Advance(finish=RunStatus.FAILED, error=error), now)
+        update = StepUpdate(status=StepStatus.FAILED, ended_at=now, error=error)
+        if fn.is_code:
+            return await self._settle(job, update, lambda s: self._wake_if_idle(s, now), now)
+        return await self._settle(job, update, lambda s: advance_workflow(fn, s, update, job.step_id, now), now)
 
     async def _wait_timed_out(self, job: Job) -> RunRecord | None:
         now = now_ms()

@@ -44,6 +44,9 @@ class InProcessRuntime:
         except (ImportError, AttributeError) as exc:
             raise StepAttemptError("handler_not_found", f"cannot load handler {name!r}: {exc}",
                                    retryable=False) from exc
+        if not callable(handler):
+            raise StepAttemptError("handler_not_found", f"handler {name!r} is a {type(handler).__name__}, not a "
+                                   "function", retryable=False)
         self._handlers[name] = handler
         return handler
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from stepflow.definitions import load_function_file
+from stepflow.errors import DefinitionError
 from stepflow.engine import Engine, EngineConfig
 from stepflow.server.app import ServerSettings, create_app
 from stepflow.server.routes_apps import sync_app
@@ -35,6 +36,11 @@ class ServerOptions:
 async def run_server(options: ServerOptions, announce: Callable[[str], None] = print) -> None:
     """Run until SIGINT/SIGTERM. Definitions are checked before anything listens: a bad file stops startup."""
     functions = [fn for path in options.function_files for fn in load_function_file(path)]
+    seen: dict[str, str | None] = {}
+    for fn in functions:
+        if fn.id in seen:
+            raise DefinitionError(f"declared in both {seen[fn.id]} and {fn.source}", function=fn.id)
+        seen[fn.id] = fn.source
     engine = Engine(store_from_url(options.store_url), options.engine, run_workers=options.run_workers)
     await engine.start()
     runner: web.AppRunner | None = None

@@ -449,7 +449,9 @@ class SqliteStore:
             # An untargeted call is never claimed while another call of the same run is executing: two
             # concurrent replays of one function would both run its next step.
             rows = db.execute(
-                "UPDATE jobs SET lease_owner=?, available_at=?, token=token+1 WHERE id IN "
+                # a job still leased here has an expired lease: its worker died mid-attempt, which counts
+                "UPDATE jobs SET attempt=attempt+(lease_owner IS NOT NULL), lease_owner=?, available_at=?, "
+                "token=token+1 WHERE id IN "
                 "(SELECT j.id FROM jobs j WHERE j.available_at<=? AND NOT (j.kind='call' AND j.payload IS NULL "
                 " AND EXISTS (SELECT 1 FROM jobs k WHERE k.run_id=j.run_id AND k.kind='call' AND k.payload IS "
                 " NULL AND k.lease_owner IS NOT NULL AND k.id != j.id)) ORDER BY j.available_at LIMIT ?) "
@@ -481,9 +483,12 @@ class SqliteStore:
         return self.db.execute("UPDATE jobs SET available_at=? WHERE lease_owner=?", (until, worker_id)).rowcount
 
     async def release_leases(self, worker_id: str | None, now: int) -> int:
+        """worker_id=None: recovery after a crash — every attempt in flight was lost, and counts as one (so a
+        step that kills the engine every time cannot loop forever). A worker stopping gracefully releases its
+        own jobs without counting: it interrupted them."""
         if worker_id is None:
-            cur = self.db.execute("UPDATE jobs SET lease_owner=NULL, available_at=? WHERE lease_owner IS NOT NULL",
-                                  (now,))
+            cur = self.db.execute("UPDATE jobs SET lease_owner=NULL, available_at=?, attempt=attempt+1 "
+                                  "WHERE lease_owner IS NOT NULL", (now,))
         else:
             cur = self.db.execute("UPDATE jobs SET lease_owner=NULL, available_at=? WHERE lease_owner=?",
                                   (now, worker_id))
@@ -538,10 +543,12 @@ class SqliteStore:
             if not owned:
                 # Cancelled (or lease lost): keep what the attempt produced, for the record, and stop there.
                 if update is not None:
-                    db.execute("UPDATE steps SET output=?, error=?, ended_at=?, logs=COALESCE(?, logs) "
+                    ended = update.status if update.status in (StepStatus.COMPLETED, StepStatus.FAILED) \
+                        else StepStatus.CANCELLED
+                    db.execute("UPDATE steps SET status=?, output=?, error=?, ended_at=?, logs=COALESCE(?, logs) "
                                "WHERE run_id=? AND step_id=? AND status IN ('running', 'cancelled')",
-                               (_pack(update.output), _pack(update.error), update.ended_at, update.logs,
-                                job.run_id, job.step_id))
+                               (ended.value, _pack(update.output), _pack(update.error), update.ended_at,
+                                update.logs, job.run_id, job.step_id))
                 return None
             if update is not None:
                 seq = 0
@@ -578,9 +585,12 @@ class SqliteStore:
         with self._tx() as db:
             owned = db.execute("UPDATE jobs SET available_at=?, attempt=attempt+1, lease_owner=NULL "
                                "WHERE id=? AND token=?", (available_at, job.id, job.token)).rowcount == 1
-            db.execute("UPDATE steps SET status=CASE WHEN ? THEN 'scheduled' ELSE status END, "
+            # not ours any more: the run ended meanwhile (the step shows cancelled), or another worker has it
+            db.execute("UPDATE steps SET status=CASE WHEN ? THEN 'scheduled' WHEN (SELECT status FROM runs WHERE "
+                       "id=?) IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN 'cancelled' ELSE status END, "
                        "scheduled_at=?, error=?, logs=COALESCE(?, logs) WHERE run_id=? AND step_id=?",
-                       (owned, available_at, _pack(update.error), update.logs, job.run_id, job.step_id))
+                       (owned, job.run_id, available_at, _pack(update.error), update.logs, job.run_id,
+                        job.step_id))
         return owned
 
 
