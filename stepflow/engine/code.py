@@ -90,7 +90,7 @@ class CallContext:
 
     def __init__(self, fn: FunctionDef, functions: FunctionRegistry, *, attempt: int, max_attempts: int,
                  target: str | None, call_started: int, now: int, max_output_bytes: int,
-                 backoff: Any) -> None:
+                 backoff: Any, fast_forward: bool = False) -> None:
         self.fn = fn
         self.functions = functions
         self.attempt = attempt
@@ -100,6 +100,7 @@ class CallContext:
         self.now = now
         self.max_output_bytes = max_output_bytes
         self.backoff = backoff  # (attempt, retry_after seconds or None) -> delay seconds
+        self.fast_forward = fast_forward
 
 
 def call_again_if_idle(state: RunState, decision: Advance, now: int, removed_pauses: int = 0) -> None:
@@ -218,7 +219,7 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
         elif kind == "StepPlanned":
             decision.jobs.append(NewJob(sid, now, JobKind.CALL, {"target": sid}, name=name, step_kind="run"))
         elif kind == "Sleep":
-            until = _sleep_until(op, opts, now)
+            until = now if cc.fast_forward else _sleep_until(op, opts, now)
             decision.jobs.append(NewJob(sid, until, JobKind.SLEEP, name=name, step_kind="sleep"))
         elif kind == "WaitForEvent":
             event_name = opts.get("event") or op.get("name")
@@ -237,8 +238,11 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
                 wakes_function = True
                 continue
             decision.steps.append(StepWrite(sid, StepStatus.SCHEDULED, name=name, kind="wait", scheduled_at=expires))
+            since = cc.call_started
+            if cc.fast_forward:
+                expires, since = now, state.run.created_at
             decision.pauses.append(NewPause(run_id=state.run.id, step_id=sid, kind="event", event_name=event_name,
-                                            expression=expression, expires_at=expires, since=cc.call_started))
+                                            expression=expression, expires_at=expires, since=since))
             decision.jobs.append(NewJob(sid, expires, JobKind.TIMEOUT, {"wait": "event"}, step_row=False))
         elif kind == "InvokeFunction":
             _invoke(state, cc, decision, sid, name, opts)

@@ -19,6 +19,9 @@ class EngineConfig:
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     signing_key: str | None = None       # signs requests to step servers (X-Inngest-Signature)
     environment_id: str = "local"
+    # Testing: sleeps end at once, waits for events time out at once unless a matching event was sent since
+    # the run was created (see stepflow.testing). Never for production.
+    fast_forward: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> "EngineConfig":

@@ -17,7 +17,10 @@ from stepflow.definitions import FunctionDef
 from stepflow.engine.config import EngineConfig
 from stepflow.engine.executor import Executor
 from stepflow.engine.planner import plan_runs_for_event
+from stepflow.engine.runs import new_run
+from stepflow.errors import NotFoundError
 from stepflow.engine.registry import FunctionRegistry
+from stepflow.engine.scheduler import CronScheduler
 from stepflow.engine.watch import RunWatcher
 from stepflow.expressions import Expression
 from stepflow.events import validate_event
@@ -50,6 +53,7 @@ class Engine:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
+        self._cron_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -68,13 +72,15 @@ class Engine:
         if self._run_workers:
             self._loop_task = asyncio.create_task(self._worker_loop(), name="stepflow-worker")
             self._lease_task = asyncio.create_task(self._renew_leases(), name="stepflow-leases")
+            scheduler = CronScheduler(self.store, self.functions, self._wake)
+            self._cron_task = asyncio.create_task(scheduler.run(), name="stepflow-cron")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop claiming; give in-flight steps `grace` seconds, then cancel them (their leases are released,
         so the next engine re-runs them — a step is only ever recorded once)."""
         self._stopping = True
         self._wake.set()
-        for task in (self._loop_task, self._lease_task):
+        for task in (self._loop_task, self._lease_task, self._cron_task):
             if task is not None:
                 task.cancel()
         if self._inflight:
@@ -119,6 +125,18 @@ class Engine:
         records = [validate_event(item, index=i if len(items) > 1 else None, received_at=received)
                    for i, item in enumerate(items)]
         return await self.ingest(records)
+
+    async def invoke(self, function_id: str, event: dict[str, Any]) -> tuple[str, str]:
+        """Start a run of one function (whatever its triggers) with `event`; returns (event id, run id)."""
+        found = self.functions.get_active(function_id)
+        if found is None:
+            raise NotFoundError(f"no function {function_id!r} is registered")
+        version, fn = found
+        record = validate_event(event, index=None, received_at=now_ms())
+        runs = [new_run(fn, version, record.to_dict(), record.received_at)]
+        await self.store.ingest_events([record], lambda ev: runs)
+        self._wake.set()
+        return record.id, runs[0].run_id
 
     async def wait_for_run(self, run_id: str, timeout: float) -> RunRecord | None:
         return await self.watcher.wait(run_id, timeout)

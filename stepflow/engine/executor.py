@@ -210,7 +210,7 @@ class Executor:
         now = attempt.ended
         cc = code.CallContext(fn, self.functions, attempt=job.attempt, max_attempts=max_attempts, target=target,
                               call_started=attempt.started, now=now, max_output_bytes=self.config.max_output_bytes,
-                              backoff=self.backoff)
+                              backoff=self.backoff, fast_forward=self.config.fast_forward)
         if attempt.answer is not None:
             answer = attempt.answer
             response, error = answer.response, None
