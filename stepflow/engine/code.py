@@ -34,6 +34,7 @@ from stepflow.store.records import (
     NewPause,
     RunState,
     RunStatus,
+    StepRecord,
     StepStatus,
     StepWrite,
 )
@@ -185,19 +186,20 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
         if kind == "StepRun":
             data = op.get("data")
             size = len(codec.dumps(data))
+            attempt = _step_attempt(cc, sid, existing)
             if size > cc.max_output_bytes:
                 decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="run", ended_at=now,
                                                 error=_too_large(f"step {name!r}'s output", size, cc),
-                                                attempts=cc.attempt + 1))
+                                                attempts=attempt + 1))
             else:
                 decision.steps.append(StepWrite(sid, StepStatus.COMPLETED, name=name, kind="run",
-                                                output={"data": data}, ended_at=now, attempts=cc.attempt + 1))
+                                                output={"data": data}, ended_at=now, attempts=attempt + 1))
             wakes_function = True
         elif kind == "StepError":
             error = dict(op.get("error") or {})
             error.setdefault("name", "Error")
             error.setdefault("message", "")
-            attempt = cc.attempt if cc.target == sid or cc.target is None else 0
+            attempt = _step_attempt(cc, sid, existing)
             retriable = opts.get("retriable", True) is not False
             retry_after = opts.get("retry_after_ms")
             if retriable and attempt + 1 < cc.max_attempts:
@@ -276,6 +278,21 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
     if wakes_function or not ops:
         call_again_if_idle(state, decision, now)
     return decision
+
+
+def _step_attempt(cc: CallContext, sid: str, existing: StepRecord | None) -> int:
+    """The 0-based attempt of step `sid` reported by this call.
+
+    A call's attempt number belongs to the one step it retries: its target, or (untargeted) the step whose
+    earlier attempt failed and is scheduled again — that step's row counts its attempts. Any other step
+    reached in the same call (inline, after the retried one succeeded) is on its first attempt; giving it the
+    call's number would spend its retries before it ever failed.
+    """
+    if cc.target is not None:
+        return cc.attempt if cc.target == sid else 0
+    if existing is not None and existing.status is StepStatus.SCHEDULED:
+        return existing.attempts
+    return 0
 
 
 def _sleep_until(op: dict[str, Any], opts: dict[str, Any], now: int) -> int:

@@ -76,6 +76,23 @@ def decode_as(value: Any, annotation: Any) -> Any:
 
 def return_annotation(fn: Any) -> Any:
     """The declared return type of a callable (unwrapping Awaitable/Coroutine), or None."""
+    if not getattr(fn, "__annotations__", None):
+        return None  # lambdas and unannotated callables: nothing to resolve
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        cached = _ANNOTATIONS.get(code, _MISSING)
+        if cached is not _MISSING:
+            return cached
+        _ANNOTATIONS[code] = result = _resolve_return(fn)
+        return result
+    return _resolve_return(fn)
+
+
+_MISSING = object()
+_ANNOTATIONS: dict[Any, Any] = {}  # by code object: closures made per call share it
+
+
+def _resolve_return(fn: Any) -> Any:
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # noqa: BLE001 - unresolvable annotations just mean "untyped"

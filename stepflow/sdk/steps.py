@@ -89,8 +89,8 @@ class StepTools:
         """
         hashed, display = self._ids(step_id)
         found, value = self._replay(hashed, display)
-        annotation = output_type if output_type is not None else return_annotation(fn)
-        if found:
+        if found:  # only a replay needs the type (resolving annotations is not free)
+            annotation = output_type if output_type is not None else return_annotation(fn)
             return decode_as(value, annotation)  # type: ignore[no-any-return]
 
         async def execute() -> Any:

@@ -52,9 +52,11 @@ async def error_middleware(request: web.Request, handler: web.RequestHandler) ->
         return await handler(request)
     except StepflowError as exc:
         return error_response(exc.status, exc.code, exc.message)
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
+        # aiohttp's exception does not keep the limit it enforced; it is the server's configured one
+        limit = request.app[SETTINGS_KEY].max_request_bytes
         return error_response(413, "payload_too_large",
-                              f"the request body is larger than the server's limit ({exc.max_size} bytes)")
+                              f"the request body is larger than the server's limit ({limit} bytes)")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -104,7 +104,7 @@ def _parse_list_query(request: web.Request) -> tuple[RunStatus | None, str | Non
     if cursor is not None and not is_ulid(cursor):
         raise InvalidRequestError("'cursor' must be a run id from a previous page")
     try:
-        limit = int(q.get("limit", "50"))
+        limit = int(q.get("limit") or "50")  # `limit=` (empty) means the default, like the other parameters
     except ValueError:
         raise InvalidRequestError("'limit' must be a whole number") from None
     if not 1 <= limit <= MAX_PAGE:
