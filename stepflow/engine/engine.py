@@ -26,6 +26,7 @@ from stepflow.expressions import Expression
 from stepflow.events import validate_event
 from stepflow.ids import new_ulid, now_ms
 from stepflow.runtimes.base import Runtime, RuntimeRegistry
+from stepflow.runtimes.docker import DockerRuntime
 from stepflow.runtimes.http import HttpRuntime
 from stepflow.runtimes.inprocess import InProcessRuntime
 from stepflow.store.base import Store
@@ -41,7 +42,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.functions = FunctionRegistry(store)
         self.runtimes = RuntimeRegistry()
-        for runtime in runtimes if runtimes is not None else [HttpRuntime(), InProcessRuntime()]:
+        for runtime in runtimes if runtimes is not None else default_runtimes():
             self.runtimes.add(runtime)
         self.watcher = RunWatcher(store)
         store.pause_matcher = PauseMatcher()
@@ -207,6 +208,10 @@ class Engine:
                                                   now_ms() + int(self.config.lease_seconds * 1000))
                 except Exception:
                     log.exception("lease renewal failed")
+
+
+def default_runtimes() -> list[Runtime]:
+    return [HttpRuntime(), InProcessRuntime(), DockerRuntime()]
 
 
 class PauseMatcher:
