@@ -201,10 +201,13 @@ class StepTools:
         return await self.remote(step_id, runtime=runtime, data=data)
 
     async def docker(self, step_id: str, *, image: str, env: dict[str, str] | None = None,
-                     timeout: str | None = None, memory: str | None = None, network: bool = False,
-                     data: Any = None) -> Any:
+                     timeout: str | None = None, memory: str | None = None, cpus: float | None = None,
+                     network: bool = False, command: list[str] | None = None, data: Any = None) -> Any:
+        """Run the step in a container of `image`; the Input is the command's last argument (argv[1] of the
+        image's entrypoint, after `command` if given)."""
         runtime: dict[str, Any] = {"type": "docker", "image": image}
-        for key, value in (("env", env), ("timeout", timeout), ("memory", memory)):
+        for key, value in (("env", env), ("timeout", timeout), ("memory", memory), ("cpus", cpus),
+                           ("command", command)):
             if value:
                 runtime[key] = value
         if network:
