@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import cel
-
 from stepflow.errors import ExpressionError
 
 
@@ -22,6 +20,8 @@ class Expression:
         if not isinstance(source, str) or not source.strip():
             raise ExpressionError("expression must be a non-empty string")
         self.source = source
+        import cel  # here, not at module level: it costs ~0.1 s to import, which CLI calls should not pay
+
         try:
             self._program = cel.compile(source)
         except (ValueError, RuntimeError) as exc:

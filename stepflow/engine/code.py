@@ -56,18 +56,16 @@ def memos(state: RunState) -> dict[str, Any]:
 
 
 def build_call_input(fn: FunctionDef, state: RunState, job_attempt: int, max_attempts: int,
-                     target: str | None) -> dict[str, Any]:
+                     target: str | None, max_output_bytes: int | None = None) -> dict[str, Any]:
     settled = sorted((s for s in state.steps.values() if s.kind is not None and s.seq > 0), key=lambda s: s.seq)
     event = state.event or {}
-    return {
-        "event": event,
-        "events": [event],
-        "steps": memos(state),
-        "ctx": {"run_id": state.run.id, "function_id": fn.id, "app_id": fn.app_id, "attempt": job_attempt,
-                "max_attempts": max_attempts, "step_id": target,
-                "stack": {"stack": [s.step_id for s in settled]},
-                "step_names": {s.step_id: s.name for s in settled if s.name}},
-    }
+    ctx: dict[str, Any] = {"run_id": state.run.id, "function_id": fn.id, "app_id": fn.app_id,
+                           "attempt": job_attempt, "max_attempts": max_attempts, "step_id": target,
+                           "stack": {"stack": [s.step_id for s in settled]},
+                           "step_names": {s.step_id: s.name for s in settled if s.name}}
+    if max_output_bytes is not None:
+        ctx["max_output_bytes"] = max_output_bytes  # so the SDK refuses an oversized step before going on
+    return {"event": event, "events": [event], "steps": memos(state), "ctx": ctx}
 
 
 def build_remote_input(fn: FunctionDef, state: RunState, step_id: str, attempt: int, max_attempts: int,
@@ -191,9 +189,12 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
                 decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="run", ended_at=now,
                                                 error=_too_large(f"step {name!r}'s output", size, cc),
                                                 attempts=attempt + 1))
-            else:
-                decision.steps.append(StepWrite(sid, StepStatus.COMPLETED, name=name, kind="run",
-                                                output={"data": data}, ended_at=now, attempts=attempt + 1))
+                # Whatever the function did after this step (later inline steps, its return) used a value that
+                # is not stored: drop it. The next call replays and meets the failed step as a StepError.
+                wakes_function = True
+                break
+            decision.steps.append(StepWrite(sid, StepStatus.COMPLETED, name=name, kind="run",
+                                            output={"data": data}, ended_at=now, attempts=attempt + 1))
             wakes_function = True
         elif kind == "StepError":
             error = dict(op.get("error") or {})

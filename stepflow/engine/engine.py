@@ -33,6 +33,7 @@ from stepflow.store.base import Store
 from stepflow.store.records import EventRecord, Job, RunRecord
 
 log = logging.getLogger("stepflow.engine")
+MIN_IDLE = 0.02  # seconds: the shortest sleep of an idle worker loop
 
 
 class Engine:
@@ -164,20 +165,22 @@ class Engine:
                     for job in jobs:
                         task = asyncio.create_task(self._execute(job))
                         self._inflight[job.id] = task
-                if jobs and len(jobs) == free:
+                if free <= 0 or len(jobs) == free:
                     await self._wake.wait()  # full: wait for a slot (set by _execute) or new work
                     continue
                 if jobs:
                     continue  # claimed something: there may be more due right away
+                # Nothing claimable. A job may be due yet not claimable (a call waiting for another call of
+                # its run to finish): never spin on it — sleep until woken (new work, a freed slot, a run's
+                # call finishing) or until the next job falls due, at least MIN_IDLE.
                 due = await self.store.next_due_at()
                 timeout = self.config.poll_interval
                 if due is not None:
-                    timeout = max(0.0, min(timeout, (due - now_ms()) / 1000))
-                if timeout > 0:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout)
-                    except asyncio.TimeoutError:
-                        pass
+                    timeout = min(timeout, (due - now_ms()) / 1000)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), max(MIN_IDLE, timeout))
+                except asyncio.TimeoutError:
+                    pass
             except asyncio.CancelledError:
                 raise
             except Exception:  # the store hiccuped: log, back off, keep going (leases protect the work)

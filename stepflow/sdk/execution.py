@@ -26,9 +26,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from stepflow import codec
+from stepflow.contract import DEFAULT_MAX_OUTPUT_BYTES
 from stepflow.sdk.context import Context, Event, ReplaySafeLogger
 from stepflow.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
-from stepflow.sdk.serialization import to_json_value
+from stepflow.sdk.serialization import encode, to_json_value
 from stepflow.sdk.steps import FoundStep, StepTools
 
 if TYPE_CHECKING:
@@ -56,6 +58,13 @@ def error_body(exc: BaseException) -> dict[str, Any]:
             "stack": "".join(traceback.format_exception(exc)).rstrip()}
 
 
+def output_too_large(step: str, size: int, limit: int) -> dict[str, Any]:
+    return {"name": "OutputTooLarge", "code": "output_too_large", "size": size, "limit": limit,
+            "message": f"step {step!r}'s output is {size} bytes encoded; the limit is {limit} bytes "
+                       f"({limit / 1048576:g} MiB). Return less data (e.g. store large results elsewhere and "
+                       "return a reference)"}
+
+
 class Execution:
     def __init__(self, spec: "FunctionSpec", request: dict[str, Any], *,
                  inline_budget: float = DEFAULT_INLINE_BUDGET) -> None:
@@ -70,6 +79,8 @@ class Execution:
         if self._target == "step":  # the public protocol's "no target"
             self._target = None
         self._budget = inline_budget
+        # The engine's limit on one step's output (it may say so in ctx; the default is the engine's default).
+        self._max_output_bytes = int(ctx.get("max_output_bytes") or DEFAULT_MAX_OUTPUT_BYTES)
         self._found: list[FoundStep] = []
         self._ops: list[dict[str, Any]] = []
         self._new_step = asyncio.Event()
@@ -113,21 +124,36 @@ class Execution:
     async def _run_inline(self, step: FoundStep) -> Any:
         assert step.run is not None
         op: dict[str, Any] = {"id": step.hashed, "displayName": step.display, "name": step.display}
+        error: dict[str, Any] | None = None
         try:
             value = await step.run()
+            try:
+                encoded = encode(value)
+            except TypeError as exc:
+                # The value cannot be stored: fail the step, not the function (which would re-run the step on
+                # every retry of the call); retrying would only return the same kind of value again.
+                raise NonRetriableError(str(exc)) from exc
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            op.update(op="StepError", error=error_body(exc))
+            error = error_body(exc)
             if isinstance(exc, NonRetriableError):
                 op["opts"] = {"retriable": False}
             elif isinstance(exc, RetryAfterError):
                 op["opts"] = {"retry_after_ms": int(exc.retry_after * 1000)}
+        else:
+            if len(encoded) > self._max_output_bytes:
+                # Refused here, like the engine would refuse it: the function must not go on with a value that
+                # is not stored (nor send it: over HTTP the whole answer would be over the limit).
+                error = output_too_large(step.display, len(encoded), self._max_output_bytes)
+                op["opts"] = {"retriable": False}
+        if error is not None:
+            op.update(op="StepError", error=error)
             self._ops.append(op)
             if self._step_done is not None:
                 self._step_done.set_result(False)
             await asyncio.Event().wait()
-        data = to_json_value(value)
+        data = codec.loads(encoded)
         op.update(op="StepRun", data=data)
         self._ops.append(op)
         # From now on the step is memoized for this call too (a later replay in this call would see it).

@@ -50,6 +50,7 @@ _STEP_COLUMNS = ("run_id, step_id, status, attempts, scheduled_at, started_at, e
                  "logs, name, kind")
 _PAUSE_COLUMNS = "id, run_id, step_id, kind, event_name, expression, child_run_id, expires_at"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+EVENT_DEDUP_WINDOW_MS = 24 * 3600 * 1000
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
@@ -238,11 +239,24 @@ class SqliteStore:
         return True
 
     def _insert_event(self, ev: EventRecord) -> bool:
-        """False when the id is already stored: a duplicate, to be ignored."""
-        cur = self.db.execute("INSERT OR IGNORE INTO events (id, name, payload, ts, received_at) "
-                              "VALUES (?, ?, ?, ?, ?)",
-                              (ev.id, ev.name, codec.pack(ev.to_dict()), ev.ts, ev.received_at))
-        return cur.rowcount == 1
+        """False when the id was stored less than 24 h ago: a duplicate, to be ignored.
+
+        An id reused after the window starts a new event: the old one is kept under `<id>:<received_at>`
+        (its runs follow it), so nothing is lost and the id names the latest event.
+        """
+        db = self.db
+        args = (ev.id, ev.name, codec.pack(ev.to_dict()), ev.ts, ev.received_at)
+        insert = "INSERT OR IGNORE INTO events (id, name, payload, ts, received_at) VALUES (?, ?, ?, ?, ?)"
+        if db.execute(insert, args).rowcount == 1:
+            return True
+        row = db.execute("SELECT received_at FROM events WHERE id=?", (ev.id,)).fetchone()
+        if row is None or ev.received_at - row[0] < EVENT_DEDUP_WINDOW_MS:
+            return False
+        archived = f"{ev.id}:{row[0]}"
+        db.execute("UPDATE events SET id=? WHERE id=?", (archived, ev.id))
+        db.execute("UPDATE runs SET event_id=? WHERE event_id=?", (archived, ev.id))
+        db.execute(insert, args)
+        return True
 
     def _insert_new_event(self, new: NewEvent) -> None:
         if self._insert_event(new.event):
