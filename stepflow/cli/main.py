@@ -193,5 +193,29 @@ def run(run_id: str, wait: bool, timeout: float, url: str, signing_key: str | No
         sys.exit(1)
 
 
+@main.group()
+def package() -> None:
+    """Package a Python step or an SDK app to run on a runtime."""
+
+
+@package.command("docker")
+@click.argument("target")
+@click.option("--tag", "-t", required=True, help="Image name and tag, e.g. acme/resize:1")
+@click.option("--base", default=None, help="Base image with Python (default: python:<this Python>-slim). Its "
+              "Python version must match this one.")
+def package_docker(target: str, tag: str, base: str | None) -> None:
+    """Build an image from TARGET: `path/to/file.py:function` (a step taking the Input) or
+    `package.module:app` (an SDK App; each call runs the function named in the Input)."""
+    from stepflow.kit.docker_image import DEFAULT_BASE, build_image
+    from stepflow.runtimes.docker_api import DockerError, DockerUnavailable
+
+    try:
+        image_id = asyncio.run(build_image(target, tag, base or DEFAULT_BASE))
+    except (DockerError, DockerUnavailable, OSError, ValueError, ImportError) as exc:
+        fail(f"cannot build {tag}: {exc}")
+    click.echo(f"built {tag} ({image_id[:19]})")
+    click.echo(f'use it in a workflow step: {{"runtime": {{"type": "docker", "image": "{tag}"}}}}')
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
