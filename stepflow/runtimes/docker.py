@@ -180,14 +180,15 @@ class DockerRuntime:
             timed_out = True
             await client.kill(container_id)
             exit_code = -1
-        state = (await client.inspect(container_id)).get("State") or {}
+        # an OOM kill shows as exit code 137 (SIGKILL); only then is the inspect round trip worth paying
+        oom = exit_code == 137 and bool(((await client.inspect(container_id)).get("State") or {}).get("OOMKilled"))
         stdout, stdout_size, stderr = await client.logs(container_id, invocation.max_output_bytes, STDERR_KEEP)
         logs = stderr.decode(errors="replace") or None
         tail = (logs or "")[-2000:]
         if timed_out:
             raise StepAttemptError("timeout", f"the container did not exit within {invocation.timeout:g}s; it was "
                                    "killed", logs=logs)
-        if state.get("OOMKilled"):
+        if oom:
             raise StepAttemptError("oom_killed", f"the container was killed for exceeding its memory limit "
                                    f"({invocation.options.get('memory')}); raise `memory` or use less",
                                    retryable=False, logs=logs, details={"exit_code": exit_code})
