@@ -199,7 +199,8 @@ class Executor:
             return None
         target = (job.payload or {}).get("target")
         max_attempts = fn.attempts_for("")
-        document = code.build_call_input(fn, state, job.attempt, max_attempts, target)
+        document = code.build_call_input(fn, state, job.attempt, max_attempts, target,
+                                         max_output_bytes=self.config.max_output_bytes)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=target or "",
                           attempt=job.attempt, max_attempts=max_attempts)
         options = dict(fn.runtime.options)

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from stepflow.definitions import FunctionDef, parse_function
-from stepflow.errors import ExpressionError, NotFoundError
+from stepflow.errors import DefinitionError, ExpressionError, NotFoundError
 from stepflow.store.base import Store
 
 log = logging.getLogger("stepflow.engine")
@@ -20,7 +20,16 @@ class FunctionRegistry:
         self._versions: dict[tuple[str, int], FunctionDef] = {}
 
     async def register(self, fn: FunctionDef) -> int:
-        """Store the definition (a new version if it changed) and make it active."""
+        """Store the definition (a new version if it changed) and make it active.
+
+        Function ids are global: an id already active in another app is refused, rather than silently
+        taking over that app's events.
+        """
+        current = self._active.get(fn.id)
+        if current is not None and current[1].app_id != fn.app_id:
+            raise DefinitionError(f"the id is already used by app {current[1].app_id!r} "
+                                  f"({current[1].source}); function ids must be unique across apps",
+                                  source=fn.source, function=fn.id)
         version = await self._store.save_function(fn.id, fn.app_id, fn.to_config())
         self._active[fn.id] = (version, fn)
         self._versions[(fn.id, version)] = fn

@@ -12,6 +12,7 @@ from stepflow.runtimes.base import Invocation, StepAnswer, StepAttemptError, par
 from stepflow.signing import SIGNATURE_HEADER, sign
 
 USER_AGENT = "stepflow/0.1"
+SDK_ANSWER_LIMIT = 64 * 1024 * 1024
 
 
 class HttpRuntime:
@@ -46,6 +47,9 @@ class HttpRuntime:
             body = canonical_json(codec.loads(body))
             headers[SIGNATURE_HEADER] = sign(body, invocation.signing_key)
         limit = invocation.max_output_bytes
+        if invocation.sdk_call:
+            # one SDK answer may carry several inline steps, each up to the limit (the engine checks each op)
+            limit = max(SDK_ANSWER_LIMIT, 16 * invocation.max_output_bytes)
         try:
             async with self._session.post(url, data=body, headers=headers,
                                           timeout=aiohttp.ClientTimeout(total=invocation.timeout),

@@ -21,6 +21,7 @@ the engine records them in one transaction before it calls again.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from stepflow.contract import DEFAULT_MAX_OUTPUT_BYTES
 from stepflow.sdk.context import Context, Event, ReplaySafeLogger
 from stepflow.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepflow.sdk.serialization import encode, to_json_value
-from stepflow.sdk.steps import FoundStep, StepTools
+from stepflow.sdk.steps import FoundStep, StepTools, inside_step
 
 if TYPE_CHECKING:
     from stepflow.sdk.app import FunctionSpec
@@ -108,7 +109,11 @@ class Execution:
         return None
 
     def is_replaying(self) -> bool:
-        return bool(self._unvisited)
+        if inside_step():
+            return False  # a step's callable only runs for real
+        # A call targeting one parallel step replays everything around it: the untargeted call that planned
+        # the step already went through that code (and logged it).
+        return bool(self._unvisited) or self._target is not None
 
     async def report(self, step: FoundStep) -> Any:
         """Park the caller until the execution decides about this step; returns the step's value if it was
@@ -236,7 +241,11 @@ class Execution:
             return SdkResponse(206, self._ops)
         exc = task.exception()
         if exc is None:
-            output = to_json_value(task.result())
+            try:
+                output = to_json_value(task.result())
+            except TypeError as error:
+                # Not storable: a retry would return the same kind of value, so fail now, naming the problem.
+                return SdkResponse(400, error_body(error), {"X-Inngest-No-Retry": "true"})
             if self._ops:
                 return SdkResponse(206, [*self._ops, {"op": "RunComplete", "data": output}])
             return SdkResponse(200, output)
@@ -247,5 +256,6 @@ class Execution:
             return SdkResponse(400, error_body(exc), {"X-Inngest-No-Retry": "true"})
         headers = {}
         if isinstance(exc, RetryAfterError):
-            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+            # whole seconds on the wire: round up, so the retry never comes earlier than asked
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return SdkResponse(500, error_body(exc), headers)

@@ -5,6 +5,7 @@ hand it to the engine (sleeps, waits, invocations, events, steps on other runtim
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import inspect
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,15 @@ if TYPE_CHECKING:
     from stepflow.sdk.execution import Execution
 
 T = TypeVar("T")
+
+# Set while a step's callable executes, in its task's context only: a step reached from inside it is nested,
+# while a step reached by a sibling task (asyncio.gather) at the same time is merely parallel.
+_INSIDE_STEP: contextvars.ContextVar[bool] = contextvars.ContextVar("stepflow_inside_step", default=False)
+
+
+def inside_step() -> bool:
+    """True in code called by a step's callable (which runs for real, once per attempt)."""
+    return _INSIDE_STEP.get()
 
 
 def hash_step_id(step_id: str) -> str:
@@ -59,12 +69,11 @@ class StepTools:
     def __init__(self, execution: "Execution") -> None:
         self._x = execution
         self._counts: dict[str, int] = {}
-        self._inside_step = False
 
     def _ids(self, step_id: str) -> tuple[str, str]:
         if not isinstance(step_id, str) or not step_id:
             raise InvalidStepUsage("a step id must be a non-empty string")
-        if self._inside_step:
+        if _INSIDE_STEP.get():
             raise InvalidStepUsage(f"step {step_id!r} is called inside another step; steps cannot be nested")
         count = self._counts.get(step_id, 0)
         self._counts[step_id] = count + 1
@@ -94,7 +103,7 @@ class StepTools:
             return decode_as(value, annotation)  # type: ignore[no-any-return]
 
         async def execute() -> Any:
-            self._inside_step = True
+            token = _INSIDE_STEP.set(True)
             try:
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(*args, **kwargs)
@@ -103,7 +112,7 @@ class StepTools:
                     if inspect.isawaitable(result):
                         result = await result
             finally:
-                self._inside_step = False
+                _INSIDE_STEP.reset(token)
             return result
 
         return await self._x.report(FoundStep(hashed, display, "StepRun", run=execute))  # type: ignore[no-any-return]

@@ -274,10 +274,11 @@ class SqliteStore:
             db.execute("INSERT OR REPLACE INTO idempotency (function_id, key, run_id, expires_at) "
                        "VALUES (?, ?, ?, ?)", (run.function_id, run.idempotency_key, run.run_id,
                                                now + IDEMPOTENCY_TTL_MS))
-        db.execute(f"INSERT INTO runs ({_RUN_COLUMNS}, finish_timeout_ms) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, ?)",
+        start_deadline = now + run.start_timeout_ms if run.start_timeout_ms is not None else None
+        db.execute(f"INSERT INTO runs ({_RUN_COLUMNS}, finish_timeout_ms, start_deadline) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, ?, ?)",
                    (run.run_id, run.function_id, run.function_version, run.app_id, event_id, run.status.value,
-                    now, run.finish_timeout_ms))
+                    now, run.finish_timeout_ms, start_deadline))
         self._insert_jobs(run.run_id, run.jobs)
         if run.start_timeout_ms is not None:
             self._insert_jobs(run.run_id, [NewJob("", now + run.start_timeout_ms, JobKind.RUN_TIMEOUT,
@@ -482,12 +483,18 @@ class SqliteStore:
                 "RETURNING id, run_id, step_id, token, attempt, kind, payload",
                 (worker_id, now + lease_ms, now, limit)).fetchall()
             for job_id, run_id, step_id, token, attempt, kind, payload in rows:
-                run = db.execute("SELECT function_id, function_version, app_id, status, finish_timeout_ms "
-                                 "FROM runs WHERE id=?", (run_id,)).fetchone()
+                run = db.execute("SELECT function_id, function_version, app_id, status, finish_timeout_ms, "
+                                 "start_deadline FROM runs WHERE id=?", (run_id,)).fetchone()
                 if run is None or RunStatus(run[3]).is_terminal:
                     db.execute("DELETE FROM jobs WHERE id=?", (job_id,))  # orphan of an ended run
                     continue
                 job_kind = JobKind(kind)
+                if run[3] == "QUEUED" and run[5] is not None and now > run[5] and job_kind is not JobKind.RUN_TIMEOUT:
+                    late = (now - run[5]) / 1000
+                    self._finish_run(run_id, RunStatus.CANCELLED, None, {
+                        "code": "start_timeout", "message": "cancelled: the run did not start within its start "
+                        f"timeout (it could first start {late:g}s after the deadline)"}, now)
+                    continue
                 job_payload = codec.unpack(payload)
                 if run[3] == "QUEUED" and job_kind in (JobKind.STEP, JobKind.CALL):
                     db.execute("UPDATE runs SET status='RUNNING', started_at=? WHERE id=?", (now, run_id))

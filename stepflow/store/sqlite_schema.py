@@ -107,6 +107,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (function_id, tick_at)
     ) WITHOUT ROWID;
     """,
+    # version 2: a queued run's start deadline, checked when its first job is claimed (a start timeout job
+    # alone comes too late: the run's first call is due before it and would start the run)
+    """
+    ALTER TABLE runs ADD COLUMN start_deadline INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
