@@ -20,8 +20,7 @@ from stepflow.engine import Engine as CoreEngine
 from stepflow.engine import EngineConfig
 from stepflow.errors import NotFoundError, RunFailedError, WaitTimeoutError
 from stepflow.ids import is_ulid, now_ms
-from stepflow.runtimes.docker import DockerRuntime
-from stepflow.runtimes.http import HttpRuntime
+from stepflow.runtimes import default_runtimes
 from stepflow.runtimes.inprocess import InProcessRuntime
 from stepflow.sdk.app import App
 from stepflow.server.serialize import run_v1, step_v1
@@ -50,8 +49,8 @@ class Engine:
         self.apps = list(apps)
         self._store = store_from_url(store) if isinstance(store, str) or store is None else store
         self._inprocess = InProcessRuntime()
-        self.core = CoreEngine(self._store, config or EngineConfig(),
-                               runtimes=[self._inprocess, HttpRuntime(), DockerRuntime()])
+        runtimes = [self._inprocess, *(r for r in default_runtimes() if r.type != "inprocess")]
+        self.core = CoreEngine(self._store, config or EngineConfig(), runtimes=runtimes)
         self._functions = list(functions or [])
         self._environment_id = environment_id
         self._started = False

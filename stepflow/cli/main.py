@@ -217,5 +217,53 @@ def package_docker(target: str, tag: str, base: str | None) -> None:
     click.echo(f'use it in a workflow step: {{"runtime": {{"type": "docker", "image": "{tag}"}}}}')
 
 
+@package.command("lambda")
+@click.argument("target")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The zip to write.")
+@click.option("--timeout", default=30.0, show_default=True, help="Function timeout (s) for the manifest.")
+@click.option("--memory", default=256, show_default=True, help="Memory (MB) for the manifest.")
+def package_lambda(target: str, output: str, timeout: float, memory: int) -> None:
+    """Build a Lambda zip from TARGET (`file.py:function` or `package.module:app`); handler:
+    stepflow_handler.handler."""
+    from pathlib import Path
+
+    from stepflow.kit.lambda_zip import build_zip
+
+    try:
+        path = build_zip(target, Path(output), timeout=timeout, memory=memory)
+    except (OSError, ValueError, ImportError) as exc:
+        fail(f"cannot package {target}: {exc}")
+    size = path.stat().st_size
+    click.echo(f"wrote {path} ({size / 1048576:.1f} MiB); handler: stepflow_handler.handler")
+
+
+@main.group(name="lambda")
+def lambda_group() -> None:
+    """Run Lambda functions locally."""
+
+
+@lambda_group.command("serve")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9001, show_default=True, type=int)
+@click.option("--max-workers", default=4, show_default=True, help="Warm processes per function, at most.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the functions' logs.")
+def lambda_serve(directory: str, host: str, port: int, max_workers: int, verbose: bool) -> None:
+    """Serve the Lambda Invoke API for every zip (from `stepflow package lambda`) or directory in DIRECTORY,
+    running each handler through AWS's runtime interface client (awslambdaric) in warm processes."""
+    from pathlib import Path
+
+    from stepflow.lambda_local.server import serve as serve_lambda
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        _run_async(serve_lambda(Path(directory), host, port, max_workers))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        fail(f"cannot serve on {host}:{port}: {exc.strerror or exc}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

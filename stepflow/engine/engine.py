@@ -26,9 +26,7 @@ from stepflow.expressions import Expression
 from stepflow.events import validate_event
 from stepflow.ids import new_ulid, now_ms
 from stepflow.runtimes.base import Runtime, RuntimeRegistry
-from stepflow.runtimes.docker import DockerRuntime
-from stepflow.runtimes.http import HttpRuntime
-from stepflow.runtimes.inprocess import InProcessRuntime
+from stepflow.runtimes import default_runtimes
 from stepflow.store.base import Store
 from stepflow.store.records import EventRecord, Job, RunRecord
 
@@ -211,10 +209,6 @@ class Engine:
                                                   now_ms() + int(self.config.lease_seconds * 1000))
                 except Exception:
                     log.exception("lease renewal failed")
-
-
-def default_runtimes() -> list[Runtime]:
-    return [HttpRuntime(), InProcessRuntime(), DockerRuntime()]
 
 
 class PauseMatcher:

@@ -1,5 +1,16 @@
 """Runtimes: how a step is reached. One driver per runtime behind the `Runtime` protocol."""
 
-from stepflow.runtimes.base import Invocation, Runtime, StepAnswer, StepAttemptError
+from stepflow.runtimes.base import Invocation, Runtime, RuntimeRegistry, StepAnswer, StepAttemptError
 
-__all__ = ["Invocation", "Runtime", "StepAnswer", "StepAttemptError"]
+
+def default_runtimes() -> list[Runtime]:
+    """A driver for every runtime type (the lambda driver needs the `lambda` extra only when used)."""
+    from stepflow.runtimes.aws_lambda import LambdaRuntime
+    from stepflow.runtimes.docker import DockerRuntime
+    from stepflow.runtimes.http import HttpRuntime
+    from stepflow.runtimes.inprocess import InProcessRuntime
+
+    return [HttpRuntime(), InProcessRuntime(), DockerRuntime(), LambdaRuntime()]
+
+
+__all__ = ["Invocation", "Runtime", "RuntimeRegistry", "StepAnswer", "StepAttemptError", "default_runtimes"]
