@@ -83,7 +83,12 @@ class StepResponse:
 
 
 class MalformedResponse(ValueError):
-    """The answer is not a Response (bad JSON, non-integer status, …). Treated like no answer: retried."""
+    """The answer is not a Response. Bad JSON is treated like no answer (retried); a document whose `status`
+    is not an HTTP status is not retried (`retryable=False`): the step would answer the same again."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def interpret_document(document: Any, default_status: int = 200) -> StepResponse:
@@ -93,7 +98,9 @@ def interpret_document(document: Any, default_status: int = 200) -> StepResponse
         if isinstance(status, str) and status.isdigit():
             status = int(status)
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-            raise MalformedResponse(f"'status' must be an HTTP status code (100-599), got {status!r}")
+            raise MalformedResponse(
+                f"'status' must be an HTTP status code (100-599), got {status!r}. A result that has its own "
+                "'status' field must be wrapped: {\"status\": 200, \"body\": <the result>}", retryable=False)
         body = document.get("body")
         if isinstance(body, str):
             stripped = body.lstrip()

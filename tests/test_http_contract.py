@@ -325,13 +325,17 @@ async def test_non_json_success_is_retried_as_bad_response(stepflow: RunningServ
     assert "<html><body>maintenance page" in error["message"]  # a snippet of what came back
 
 
-async def test_malformed_status_is_a_bad_response(stepflow: RunningServer, step_server: StepServer) -> None:
+async def test_malformed_status_is_a_bad_response_not_retried(stepflow: RunningServer,
+                                                               step_server: StepServer) -> None:
+    """A bare result with a non-HTTP `status` field would be answered the same on every retry: fail now,
+    and say how to wrap it."""
     url = step_server.json("/a", {"status": "success", "processedItems": 98})
     run, steps = await run_to_end(stepflow, {"a": {"runtime": http(url), "retries": {"attempts": 2}}})
     assert run["status"] == "Failed"
-    assert len(step_server.calls["/a"]) == 2
+    assert len(step_server.calls["/a"]) == 1
     assert steps["a"]["error"]["code"] == "bad_response"
     assert "'status' must be an HTTP status code" in steps["a"]["error"]["message"]
+    assert '"body": <the result>' in steps["a"]["error"]["message"]
 
 
 # --- output limit ---------------------------------------------------------------------------------------

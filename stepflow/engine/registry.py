@@ -44,6 +44,11 @@ class FunctionRegistry:
             active[fn.id] = (version, fn)
         self._active = active
 
+    async def deactivate(self, function_id: str) -> None:
+        """No new runs for this function; its running runs finish with the version they have."""
+        await self._store.remove_function(function_id)
+        self._active.pop(function_id, None)
+
     async def deactivate_app(self, app_id: str, keep: set[str]) -> list[str]:
         """Forget the functions of `app_id` not in `keep` (an app synced without them). Their runs go on."""
         removed = [fid for fid, (_, fn) in self._active.items() if fn.app_id == app_id and fid not in keep]

@@ -170,4 +170,4 @@ class LambdaRuntime:
         try:
             return StepAnswer(response=interpret_document(payload))
         except MalformedResponse as exc:
-            raise StepAttemptError("bad_response", str(exc)) from exc
+            raise StepAttemptError("bad_response", str(exc), retryable=exc.retryable) from exc

@@ -214,6 +214,7 @@ class DockerRuntime:
             response = interpret_document(document, default_status)
         except (MalformedResponse, ValueError, TypeError) as exc:
             raise StepAttemptError("bad_response", f"{exc} (exit code {exit_code})", logs=logs,
+                                   retryable=getattr(exc, "retryable", True),
                                    details={"exit_code": exit_code}) from exc
         if response.status >= 500 and exit_code != 0 and isinstance(response.body, dict):
             response.body.setdefault("exit_code", exit_code)

@@ -101,7 +101,7 @@ def _answer(http_status: int, headers: Any, raw: bytes) -> StepAnswer:
         response = parse_response_bytes(raw, default_status=http_status)
     except MalformedResponse as exc:
         if 200 <= http_status < 300:
-            raise StepAttemptError("bad_response", str(exc)) from exc
+            raise StepAttemptError("bad_response", str(exc), retryable=exc.retryable) from exc
         # An error page (HTML, plain text): the HTTP status is the answer; keep a snippet for the record.
         response = StepResponse(status=http_status, body=snippet(raw))
     if 200 <= http_status < 300 or response.status == http_status:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stepflow import codec
-from stepflow.contract import StepResponse, interpret_document
+from stepflow.contract import MalformedResponse, StepResponse, interpret_document
 from stepflow.runtimes.base import Invocation, StepAnswer, StepAttemptError, parse_retry_after
 
 
@@ -67,7 +67,10 @@ class InProcessRuntime:
                                    details={"stack": traceback.format_exc(limit=20)}) from exc
         if invocation.sdk_call:
             return _sdk_answer(result)
-        response = interpret_document(result)
+        try:
+            response = interpret_document(result)
+        except MalformedResponse as exc:
+            raise StepAttemptError("bad_response", str(exc), retryable=exc.retryable) from exc
         size = len(codec.dumps(response.body))
         if size > invocation.max_output_bytes:
             raise StepAttemptError("output_too_large",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from stepflow.durations import parse_duration
@@ -31,14 +33,8 @@ def _event_id(request: web.Request) -> str:
 
 async def _load_run(request: web.Request, run_id: str) -> RunRecord:
     engine = request.app[ENGINE_KEY]
-    wait_param = request.query.get("wait")
-    if wait_param is not None:
-        try:
-            wait = parse_duration(wait_param if not wait_param.isdigit() else f"{wait_param}s")
-        except ValueError as exc:
-            raise InvalidRequestError(f"'wait': {exc}") from exc
-        if wait > MAX_WAIT_SECONDS:
-            raise InvalidRequestError(f"'wait' may be at most {MAX_WAIT_SECONDS:g}s")
+    wait = _wait_seconds(request)
+    if wait is not None:
         run = await engine.wait_for_run(run_id, wait)
     else:
         run = await engine.store.get_run(run_id)
@@ -48,12 +44,36 @@ async def _load_run(request: web.Request, run_id: str) -> RunRecord:
 
 
 async def _event_runs(request: web.Request) -> list[RunRecord]:
+    """The event's runs; with `?wait=30s`, once all of them have ended (or the wait is over)."""
     engine = request.app[ENGINE_KEY]
     event_id = _event_id(request)
     runs = await engine.store.get_event_runs(event_id)
     if not runs and await engine.store.get_event(event_id) is None:
         raise NotFoundError(f"event {event_id} not found")
+    wait = _wait_seconds(request)
+    if wait:
+        deadline = time.monotonic() + wait
+        for run in runs:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if not run.status.is_terminal:
+                await engine.wait_for_run(run.id, remaining)
+        runs = await engine.store.get_event_runs(event_id)
     return runs
+
+
+def _wait_seconds(request: web.Request) -> float | None:
+    wait_param = request.query.get("wait")
+    if not wait_param:
+        return None
+    try:
+        wait = parse_duration(wait_param if not wait_param.isdigit() else f"{wait_param}s")
+    except ValueError as exc:
+        raise InvalidRequestError(f"'wait': {exc}") from exc
+    if wait > MAX_WAIT_SECONDS:
+        raise InvalidRequestError(f"'wait' may be at most {MAX_WAIT_SECONDS:g}s")
+    return wait
 
 
 async def get_event(request: web.Request) -> web.Response:

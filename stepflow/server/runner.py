@@ -45,6 +45,14 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
     await engine.start()
     runner: web.AppRunner | None = None
     try:
+        # Workflow functions are what this start's files say: ones left active in the store by an earlier start
+        # with other files would otherwise keep answering events unseen. (SDK apps' functions stay: they sync.)
+        wanted = {fn.id for fn in functions}
+        for _, stored in engine.functions.active():
+            if stored.kind == "workflow" and stored.id not in wanted:
+                await engine.functions.deactivate(stored.id)
+                announce(f"  function {stored.id}: deactivated (in the store from an earlier start, not in these "
+                         "files; its running runs finish)")
         for fn in functions:
             version = await engine.register(fn)
             announce(f"  function {fn.id} (v{version}) from {fn.source}: {len(fn.steps)} step(s), "

@@ -617,11 +617,14 @@ class SqliteStore:
             owned = db.execute("UPDATE jobs SET available_at=?, attempt=attempt+1, lease_owner=NULL "
                                "WHERE id=? AND token=?", (available_at, job.id, job.token)).rowcount == 1
             # not ours any more: the run ended meanwhile (the step shows cancelled), or another worker has it
-            db.execute("UPDATE steps SET status=CASE WHEN ? THEN 'scheduled' WHEN (SELECT status FROM runs WHERE "
-                       "id=?) IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN 'cancelled' ELSE status END, "
+            run_ended = not owned and db.execute(
+                "SELECT status IN ('COMPLETED', 'FAILED', 'CANCELLED') FROM runs WHERE id=?",
+                (job.run_id,)).fetchone()[0]
+            db.execute("UPDATE steps SET status=CASE WHEN ? THEN 'scheduled' WHEN ? THEN 'cancelled' ELSE status END, "
+                       "ended_at=CASE WHEN ? THEN ? ELSE ended_at END, "
                        "scheduled_at=?, error=?, logs=COALESCE(?, logs) WHERE run_id=? AND step_id=?",
-                       (owned, job.run_id, available_at, _pack(update.error), update.logs, job.run_id,
-                        job.step_id))
+                       (owned, run_ended, run_ended, update.ended_at, available_at, _pack(update.error),
+                        update.logs, job.run_id, job.step_id))
         return owned
 
 
