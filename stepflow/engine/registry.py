@@ -8,6 +8,7 @@ from typing import Any
 
 from stepflow.definitions import FunctionDef, parse_function
 from stepflow.errors import DefinitionError, ExpressionError, NotFoundError
+from stepflow.ids import now_ms
 from stepflow.store.base import Store
 
 log = logging.getLogger("stepflow.engine")
@@ -30,7 +31,7 @@ class FunctionRegistry:
             raise DefinitionError(f"the id is already used by app {current[1].app_id!r} "
                                   f"({current[1].source}); function ids must be unique across apps",
                                   source=fn.source, function=fn.id)
-        version = await self._store.save_function(fn.id, fn.app_id, fn.to_config())
+        version = await self._store.save_function(fn.id, fn.app_id, fn.to_config(), now_ms())
         self._active[fn.id] = (version, fn)
         self._versions[(fn.id, version)] = fn
         return version

@@ -39,7 +39,7 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # --- functions ----------------------------------------------------------------------------------------
-    async def save_function(self, function_id: str, app_id: str, config: dict[str, Any]) -> int:
+    async def save_function(self, function_id: str, app_id: str, config: dict[str, Any], now: int = 0) -> int:
         """Store a definition; returns its version (unchanged definitions keep their version)."""
         ...
 

@@ -1,0 +1,576 @@
+"""The store's logic, once, for every SQL backend (SQLite embedded, PostgreSQL scale-out).
+
+Each write operation is one transaction: `self._transaction(body)` runs `body(conn)` inside one, and a
+backend may run it again after a serialization failure or deadlock (bodies only read and write the database
+and call pure callbacks, so a retry is safe). Every operation that decides something from a run's state
+first locks that run's row (`_lock_run`), so two workers settling steps of one run take turns and each
+sees the other's result.
+
+SQL is written once with `?` placeholders and portable syntax (ON CONFLICT, RETURNING); the backend adapts
+placeholders and adds what only it has (`FOR UPDATE SKIP LOCKED`, row locks, LISTEN/NOTIFY).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from stepflow import codec
+from stepflow.errors import StoreError
+from stepflow.store.base import AdvanceRun, PauseMatcher, PlanRuns
+from stepflow.store.records import (
+    EventRecord,
+    Job,
+    JobKind,
+    NewEvent,
+    NewJob,
+    NewPause,
+    NewRun,
+    Pause,
+    RunRecord,
+    RunState,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    StepUpdate,
+    StepWrite,
+)
+
+RUN_COLUMNS = ("id, function_id, function_version, app_id, event_id, status, created_at, started_at, "
+               "ended_at, output, error")
+STEP_COLUMNS = ("run_id, step_id, status, attempts, scheduled_at, started_at, ended_at, output, error, seq, "
+                "logs, name, kind")
+PAUSE_COLUMNS = "id, run_id, step_id, kind, event_name, expression, child_run_id, expires_at"
+IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+EVENT_DEDUP_WINDOW_MS = 24 * 3600 * 1000
+TERMINAL_SQL = "('COMPLETED', 'FAILED', 'CANCELLED')"
+
+T = TypeVar("T")
+Row = Sequence[Any]
+
+
+class Conn(Protocol):
+    """What the logic needs of a connection; SQL uses `?` placeholders."""
+
+    async def execute(self, sql: str, *args: Any) -> int: ...   # rows affected
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
+
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+
+
+def run_record(row: Row) -> RunRecord:
+    return RunRecord(id=row[0], function_id=row[1], function_version=row[2], app_id=row[3], event_id=row[4],
+                     status=RunStatus(row[5]), created_at=row[6], started_at=row[7], ended_at=row[8],
+                     output=codec.unpack(row[9]), error=codec.unpack(row[10]))
+
+
+def step_record(row: Row) -> StepRecord:
+    return StepRecord(run_id=row[0], step_id=row[1], status=StepStatus(row[2]), attempts=row[3],
+                      scheduled_at=row[4], started_at=row[5], ended_at=row[6], output=codec.unpack(row[7]),
+                      error=codec.unpack(row[8]), seq=row[9], logs=row[10], name=row[11], kind=row[12])
+
+
+def event_record(row: Row) -> EventRecord:
+    payload = codec.unpack(row[1])
+    return EventRecord(id=row[0], name=payload["name"], data=payload["data"], ts=payload["ts"],
+                       received_at=row[2], user=payload.get("user"), v=payload.get("v"))
+
+
+def pack(value: Any) -> bytes | None:
+    return codec.pack(value) if value is not None else None
+
+
+class SqlStore:
+    """Backends provide `_transaction`, `_read`, `_lock_run` and `skip_locked`; the rest is shared."""
+
+    url: str
+    skip_locked = ""  # appended to the claim's row selection where the backend supports it
+
+    def __init__(self) -> None:
+        # Evaluates a pause's CEL expression; set by the engine (the store does not know CEL).
+        self.pause_matcher: PauseMatcher = lambda expression, run_event, candidate: expression is None
+        # Called with the ids of runs that ended inside a transaction (so waiters can be woken).
+        self.on_run_ended: Callable[[str], None] = lambda run_id: None
+
+    # --- backend hooks ------------------------------------------------------------------------------------
+
+    async def _transaction(self, body: Callable[[Conn], Awaitable[T]]) -> T:
+        raise NotImplementedError  # pragma: no cover - every backend overrides it
+
+    async def _read(self, body: Callable[[Conn], Awaitable[T]]) -> T:
+        raise NotImplementedError  # pragma: no cover
+
+    async def _lock_run(self, c: Conn, run_id: str) -> None:
+        """Serialize decisions about one run (a no-op where transactions are serial already)."""
+
+    async def _work_added(self, c: Conn) -> None:
+        """New due work was written in this transaction (a backend may wake other processes)."""
+
+    # --- functions ----------------------------------------------------------------------------------------
+
+    async def save_function(self, function_id: str, app_id: str, config: dict[str, Any], now: int = 0) -> int:
+        blob = codec.pack(config)
+
+        async def body(c: Conn) -> int:
+            row = await c.fetchrow("SELECT version, config FROM functions WHERE id=? ORDER BY version DESC LIMIT 1",
+                                   function_id)
+            if row and bytes(row[1]) == blob:
+                await c.execute("UPDATE functions SET active=1 WHERE id=? AND version=?", function_id, row[0])
+                return int(row[0])
+            version = int(row[0]) + 1 if row else 1
+            await c.execute("UPDATE functions SET active=0 WHERE id=?", function_id)
+            await c.execute("INSERT INTO functions (id, version, app_id, config, created_at, active) "
+                            "VALUES (?, ?, ?, ?, ?, 1)", function_id, version, app_id, blob, now)
+            return version
+
+        return await self._transaction(body)
+
+    async def get_function(self, function_id: str, version: int | None = None) -> tuple[int, dict[str, Any]] | None:
+        async def body(c: Conn) -> Row | None:
+            if version is None:
+                return await c.fetchrow("SELECT version, config FROM functions WHERE id=? ORDER BY version DESC "
+                                        "LIMIT 1", function_id)
+            return await c.fetchrow("SELECT version, config FROM functions WHERE id=? AND version=?",
+                                    function_id, version)
+
+        row = await self._read(body)
+        return (int(row[0]), codec.unpack(bytes(row[1]))) if row else None
+
+    async def list_functions(self) -> list[tuple[int, dict[str, Any]]]:
+        rows = await self._read(lambda c: c.fetch("SELECT version, config FROM functions WHERE active=1 ORDER BY id"))
+        return [(int(r[0]), codec.unpack(bytes(r[1]))) for r in rows]
+
+    async def remove_function(self, function_id: str) -> None:
+        async def body(c: Conn) -> None:
+            await c.execute("UPDATE functions SET active=0 WHERE id=?", function_id)
+
+        await self._transaction(body)
+
+    # --- events and runs ----------------------------------------------------------------------------------
+
+    async def ingest_events(self, events: list[EventRecord], plan: PlanRuns) -> list[str]:
+        async def body(c: Conn) -> list[str]:
+            ids: list[str] = []
+            added = False
+            for ev in events:
+                ids.append(ev.id)
+                if await self._insert_event(c, ev):
+                    for run in plan(ev):
+                        added |= await self._insert_run(c, run, ev.id, ev.received_at)
+                    added |= await self._match_pauses(c, ev)
+            if added:
+                await self._work_added(c)
+            return ids
+
+        return await self._transaction(body)
+
+    async def fire_cron(self, function_id: str, tick_at: int, new_event: NewEvent) -> bool:
+        """Start the runs of one cron tick, exactly once however many processes try."""
+        async def body(c: Conn) -> bool:
+            if await c.execute("INSERT INTO cron_ticks (function_id, tick_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                               function_id, tick_at) == 0:
+                return False
+            await self._insert_new_event(c, new_event)
+            await self._work_added(c)
+            return True
+
+        return await self._transaction(body)
+
+    async def _insert_event(self, c: Conn, ev: EventRecord) -> bool:
+        """False when the id was stored less than 24 h ago: a duplicate, to be ignored.
+
+        An id reused after the window starts a new event: the old one is kept under `<id>:<received_at>`
+        (its runs follow it), so nothing is lost and the id names the latest event.
+        """
+        args = (ev.id, ev.name, codec.pack(ev.to_dict()), ev.ts, ev.received_at)
+        insert = ("INSERT INTO events (id, name, payload, ts, received_at) VALUES (?, ?, ?, ?, ?) "
+                  "ON CONFLICT DO NOTHING")
+        if await c.execute(insert, *args) == 1:
+            return True
+        received = await c.fetchval("SELECT received_at FROM events WHERE id=?", ev.id)
+        if received is None or ev.received_at - received < EVENT_DEDUP_WINDOW_MS:
+            return False
+        archived = f"{ev.id}:{received}"
+        await c.execute("UPDATE events SET id=? WHERE id=?", archived, ev.id)
+        await c.execute("UPDATE runs SET event_id=? WHERE event_id=?", archived, ev.id)
+        await c.execute(insert, *args)
+        return True
+
+    async def _insert_new_event(self, c: Conn, new: NewEvent) -> None:
+        if await self._insert_event(c, new.event):
+            for run in new.runs:
+                await self._insert_run(c, run, new.event.id, new.event.received_at)
+            await self._match_pauses(c, new.event)
+
+    async def _insert_run(self, c: Conn, run: NewRun, event_id: str | None, now: int) -> bool:
+        if run.idempotency_key is not None:
+            expires = await c.fetchval("SELECT expires_at FROM idempotency WHERE function_id=? AND key=?",
+                                       run.function_id, run.idempotency_key)
+            if expires is not None and expires > now:
+                return False  # a run for this key already exists: this event starts nothing
+            await c.execute("INSERT INTO idempotency (function_id, key, run_id, expires_at) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT (function_id, key) DO UPDATE SET run_id=excluded.run_id, "
+                            "expires_at=excluded.expires_at",
+                            run.function_id, run.idempotency_key, run.run_id, now + IDEMPOTENCY_TTL_MS)
+        start_deadline = now + run.start_timeout_ms if run.start_timeout_ms is not None else None
+        await c.execute(f"INSERT INTO runs ({RUN_COLUMNS}, finish_timeout_ms, start_deadline) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, ?, ?)",
+                        run.run_id, run.function_id, run.function_version, run.app_id, event_id, run.status.value,
+                        now, run.finish_timeout_ms, start_deadline)
+        await self._insert_jobs(c, run.run_id, run.jobs)
+        if run.start_timeout_ms is not None:
+            await self._insert_jobs(c, run.run_id, [NewJob("", now + run.start_timeout_ms, JobKind.RUN_TIMEOUT,
+                                                           {"which": "start"}, step_row=False)])
+        for pause in run.pauses:
+            await self._insert_pause(c, pause, now)
+        return True
+
+    async def _insert_jobs(self, c: Conn, run_id: str, jobs: list[NewJob]) -> None:
+        for job in jobs:
+            if job.kind is JobKind.CALL and not job.payload:
+                await self._enqueue_call(c, run_id, job.available_at, job.attempt)
+                continue
+            await c.execute("INSERT INTO jobs (run_id, step_id, kind, payload, available_at, attempt) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", run_id, job.step_id, job.kind.value, pack(job.payload),
+                            job.available_at, job.attempt)
+            if job.step_row:
+                await c.execute("INSERT INTO steps (run_id, step_id, status, scheduled_at, name, kind) "
+                                "VALUES (?, ?, 'scheduled', ?, ?, ?) ON CONFLICT (run_id, step_id) DO UPDATE SET "
+                                "status='scheduled', scheduled_at=excluded.scheduled_at",
+                                run_id, job.step_id, job.available_at, job.name, job.step_kind)
+
+    async def _enqueue_call(self, c: Conn, run_id: str, at: int, attempt: int = 0) -> None:
+        """At most one waiting (unleased) untargeted call per run: calling twice would replay twice."""
+        row = await c.fetchrow("SELECT id, available_at FROM jobs WHERE run_id=? AND kind='call' AND payload IS NULL "
+                               "AND lease_owner IS NULL", run_id)
+        if row is not None:
+            if at < row[1]:
+                await c.execute("UPDATE jobs SET available_at=?, attempt=? WHERE id=?", at, attempt, row[0])
+            return
+        await c.execute("INSERT INTO jobs (run_id, step_id, kind, available_at, attempt) VALUES (?, '', 'call', ?, ?)",
+                        run_id, at, attempt)
+
+    async def _call_if_idle(self, c: Conn, run_id: str, now: int) -> None:
+        """Call the function again once nothing of the run is pending (all parallel work has settled)."""
+        status = await c.fetchval("SELECT status FROM runs WHERE id=?", run_id)
+        if status is None or RunStatus(status).is_terminal:
+            return
+        busy = await c.fetchval("SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id=? AND kind != 'run_timeout') OR "
+                                "EXISTS (SELECT 1 FROM pauses WHERE run_id=? AND kind != 'cancel')", run_id, run_id)
+        if not busy:
+            await self._enqueue_call(c, run_id, now)
+
+    # --- pauses -------------------------------------------------------------------------------------------
+
+    async def _insert_pause(self, c: Conn, pause: NewPause, now: int) -> None:
+        pause_id = await c.fetchval("INSERT INTO pauses (run_id, step_id, kind, event_name, expression, child_run_id, "
+                                    "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                                    pause.run_id, pause.step_id, pause.kind, pause.event_name, pause.expression,
+                                    pause.child_run_id, pause.expires_at)
+        if pause.kind == "event" and pause.since is not None and pause.event_name is not None:
+            # The window: an event received since the call that reached wait_for_event began is not missed,
+            # even though it arrived before this pause existed.
+            run_event = await self._run_event(c, pause.run_id)
+            for row in await c.fetch("SELECT id, payload, received_at FROM events WHERE name=? AND received_at>=? "
+                                     "ORDER BY received_at, id", pause.event_name, pause.since):
+                candidate = event_record(row).to_dict()
+                if self.pause_matcher(pause.expression, run_event, candidate):
+                    await self._resolve_pause(c, pause_id, pause.run_id, pause.step_id, {"data": candidate}, None,
+                                              now)
+                    return
+        if pause.kind == "invoke" and pause.child_run_id is not None:
+            child = await c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", pause.child_run_id)
+            if child is not None and RunStatus(child[5]).is_terminal:
+                await self._resolve_invoke(c, pause_id, pause.run_id, pause.step_id, run_record(child), now)
+
+    async def _run_event(self, c: Conn, run_id: str) -> dict[str, Any]:
+        payload = await c.fetchval("SELECT e.payload FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id=?",
+                                   run_id)
+        return codec.unpack(bytes(payload)) if payload is not None else {}
+
+    async def _match_pauses(self, c: Conn, ev: EventRecord) -> bool:
+        """Resolve the waits (and cancel the runs) this event matches; True if it created work."""
+        rows = await c.fetch(f"SELECT {PAUSE_COLUMNS} FROM pauses WHERE event_name=? ORDER BY id", ev.name)
+        candidate = ev.to_dict()
+        matched = False
+        for row in rows:
+            pause = Pause(*row)
+            if not self.pause_matcher(pause.expression, await self._run_event(c, pause.run_id), candidate):
+                continue
+            await self._lock_run(c, pause.run_id)
+            matched = True
+            if pause.kind == "cancel":
+                await self._finish_run(c, pause.run_id, RunStatus.CANCELLED, None, {
+                    "code": "cancelled", "message": f"cancelled by event {ev.name} ({ev.id})"}, ev.received_at)
+            else:
+                await self._resolve_pause(c, pause.id, pause.run_id, pause.step_id, {"data": candidate}, None,
+                                          ev.received_at)
+        return matched
+
+    async def _resolve_pause(self, c: Conn, pause_id: int, run_id: str, step_id: str, memo: dict[str, Any] | None,
+                             error: dict[str, Any] | None, now: int) -> None:
+        if await c.execute("DELETE FROM pauses WHERE id=?", pause_id) == 0:
+            return
+        await c.execute("DELETE FROM jobs WHERE run_id=? AND step_id=? AND kind='timeout'", run_id, step_id)
+        await self._write_step(c, run_id, StepWrite(step_id=step_id,
+                                                    status=StepStatus.FAILED if error else StepStatus.COMPLETED,
+                                                    output=memo, error=error, ended_at=now))
+        await self._call_if_idle(c, run_id, now)
+
+    async def _resolve_invoke(self, c: Conn, pause_id: int, run_id: str, step_id: str, child: RunRecord,
+                              now: int) -> None:
+        await self._lock_run(c, run_id)
+        if child.status is RunStatus.COMPLETED:
+            await self._resolve_pause(c, pause_id, run_id, step_id, {"data": child.output}, None, now)
+        else:
+            detail = (child.error or {}).get("message", "") if isinstance(child.error, dict) else ""
+            error = {"name": "InvokedRunFailed", "code": "invoked_run_failed", "child_run_id": child.id,
+                     "message": f"invoked function {child.function_id} run {child.id} ended "
+                                f"{child.status.title}" + (f": {detail}" if detail else "")}
+            await self._resolve_pause(c, pause_id, run_id, step_id, None, error, now)
+
+    # --- reads --------------------------------------------------------------------------------------------
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        row = await self._read(lambda c: c.fetchrow("SELECT id, payload, received_at FROM events WHERE id=?",
+                                                    event_id))
+        return event_record(row) if row else None
+
+    async def get_event_runs(self, event_id: str) -> list[RunRecord]:
+        rows = await self._read(lambda c: c.fetch(f"SELECT {RUN_COLUMNS} FROM runs WHERE event_id=? ORDER BY id",
+                                                  event_id))
+        return [run_record(r) for r in rows]
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        row = await self._read(lambda c: c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", run_id))
+        return run_record(row) if row else None
+
+    async def get_run_steps(self, run_id: str) -> list[StepRecord]:
+        rows = await self._read(lambda c: c.fetch(
+            f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id=? ORDER BY CASE WHEN seq > 0 THEN seq ELSE 1000000 END, "
+            "COALESCE(started_at, scheduled_at, ended_at), step_id", run_id))
+        return [step_record(r) for r in rows]
+
+    async def list_runs(self, *, status: RunStatus | None = None, function_id: str | None = None,
+                        cursor: str | None = None, limit: int = 50) -> list[RunRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, value in (("status=?", status.value if status else None), ("function_id=?", function_id),
+                              ("id<?", cursor)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = f"SELECT {RUN_COLUMNS} FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY id DESC LIMIT ?"
+        rows = await self._read(lambda c: c.fetch(sql, *args, limit))
+        return [run_record(r) for r in rows]
+
+    async def next_due_at(self) -> int | None:
+        value = await self._read(lambda c: c.fetchval("SELECT MIN(available_at) FROM jobs"))
+        return int(value) if value is not None else None
+
+    async def load_run_state(self, run_id: str) -> RunState | None:
+        return await self._read(lambda c: self._load_run_state(c, run_id))
+
+    async def _load_run_state(self, c: Conn, run_id: str) -> RunState | None:
+        row = await c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", run_id)
+        if row is None:
+            return None
+        run = run_record(row)
+        event = None
+        if run.event_id is not None:
+            payload = await c.fetchval("SELECT payload FROM events WHERE id=?", run.event_id)
+            event = codec.unpack(bytes(payload)) if payload is not None else None
+        steps = {r[1]: step_record(r) for r in await c.fetch(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id=?", run_id)}
+        pending_jobs = await c.fetchval("SELECT COUNT(*) FROM jobs WHERE run_id=? AND kind != 'run_timeout'", run_id)
+        pending_pauses = await c.fetchval("SELECT COUNT(*) FROM pauses WHERE run_id=? AND kind != 'cancel'", run_id)
+        return RunState(run=run, event=event, steps=steps, pending_jobs=int(pending_jobs),
+                        pending_pauses=int(pending_pauses))
+
+    # --- run control --------------------------------------------------------------------------------------
+
+    async def cancel_run(self, run_id: str, now: int) -> RunRecord | None:
+        async def body(c: Conn) -> RunRecord | None:
+            await self._lock_run(c, run_id)
+            if await c.fetchval("SELECT 1 FROM runs WHERE id=?", run_id) is None:
+                return None
+            await self._finish_run(c, run_id, RunStatus.CANCELLED, None, None, now)
+            row = await c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", run_id)
+            return run_record(row) if row else None
+
+        return await self._transaction(body)
+
+    async def _finish_run(self, c: Conn, run_id: str, status: RunStatus, output: Any, error: dict[str, Any] | None,
+                          now: int) -> None:
+        """End a run: no more work for it; a step executing right now may finish and be recorded."""
+        if await c.execute(f"UPDATE runs SET status=?, ended_at=?, output=?, error=? WHERE id=? AND status NOT IN "
+                           f"{TERMINAL_SQL}", status.value, now, pack(output), pack(error), run_id) == 0:
+            return
+        await c.execute("DELETE FROM jobs WHERE run_id=?", run_id)
+        await c.execute("DELETE FROM pauses WHERE run_id=?", run_id)
+        await c.execute("UPDATE steps SET status='cancelled', ended_at=? WHERE run_id=? AND status='scheduled'",
+                        now, run_id)
+        self.on_run_ended(run_id)
+        # runs that invoked this one continue with its output (or its failure)
+        waiting = await c.fetch("SELECT id, run_id, step_id FROM pauses WHERE kind='invoke' AND child_run_id=?", run_id)
+        if waiting:
+            child = run_record(await c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", run_id))  # type: ignore[arg-type]
+            for pause_id, parent_id, step_id in waiting:
+                await self._resolve_invoke(c, pause_id, parent_id, step_id, child, now)
+            await self._work_added(c)
+
+    # --- work queue ---------------------------------------------------------------------------------------
+
+    async def claim_jobs(self, worker_id: str, limit: int, lease_ms: int, now: int) -> list[Job]:
+        async def body(c: Conn) -> list[Job]:
+            # An untargeted call is never claimed while another call of the same run is executing: two
+            # concurrent replays of one function would both run its next step. A job still leased here has
+            # an expired lease: its worker died mid-attempt, which counts as an attempt.
+            rows = await c.fetch(
+                "UPDATE jobs SET attempt=attempt + CASE WHEN lease_owner IS NULL THEN 0 ELSE 1 END, lease_owner=?, "
+                "available_at=?, token=token+1 WHERE id IN "
+                "(SELECT j.id FROM jobs j WHERE j.available_at<=? AND NOT (j.kind='call' AND j.payload IS NULL "
+                " AND EXISTS (SELECT 1 FROM jobs k WHERE k.run_id=j.run_id AND k.kind='call' AND k.payload IS "
+                f" NULL AND k.lease_owner IS NOT NULL AND k.id != j.id)) ORDER BY j.available_at LIMIT ?{self.skip_locked}) "
+                "RETURNING id, run_id, step_id, token, attempt, kind, payload",
+                worker_id, now + lease_ms, now, limit)
+            jobs: list[Job] = []
+            for job_id, run_id, step_id, token, attempt, kind, payload in rows:
+                run = await c.fetchrow("SELECT function_id, function_version, app_id, status, finish_timeout_ms, "
+                                       "start_deadline FROM runs WHERE id=?", run_id)
+                if run is None or RunStatus(run[3]).is_terminal:
+                    await c.execute("DELETE FROM jobs WHERE id=?", job_id)  # orphan of an ended run
+                    continue
+                job_kind = JobKind(kind)
+                if run[3] == "QUEUED" and run[5] is not None and now > run[5] and job_kind is not JobKind.RUN_TIMEOUT:
+                    await self._lock_run(c, run_id)
+                    await self._finish_run(c, run_id, RunStatus.CANCELLED, None, {
+                        "code": "start_timeout", "message": "cancelled: the run did not start within its start "
+                        f"timeout (it could first start {(now - run[5]) / 1000:g}s after the deadline)"}, now)
+                    continue
+                job_payload = codec.unpack(bytes(payload)) if payload is not None else None
+                if run[3] == "QUEUED" and job_kind in (JobKind.STEP, JobKind.CALL):
+                    if await c.execute("UPDATE runs SET status='RUNNING', started_at=? WHERE id=? AND status='QUEUED'",
+                                       now, run_id) and run[4] is not None:
+                        await self._insert_jobs(c, run_id, [NewJob("", now + run[4], JobKind.RUN_TIMEOUT,
+                                                                   {"which": "finish"}, step_row=False)])
+                target = step_id if job_kind is JobKind.STEP else (job_payload or {}).get("target")
+                if target:
+                    await c.execute("UPDATE steps SET status='running', attempts=?, started_at=COALESCE(started_at, ?) "
+                                    "WHERE run_id=? AND step_id=?", attempt + 1, now, run_id, target)
+                jobs.append(Job(id=job_id, run_id=run_id, step_id=step_id, token=token, function_id=run[0],
+                                function_version=run[1], app_id=run[2], attempt=attempt, kind=job_kind,
+                                payload=job_payload))
+            return jobs
+
+        return await self._transaction(body)
+
+    async def renew_leases(self, worker_id: str, until: int) -> int:
+        async def body(c: Conn) -> int:
+            return await c.execute("UPDATE jobs SET available_at=? WHERE lease_owner=?", until, worker_id)
+
+        return await self._transaction(body)
+
+    async def release_leases(self, worker_id: str | None, now: int) -> int:
+        """worker_id=None: recovery after a crash — every attempt in flight was lost, and counts as one (so a
+        step that kills the engine every time cannot loop forever). A worker stopping gracefully releases its
+        own jobs without counting: it interrupted them."""
+        async def body(c: Conn) -> int:
+            if worker_id is None:
+                count = await c.execute("UPDATE jobs SET lease_owner=NULL, available_at=?, attempt=attempt+1 "
+                                        "WHERE lease_owner IS NOT NULL", now)
+            else:
+                count = await c.execute("UPDATE jobs SET lease_owner=NULL, available_at=? WHERE lease_owner=?",
+                                        now, worker_id)
+            if count:
+                await self._work_added(c)
+            return count
+
+        return await self._transaction(body)
+
+    async def _write_step(self, c: Conn, run_id: str, w: StepWrite) -> None:
+        seq = 0
+        if w.status in (StepStatus.COMPLETED, StepStatus.FAILED):
+            seq = await c.fetchval("SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE run_id=?", run_id)
+        await c.execute(
+            "INSERT INTO steps (run_id, step_id, status, attempts, scheduled_at, ended_at, output, error, seq, "
+            "name, kind) VALUES (?, ?, ?, COALESCE(?, 0), ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO "
+            "UPDATE SET status=excluded.status, attempts=COALESCE(?, steps.attempts), "
+            "scheduled_at=COALESCE(excluded.scheduled_at, steps.scheduled_at), "
+            "ended_at=COALESCE(excluded.ended_at, steps.ended_at), "
+            "output=COALESCE(excluded.output, steps.output), error=excluded.error, "
+            "seq=CASE WHEN excluded.seq > 0 THEN excluded.seq ELSE steps.seq END, "
+            "name=COALESCE(excluded.name, steps.name), kind=COALESCE(excluded.kind, steps.kind)",
+            run_id, w.step_id, w.status.value, w.attempts, w.scheduled_at, w.ended_at, pack(w.output),
+            pack(w.error), seq, w.name, w.kind, w.attempts)
+
+    async def settle_job(self, job: Job, update: StepUpdate | None, advance: AdvanceRun | None,
+                         now: int) -> RunRecord | None:
+        async def body(c: Conn) -> RunRecord | None:
+            await self._lock_run(c, job.run_id)
+            owned = await c.execute("DELETE FROM jobs WHERE id=? AND token=?", job.id, job.token) == 1
+            if not owned:
+                # Cancelled (or lease lost): keep what the attempt produced, for the record, and stop there.
+                if update is not None:
+                    ended = update.status if update.status in (StepStatus.COMPLETED, StepStatus.FAILED) \
+                        else StepStatus.CANCELLED
+                    await c.execute("UPDATE steps SET status=?, output=?, error=?, ended_at=?, logs=COALESCE(?, logs) "
+                                    "WHERE run_id=? AND step_id=? AND status IN ('running', 'cancelled')",
+                                    ended.value, pack(update.output), pack(update.error), update.ended_at,
+                                    update.logs, job.run_id, job.step_id)
+                return None
+            if update is not None:
+                seq = 0
+                if update.status in (StepStatus.COMPLETED, StepStatus.FAILED):
+                    seq = await c.fetchval("SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE run_id=?", job.run_id)
+                await c.execute("UPDATE steps SET status=?, ended_at=?, output=?, error=?, seq=?, "
+                                "logs=COALESCE(?, logs) WHERE run_id=? AND step_id=?",
+                                update.status.value, update.ended_at, pack(update.output), pack(update.error), seq,
+                                update.logs, job.run_id, job.step_id)
+            if advance is not None:
+                state = await self._load_run_state(c, job.run_id)
+                if state is None:
+                    raise StoreError(f"run {job.run_id} vanished while settling job {job.id}")
+                decision = advance(state)
+                for write in decision.steps:
+                    await self._write_step(c, job.run_id, write)
+                for step_id, reason in decision.skipped.items():
+                    await self._write_step(c, job.run_id, StepWrite(step_id=step_id, status=StepStatus.SKIPPED,
+                                                                    error=reason, ended_at=now))
+                for step_id in decision.remove_pauses:
+                    await c.execute("DELETE FROM pauses WHERE run_id=? AND step_id=?", job.run_id, step_id)
+                for new_event in decision.events:
+                    await self._insert_new_event(c, new_event)
+                await self._insert_jobs(c, job.run_id, decision.jobs)
+                for pause in decision.pauses:
+                    await self._insert_pause(c, pause, now)
+                if decision.finish is not None:
+                    await self._finish_run(c, job.run_id, decision.finish, decision.output, decision.error, now)
+                if decision.jobs or decision.events:
+                    await self._work_added(c)
+            row = await c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", job.run_id)
+            return run_record(row) if row else None
+
+        return await self._transaction(body)
+
+    async def retry_job(self, job: Job, update: StepUpdate, available_at: int) -> bool:
+        async def body(c: Conn) -> bool:
+            await self._lock_run(c, job.run_id)
+            owned = await c.execute("UPDATE jobs SET available_at=?, attempt=attempt+1, lease_owner=NULL "
+                                    "WHERE id=? AND token=?", available_at, job.id, job.token) == 1
+            # not ours any more: the run ended meanwhile (the step shows cancelled), or another worker has it
+            run_ended = not owned and await c.fetchval(
+                f"SELECT status IN {TERMINAL_SQL} FROM runs WHERE id=?", job.run_id)
+            await c.execute("UPDATE steps SET status=CASE WHEN ? THEN 'scheduled' WHEN ? THEN 'cancelled' ELSE status "
+                            "END, ended_at=CASE WHEN ? THEN ? ELSE ended_at END, scheduled_at=?, error=?, "
+                            "logs=COALESCE(?, logs) WHERE run_id=? AND step_id=?",
+                            owned, bool(run_ended), bool(run_ended), update.ended_at, available_at, pack(update.error),
+                            update.logs, job.run_id, job.step_id)
+            if owned:
+                await self._work_added(c)
+            return owned
+
+        return await self._transaction(body)
