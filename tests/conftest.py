@@ -3,7 +3,9 @@ with a real SQLite file), and real HTTP step servers. Nothing of stepflow's is m
 
 from __future__ import annotations
 
+import os
 import socket
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,48 @@ from aiohttp import web
 from stepflow import Client, parse_function
 from stepflow.engine import Engine, EngineConfig
 from stepflow.server import ServerSettings, create_app
-from stepflow.store import SqliteStore
+from stepflow.store import SqliteStore, Store
+
+
+POSTGRES_URL = os.environ.get("STEPFLOW_TEST_POSTGRES_URL")
+BACKEND = os.environ.get("STEPFLOW_TEST_BACKEND", "sqlite")  # "postgres": the suite runs on PostgreSQL
+
+
+async def make_store(tmp_path: Path, name: str = "stepflow", backend: str | None = None) -> Store:
+    """A fresh store for one test: a SQLite file, or a new migrated schema in the test PostgreSQL."""
+    backend = backend or BACKEND
+    if backend == "sqlite":
+        return SqliteStore(tmp_path / f"{name}.db")
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL tests need STEPFLOW_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1/test); "
+                    "./scripts/test sets it")
+    from stepflow.store.postgres import PostgresStore
+
+    # the same (test, name) gets the same schema: a test may reopen a store, as a restarted process would
+    schema = "t_" + hashlib.sha1(f"{tmp_path}/{name}".encode()).hexdigest()[:16]
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    store = PostgresStore(f"{POSTGRES_URL}{separator}schema={schema}")
+    await store.migrate()
+    if schema not in _schemas:
+        _schemas.append(schema)
+    return store
+
+
+_schemas: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+async def _drop_test_schemas() -> AsyncIterator[None]:
+    yield
+    if _schemas and POSTGRES_URL:
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES_URL.split("?")[0])
+        try:
+            while _schemas:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{_schemas.pop()}" CASCADE')
+        finally:
+            await conn.close()
 
 
 def free_port() -> int:
@@ -49,7 +92,8 @@ async def stepflow_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
         settings = settings or ServerSettings(dev=True)
         config = config or EngineConfig(backoff_base=0.01, backoff_max=0.2, poll_interval=0.2)
         db = db_path or tmp_path / f"stepflow-{len(started)}.db"
-        engine = Engine(SqliteStore(db), config)
+        store = SqliteStore(db) if db_path is not None else await make_store(tmp_path, f"stepflow-{len(started)}")
+        engine = Engine(store, config)
         await engine.start()
         runner = web.AppRunner(create_app(engine, settings), access_log=None)
         await runner.setup()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import stepflow
+from conftest import make_store
 from stepflow import EngineConfig
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.1, "poll_interval": 0.2}
@@ -24,7 +25,8 @@ FAST = {"backoff_base": 0.01, "backoff_max": 0.1, "poll_interval": 0.2}
 async def embedded(tmp_path: Path, *apps: stepflow.App, db: str = "embedded.db",
                    **config: Any) -> AsyncIterator[stepflow.Engine]:
     """An embedded engine for `apps` on a real SQLite file, retries backing off 10 ms → 100 ms."""
-    engine = stepflow.Engine(*apps, store=f"sqlite:///{tmp_path / db}", config=EngineConfig(**{**FAST, **config}))
+    store = await make_store(tmp_path, db.removesuffix(".db"))  # SQLite, or PostgreSQL with STEPFLOW_TEST_BACKEND
+    engine = stepflow.Engine(*apps, store=store, config=EngineConfig(**{**FAST, **config}))
     async with engine:
         yield engine
 

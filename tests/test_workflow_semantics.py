@@ -102,7 +102,8 @@ async def test_if_over_the_event_skips_the_child_and_its_descendants(stepflow: R
     assert {sid: s["status"] for sid, s in steps.items()} == {
         "a": "completed", "b": "completed", "c": "completed", "d": "completed"}
     assert len(calls_of(step_server, "/d", run["run_id"])) == 1
-    assert set(calls_of(step_server, "/d", run["run_id"])[0]["steps"]) == {"a", "b"}  # after both
+    # after both (c, which b also started, may or may not have finished by then)
+    assert {"a", "b"} <= set(calls_of(step_server, "/d", run["run_id"])[0]["steps"])
 
     run, steps = await run_event(stepflow, {"go": False})
     assert run["status"] == "Completed"

@@ -61,15 +61,15 @@ def _server_options(func: Any) -> Any:
     return func
 
 
-def _start(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
-           backoff_base: float | None, step_timeout: float | None, verbose: bool,
-           settings: ServerSettings) -> None:
+def _start(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
+           concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool,
+           settings: ServerSettings, run_workers: bool = True) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = EngineConfig.from_env(concurrency=concurrency, backoff_base=backoff_base, step_timeout=step_timeout,
                                    signing_key=settings.signing_keys[0] if settings.signing_keys else None)
     options = ServerOptions(host=host, port=port, store_url=db, function_files=list(files), settings=settings,
-                            engine=engine, app_urls=list(app_urls))
+                            engine=engine, app_urls=list(app_urls), run_workers=run_workers)
     try:
         _run_async(run_server(options, announce=lambda line: click.echo(line, err=False)))
     except StepflowError as exc:
@@ -98,9 +98,12 @@ def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int,
 @click.option("--signing-key-fallback", envvar="STEPFLOW_SIGNING_KEY_FALLBACK", default=None,
               help="Also accepted on the REST API, for key rotation.")
 @click.option("--event-key", "event_keys", envvar="STEPFLOW_EVENT_KEY", multiple=True, help="Required. Repeatable.")
-def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
-          backoff_base: float | None, step_timeout: float | None, verbose: bool, signing_key: str | None,
-          signing_key_fallback: str | None, event_keys: tuple[str, ...]) -> None:
+@click.option("--workers/--no-workers", default=True, show_default=True,
+              help="Also execute steps in this process (--no-workers: APIs only, next to `stepflow worker`s).")
+def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
+          concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool,
+          signing_key: str | None, signing_key_fallback: str | None, event_keys: tuple[str, ...],
+          workers: bool) -> None:
     """The production server: the same as dev, but keys are required."""
     if not signing_key:
         fail("stepflow serve needs a signing key: --signing-key or STEPFLOW_SIGNING_KEY "
@@ -111,7 +114,52 @@ def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: in
     assert signing_key is not None
     keys = [signing_key] + ([signing_key_fallback] if signing_key_fallback else [])
     settings = ServerSettings(signing_keys=keys, event_keys=list(event_keys), dev=False)
-    _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings)
+    _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings, workers)
+
+
+@main.command()
+@click.option("--db", envvar="STEPFLOW_DATABASE_URL", required=True,
+              help="The shared store, e.g. postgresql://user@host/db (SQLite allows one engine per file).")
+@click.option("--concurrency", type=int, default=None, help="Steps executing at once [default: 100]")
+@click.option("--backoff-base", type=float, default=None, help="First retry delay in seconds [default: 1]")
+@click.option("--step-timeout", type=float, default=None, help="Default step timeout, seconds [900]")
+@click.option("--signing-key", envvar="STEPFLOW_SIGNING_KEY", default=None, help="Signs requests to steps.")
+@click.option("-v", "--verbose", is_flag=True, help="Log engine activity.")
+def worker(db: str, concurrency: int | None, backoff_base: float | None, step_timeout: float | None,
+           signing_key: str | None, verbose: bool) -> None:
+    """The engine alone: claims and executes steps from the shared store (run as many as needed)."""
+    from stepflow.server.runner import run_worker
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = EngineConfig.from_env(concurrency=concurrency, backoff_base=backoff_base, step_timeout=step_timeout,
+                                   signing_key=signing_key)
+    try:
+        _run_async(run_worker(db, config, announce=click.echo))
+    except StepflowError as exc:
+        fail(exc.message)
+
+
+@main.command()
+@click.option("--db", envvar="STEPFLOW_DATABASE_URL", required=True, help="The store to migrate.")
+def migrate(db: str) -> None:
+    """Bring the database schema up to date (PostgreSQL; SQLite files migrate themselves when opened)."""
+    from stepflow.store import store_from_url
+
+    store = store_from_url(db)
+    migrate_fn = getattr(store, "migrate", None)
+    try:
+        if migrate_fn is None:
+            asyncio.run(store.open())
+            asyncio.run(store.close())
+            click.echo(f"{db}: up to date")
+            return
+        start, end = asyncio.run(migrate_fn())
+    except StepflowError as exc:
+        fail(exc.message)
+    except OSError as exc:
+        fail(f"cannot reach the database: {exc}")
+    click.echo(f"schema version {start} -> {end}" if start != end else f"schema already at version {end}")
 
 
 def _client_options(func: Any) -> Any:

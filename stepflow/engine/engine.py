@@ -32,6 +32,7 @@ from stepflow.store.records import EventRecord, Job, RunRecord
 
 log = logging.getLogger("stepflow.engine")
 MIN_IDLE = 0.02  # seconds: the shortest sleep of an idle worker loop
+FUNCTION_REFRESH_SECONDS = 2.0
 
 
 class Engine:
@@ -54,6 +55,7 @@ class Engine:
         self._loop_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
         self._cron_task: asyncio.Task[None] | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -69,18 +71,22 @@ class Engine:
                 log.warning("recovered %d step(s) left in flight by a previous process", released)
         await self.functions.load_active()
         await self.runtimes.start()
+        subscribe = getattr(self.store, "subscribe", None)
+        if subscribe is not None:  # other processes' work and run endings wake us (polling stays the guarantee)
+            await subscribe(self._wake.set, self.watcher.notify)
         if self._run_workers:
             self._loop_task = asyncio.create_task(self._worker_loop(), name="stepflow-worker")
             self._lease_task = asyncio.create_task(self._renew_leases(), name="stepflow-leases")
             scheduler = CronScheduler(self.store, self.functions, self._wake)
             self._cron_task = asyncio.create_task(scheduler.run(), name="stepflow-cron")
+            self._refresh_task = asyncio.create_task(self._refresh_functions(), name="stepflow-functions")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop claiming; give in-flight steps `grace` seconds, then cancel them (their leases are released,
         so the next engine re-runs them — a step is only ever recorded once)."""
         self._stopping = True
         self._wake.set()
-        for task in (self._loop_task, self._lease_task, self._cron_task):
+        for task in (self._loop_task, self._lease_task, self._cron_task, self._refresh_task):
             if task is not None:
                 task.cancel()
         if self._inflight:
@@ -198,6 +204,15 @@ class Engine:
         finally:
             self._inflight.pop(job.id, None)
             self._wake.set()
+
+    async def _refresh_functions(self) -> None:
+        """Functions registered by other processes (an API server, an SDK sync) become known here too."""
+        while True:
+            await asyncio.sleep(FUNCTION_REFRESH_SECONDS)
+            try:
+                await self.functions.load_active()
+            except Exception:
+                log.exception("could not refresh the function registry")
 
     async def _renew_leases(self) -> None:
         interval = self.config.lease_seconds / 3

@@ -87,3 +87,20 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
         if runner is not None:
             await runner.cleanup()
         await engine.stop()
+
+
+async def run_worker(store_url: str, config: EngineConfig, announce: Callable[[str], None] = print) -> None:
+    """An engine with no HTTP: claims and executes jobs from the shared store until SIGINT/SIGTERM."""
+    engine = Engine(store_from_url(store_url), config)
+    await engine.start()
+    try:
+        announce(f"stepflow worker {engine.worker_id} on {engine.store.url.split('@')[-1]}: "
+                 f"{len(engine.functions.active())} function(s), concurrency {config.concurrency}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        announce("stepflow worker stopping: finishing in-flight steps…")
+    finally:
+        await engine.stop()

@@ -21,7 +21,6 @@ from stepflow.store.records import (
     StepWrite,
 )
 from stepflow.store.sqlite import SqliteStore, sqlite_path_from_url
-from stepflow.errors import ConfigError
 
 DEFAULT_SQLITE_PATH = ".stepflow/stepflow.db"
 
@@ -31,7 +30,9 @@ def store_from_url(url: str | None) -> Store:
     if not url:
         return SqliteStore(DEFAULT_SQLITE_PATH)
     if url.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("PostgreSQL support is not available in this build yet; use sqlite:///path.db")
+        from stepflow.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     return SqliteStore(sqlite_path_from_url(url))
 
 

@@ -1,0 +1,253 @@
+"""PostgresStore: the scale-out backend. Many engine and API processes, on many machines, share one database.
+
+- Work is claimed with leases under `FOR UPDATE SKIP LOCKED`: workers never wait on each other's rows, and a
+  worker that dies simply stops renewing its leases, so its jobs fall due again for the others.
+- Decisions about a run happen under that run's row lock, in one transaction with the data they rest on.
+- `LISTEN/NOTIFY` wakes idle workers when work is added and API processes when a run ends (for `?wait=`);
+  polling remains the guarantee, so a lost notification costs at most one poll interval.
+- A transaction that meets a deadlock or serialization failure is run again (bodies are pure functions of the
+  database state).
+
+URL: `postgresql://user@host:5432/db`, optionally `?schema=NAME` (tables live in that schema) and
+`&pool_size=N` (connections per process, default 10). The schema is versioned; run `stepflow migrate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from stepflow.errors import ConfigError, SchemaVersionError, StoreError
+from stepflow.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+from stepflow.store.sql import Conn, Row, SqlStore
+
+T = TypeVar("T")
+log = logging.getLogger("stepflow.store")
+JOBS_CHANNEL = "stepflow_jobs"
+RUNS_CHANNEL = "stepflow_runs"
+_PLACEHOLDER = re.compile(r"\?")
+_RETRYABLE = ("40001", "40P01")  # serialization_failure, deadlock_detected
+MIGRATION_LOCK = 727_391  # pg_advisory_xact_lock key: one migrator at a time
+
+
+def _asyncpg() -> Any:
+    try:
+        import asyncpg
+    except ImportError as exc:  # pragma: no cover - the postgres extra is not installed
+        raise ConfigError("PostgreSQL needs asyncpg: pip install 'stepflow[postgres]'") from exc
+    return asyncpg
+
+
+class _Connection:
+    """The `Conn` protocol over an asyncpg connection: `?` placeholders become `$1, $2, …`."""
+
+    __slots__ = ("raw",)
+    _sql_cache: dict[str, str] = {}
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    @classmethod
+    def _sql(cls, sql: str) -> str:
+        converted = cls._sql_cache.get(sql)
+        if converted is None:
+            counter = iter(range(1, 10_000))
+            converted = cls._sql_cache[sql] = _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+        return converted
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status = await self.raw.execute(self._sql(sql), *args)
+        last = str(status).rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return list(await self.raw.fetch(self._sql(sql), *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        return await self.raw.fetchrow(self._sql(sql), *args)  # type: ignore[no-any-return]
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self.raw.fetchval(self._sql(sql), *args)
+
+
+def parse_url(url: str) -> tuple[str, str | None, int]:
+    """(asyncpg DSN, schema, pool size): stepflow's own query parameters are taken out of the URL."""
+    parts = urlsplit(url)
+    params = dict(parse_qsl(parts.query))
+    schema = params.pop("schema", None)
+    try:
+        pool_size = int(params.pop("pool_size", "10"))
+    except ValueError:
+        raise ConfigError(f"pool_size in {url!r} must be a number") from None
+    if schema is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
+        raise ConfigError(f"invalid schema name {schema!r}")
+    dsn = urlunsplit((parts.scheme.replace("postgres+asyncpg", "postgresql"), parts.netloc, parts.path,
+                      urlencode(params), parts.fragment))
+    return dsn, schema, pool_size
+
+
+class PostgresStore(SqlStore):
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, url: str, *, pool_size: int | None = None) -> None:
+        super().__init__()
+        self.url = url
+        self._dsn, self.schema, size = parse_url(url)
+        self._pool_size = pool_size or size
+        self._pool: Any = None
+        self._listener: Any = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._subscribers: dict[str, list[Callable[[str], None]]] = {JOBS_CHANNEL: [], RUNS_CHANNEL: []}
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    def _server_settings(self) -> dict[str, str]:
+        return {"search_path": self.schema} if self.schema else {}
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        asyncpg = _asyncpg()
+        try:
+            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size,
+                                                   server_settings=self._server_settings())
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {_safe(self.url)}: {exc}") from exc
+        try:
+            current = await self.schema_version()
+        except BaseException:
+            await self.close()
+            raise
+        if current != SCHEMA_VERSION:
+            await self.close()
+            if current > SCHEMA_VERSION:
+                raise SchemaVersionError(f"the database {_safe(self.url)} has schema version {current}, newer than "
+                                         f"this stepflow ({SCHEMA_VERSION}); upgrade stepflow")
+            raise SchemaVersionError(
+                f"the database {_safe(self.url)} has schema version {current}; this stepflow needs version "
+                f"{SCHEMA_VERSION}. Run: stepflow migrate --db '{_safe(self.url)}'")
+
+    async def close(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            self._listen_task = None
+        if self._listener is not None:
+            try:
+                await self._listener.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def schema_version(self) -> int:
+        async with self._acquire() as raw:
+            if self.schema:
+                await raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            exists = await raw.fetchval("SELECT to_regclass('meta') IS NOT NULL")
+            if not exists:
+                return 0
+            value = await raw.fetchval("SELECT value FROM meta WHERE key='schema_version'")
+            return int(value) if value is not None else 0
+
+    async def migrate(self) -> tuple[int, int]:
+        """Bring the schema up to date (one migrator at a time); returns (from version, to version)."""
+        asyncpg = _asyncpg()
+        raw = await asyncpg.connect(self._dsn, server_settings=self._server_settings())
+        try:
+            if self.schema:
+                await raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            async with raw.transaction():
+                await raw.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+                await raw.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                value = await raw.fetchval("SELECT value FROM meta WHERE key='schema_version'")
+                start = int(value) if value is not None else 0
+                if start > SCHEMA_VERSION:
+                    raise SchemaVersionError(f"the database has schema version {start}, newer than this stepflow "
+                                             f"({SCHEMA_VERSION}); upgrade stepflow")
+                for version in range(start + 1, SCHEMA_VERSION + 1):
+                    await raw.execute(MIGRATIONS[version - 1])
+                    await raw.execute("INSERT INTO meta (key, value) VALUES ('schema_version', $1) "
+                                      "ON CONFLICT (key) DO UPDATE SET value=excluded.value", str(version))
+            return start, SCHEMA_VERSION
+        finally:
+            await raw.close()
+
+    def _acquire(self) -> Any:
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        return self._pool.acquire()
+
+    # --- SqlStore hooks -----------------------------------------------------------------------------------
+
+    async def _transaction(self, body: Callable[[Conn], Awaitable[T]]) -> T:
+        asyncpg = _asyncpg()
+        for attempt in range(6):
+            try:
+                async with self._acquire() as raw, raw.transaction():
+                    return await body(_Connection(raw))
+            except asyncpg.PostgresError as exc:
+                if getattr(exc, "sqlstate", None) not in _RETRYABLE or attempt == 5:
+                    raise
+                await asyncio.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read(self, body: Callable[[Conn], Awaitable[T]]) -> T:
+        async with self._acquire() as raw:
+            return await body(_Connection(raw))
+
+    async def _lock_run(self, c: Conn, run_id: str) -> None:
+        await c.execute("SELECT 1 FROM runs WHERE id=? FOR UPDATE", run_id)
+
+    async def _work_added(self, c: Conn) -> None:
+        await c.execute("SELECT pg_notify(?, '')", JOBS_CHANNEL)
+
+    # --- notifications ------------------------------------------------------------------------------------
+
+    async def subscribe(self, on_work: Callable[[], None], on_run_ended: Callable[[str], None]) -> None:
+        """Wake-up hints from other processes: new work, and runs that ended (sent in the same transaction)."""
+        self._subscribers[JOBS_CHANNEL].append(lambda _payload: on_work())
+        self._subscribers[RUNS_CHANNEL].append(on_run_ended)
+        if self._listen_task is None:
+            self._listen_task = asyncio.create_task(self._listen(), name="stepflow-pg-listen")
+
+    async def _listen(self) -> None:
+        asyncpg = _asyncpg()
+
+        def dispatch(_conn: Any, _pid: int, channel: str, payload: str) -> None:
+            for callback in self._subscribers.get(channel, []):
+                callback(payload)
+
+        while True:
+            try:
+                self._listener = await asyncpg.connect(self._dsn, server_settings=self._server_settings())
+                for channel in self._subscribers:
+                    await self._listener.add_listener(channel, dispatch)
+                lost = asyncio.get_running_loop().create_future()
+                self._listener.add_termination_listener(lambda _c: lost.done() or lost.set_result(None))
+                await lost
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep listening; polling covers the gap
+                log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", exc)
+            await asyncio.sleep(1.0)
+
+    async def _finish_run(self, c: Conn, run_id: str, status: Any, output: Any, error: Any, now: int) -> None:
+        await super()._finish_run(c, run_id, status, output, error, now)
+        # tell API processes waiting on this run (GET /v1/runs/{id}?wait=) — delivered when this commits
+        await c.execute("SELECT pg_notify(?, ?)", RUNS_CHANNEL, run_id)
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))

@@ -1,0 +1,117 @@
+"""PostgreSQL schema, versioned like SQLite's (same version numbers for the same changes).
+
+Applied only by `stepflow migrate` (or `PostgresStore.migrate()`): a server never changes a shared database
+on its own, and refuses to start on a schema that is not the one it needs.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE functions (
+        id          TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        app_id      TEXT NOT NULL,
+        config      BYTEA NOT NULL,
+        created_at  BIGINT NOT NULL,
+        active      INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (id, version)
+    );
+
+    CREATE TABLE events (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        payload      BYTEA NOT NULL,
+        ts           BIGINT NOT NULL,
+        received_at  BIGINT NOT NULL
+    );
+    CREATE INDEX events_name_received ON events (name, received_at);
+
+    CREATE TABLE runs (
+        id                 TEXT PRIMARY KEY,
+        function_id        TEXT NOT NULL,
+        function_version   INTEGER NOT NULL,
+        app_id             TEXT NOT NULL,
+        event_id           TEXT,
+        status             TEXT NOT NULL,
+        created_at         BIGINT NOT NULL,
+        started_at         BIGINT,
+        ended_at           BIGINT,
+        output             BYTEA,
+        error              BYTEA,
+        finish_timeout_ms  BIGINT
+    );
+    CREATE INDEX runs_event ON runs (event_id);
+    CREATE INDEX runs_status ON runs (status, id);
+    CREATE INDEX runs_function ON runs (function_id, id);
+
+    CREATE TABLE steps (
+        run_id        TEXT NOT NULL,
+        step_id       TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        scheduled_at  BIGINT,
+        started_at    BIGINT,
+        ended_at      BIGINT,
+        output        BYTEA,
+        error         BYTEA,
+        seq           INTEGER NOT NULL DEFAULT 0,
+        logs          TEXT,
+        name          TEXT,
+        kind          TEXT,
+        PRIMARY KEY (run_id, step_id)
+    );
+
+    -- The work queue. A leased job has lease_owner set and available_at = lease expiry, so an expired
+    -- lease makes the job due again with no extra bookkeeping. Claimed with FOR UPDATE SKIP LOCKED.
+    CREATE TABLE jobs (
+        id            BIGSERIAL PRIMARY KEY,
+        run_id        TEXT NOT NULL,
+        step_id       TEXT NOT NULL,
+        kind          TEXT NOT NULL DEFAULT 'step',
+        payload       BYTEA,
+        available_at  BIGINT NOT NULL,
+        attempt       INTEGER NOT NULL DEFAULT 0,
+        token         INTEGER NOT NULL DEFAULT 0,
+        lease_owner   TEXT
+    );
+    CREATE INDEX jobs_due ON jobs (available_at);
+    CREATE INDEX jobs_run ON jobs (run_id, kind);
+    CREATE INDEX jobs_owner ON jobs (lease_owner) WHERE lease_owner IS NOT NULL;
+
+    CREATE TABLE pauses (
+        id            BIGSERIAL PRIMARY KEY,
+        run_id        TEXT NOT NULL,
+        step_id       TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        event_name    TEXT,
+        expression    TEXT,
+        child_run_id  TEXT,
+        expires_at    BIGINT
+    );
+    CREATE INDEX pauses_event ON pauses (event_name) WHERE event_name IS NOT NULL;
+    CREATE INDEX pauses_child ON pauses (child_run_id) WHERE child_run_id IS NOT NULL;
+    CREATE INDEX pauses_run ON pauses (run_id);
+
+    CREATE TABLE idempotency (
+        function_id  TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        run_id       TEXT NOT NULL,
+        expires_at   BIGINT NOT NULL,
+        PRIMARY KEY (function_id, key)
+    );
+
+    CREATE TABLE cron_ticks (
+        function_id  TEXT NOT NULL,
+        tick_at      BIGINT NOT NULL,
+        PRIMARY KEY (function_id, tick_at)
+    );
+    """,
+    # version 2: a queued run's start deadline
+    """
+    ALTER TABLE runs ADD COLUMN start_deadline BIGINT;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
