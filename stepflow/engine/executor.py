@@ -9,6 +9,7 @@ runtimes) are turned into decisions by `engine.code`; workflow steps by `engine.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +157,23 @@ class Executor:
             error["message"] += f"; gave up after {max_attempts} attempt{'s' if max_attempts != 1 else ''}"
         return "fail", error, None
 
+    async def _step_attempt(self, job: Job, runtime_type: str, invocation: Invocation, max_attempts: int,
+                            stored: Callable[[StepResponse], Any],
+                            failed: Callable[[dict[str, Any]], dict[str, Any]]) -> StepUpdate | None:
+        """One attempt of a step under the contract: the final StepUpdate, or None when it was put back for a
+        retry (recorded on the step, due after the backoff)."""
+        attempt = await self._attempt(runtime_type, invocation)
+        verdict, value, delay = self._classify(attempt, job, max_attempts)
+        logs = attempt.answer.logs if attempt.answer else attempt.failure.logs if attempt.failure else None
+        now = attempt.ended
+        if verdict == "retry":
+            update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now, error=value, logs=logs)
+            await self.store.retry_job(job, update, now + int((delay or 0) * 1000))
+            return None
+        if verdict == "ok":
+            return StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output=stored(value), logs=logs)
+        return StepUpdate(status=StepStatus.FAILED, ended_at=now, error=failed(value), logs=logs)
+
     # --- workflow steps -----------------------------------------------------------------------------------
 
     async def _workflow_step(self, fn: FunctionDef, job: Job) -> RunRecord | None:
@@ -176,19 +194,12 @@ class Executor:
                                 options=step.runtime.options, ctx=ctx,
                                 timeout=self._timeout_for(step.runtime.options, step.timeout),
                                 max_output_bytes=self.config.max_output_bytes, signing_key=self.config.signing_key)
-        attempt = await self._attempt(step.runtime.type, invocation)
-        verdict, value, delay = self._classify(attempt, job, max_attempts)
-        logs = attempt.answer.logs if attempt.answer else attempt.failure.logs if attempt.failure else None
-        now = attempt.ended
-        if verdict == "retry":
-            update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now, error=value, logs=logs)
-            await self.store.retry_job(job, update, now + int((delay or 0) * 1000))
-            return None
-        if verdict == "ok":
-            update = StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output=value.to_stored(), logs=logs)
-        else:
-            update = StepUpdate(status=StepStatus.FAILED, ended_at=now, error=value, logs=logs)
-        return await self._settle(job, update, lambda s: advance_workflow(fn, s, update, job.step_id, now), now)
+        update = await self._step_attempt(job, step.runtime.type, invocation, max_attempts,
+                                          lambda response: response.to_stored(), lambda error: error)
+        if update is None:
+            return None  # retried later
+        return await self._settle(job, update, lambda s: advance_workflow(fn, s, update, job.step_id,
+                                                                          update.ended_at), update.ended_at)
 
     # --- code functions -----------------------------------------------------------------------------------
 
@@ -240,22 +251,13 @@ class Executor:
             input=code.build_remote_input(fn, state, job.step_id, job.attempt, max_attempts, payload.get("data")),
             options=runtime, ctx=ctx, timeout=self._timeout_for(runtime),
             max_output_bytes=self.config.max_output_bytes, signing_key=self.config.signing_key)
-        attempt = await self._attempt(runtime_type, invocation)
-        verdict, value, delay = self._classify(attempt, job, max_attempts)
-        logs = attempt.answer.logs if attempt.answer else attempt.failure.logs if attempt.failure else None
-        now = attempt.ended
-        if verdict == "retry":
-            update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now, error=value, logs=logs)
-            await self.store.retry_job(job, update, now + int((delay or 0) * 1000))
+        # code steps store {"data": body}; a failure is memoized as an error the function sees as StepError
+        update = await self._step_attempt(job, runtime_type, invocation, max_attempts,
+                                          lambda response: {"data": response.body},
+                                          lambda error: {"name": "StepError", **error})
+        if update is None:
             return None
-        if verdict == "ok":
-            response: StepResponse = value
-            update = StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output={"data": response.body},
-                                logs=logs)
-        else:
-            error = {"name": "StepError", **value}
-            update = StepUpdate(status=StepStatus.FAILED, ended_at=now, error=error, logs=logs)
-        return await self._settle(job, update, lambda s: self._wake_if_idle(s, now), now)
+        return await self._settle(job, update, lambda s: self._wake_if_idle(s, update.ended_at), update.ended_at)
 
     async def _exhausted(self, fn: FunctionDef, job: Job) -> RunRecord | None:
         """Every attempt was lost to an engine crash (the attempt counter moves on at recovery): give up."""
