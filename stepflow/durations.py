@@ -9,7 +9,7 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
-def parse_duration(value: str | int | float | timedelta) -> float:
+def parse_duration(value: str | float | timedelta) -> float:
     """Return seconds. Raises ValueError with a readable message on anything else."""
     if isinstance(value, timedelta):
         seconds = value.total_seconds()

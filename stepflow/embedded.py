@@ -80,7 +80,7 @@ class Engine:
             await self.core.stop()
             self._started = False
 
-    async def __aenter__(self) -> "Engine":
+    async def __aenter__(self) -> Engine:
         await self.start()
         return self
 
@@ -122,7 +122,7 @@ class Engine:
         if run is None:
             raise NotFoundError(f"run {run_id} not found")
         if not run.status.is_terminal:
-            raise WaitTimeoutError(run_id, run.status.title, timeout)
+            raise WaitTimeoutError(run_id, run.status.v1_name, timeout)
         return run_v1(run, self._environment_id)
 
     async def wait_for_output(self, id: str, timeout: float = 60.0) -> Any:

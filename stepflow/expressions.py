@@ -14,7 +14,7 @@ from stepflow.errors import ExpressionError
 class Expression:
     """A compiled CEL expression."""
 
-    __slots__ = ("source", "_program")
+    __slots__ = ("_program", "source")
 
     def __init__(self, source: str) -> None:
         if not isinstance(source, str) or not source.strip():

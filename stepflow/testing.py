@@ -70,7 +70,7 @@ class TestEngine:
         store = SqliteStore(Path(self._tmp.name) / "test.db")
         self.engine = Engine(*apps, store=store, config=testing_config(**config), functions=functions)
 
-    async def __aenter__(self) -> "TestEngine":
+    async def __aenter__(self) -> TestEngine:
         await self.engine.start()
         return self
 

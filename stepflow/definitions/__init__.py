@@ -1,5 +1,6 @@
 """Function definitions: what a function is, what triggers it, and how workflow files are read and checked."""
 
+from stepflow.definitions.loader import load_function_file, parse_function
 from stepflow.definitions.model import (
     Edge,
     FunctionDef,
@@ -11,7 +12,6 @@ from stepflow.definitions.model import (
     event,
     workflow,
 )
-from stepflow.definitions.loader import load_function_file, parse_function
 
 __all__ = [
     "Edge",

@@ -22,8 +22,8 @@ from stepflow.durations import parse_duration
 from stepflow.engine.registry import FunctionRegistry
 from stepflow.engine.runs import new_run
 from stepflow.errors import DefinitionError, ExpressionError, InvalidRequestError
-from stepflow.expressions import Expression
 from stepflow.events import validate_event
+from stepflow.expressions import Expression
 from stepflow.ids import new_ulid
 from stepflow.store.records import (
     Advance,
@@ -261,7 +261,7 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
             wakes_function = True
         elif kind == "RunStep":
             try:
-                spec = _parse_runtime(opts.get("runtime"), lambda p: DefinitionError(p, step=name))
+                spec = _parse_runtime(opts.get("runtime"), lambda p, step=name: DefinitionError(p, step=step))
             except DefinitionError as exc:
                 decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="runstep", ended_at=now,
                                                 error={"name": "InvalidRuntime", "message": exc.message}))

@@ -24,7 +24,7 @@ class EngineConfig:
     fast_forward: bool = False
 
     @classmethod
-    def from_env(cls, **overrides: object) -> "EngineConfig":
+    def from_env(cls, **overrides: object) -> EngineConfig:
         """Defaults, then STEPFLOW_* environment variables, then explicit overrides."""
         config = cls()
         env = os.environ

@@ -17,16 +17,16 @@ from stepflow.definitions import FunctionDef
 from stepflow.engine.config import EngineConfig
 from stepflow.engine.executor import Executor
 from stepflow.engine.planner import plan_runs_for_event
-from stepflow.engine.runs import new_run
-from stepflow.errors import NotFoundError
 from stepflow.engine.registry import FunctionRegistry
+from stepflow.engine.runs import new_run
 from stepflow.engine.scheduler import CronScheduler
 from stepflow.engine.watch import RunWatcher
-from stepflow.expressions import Expression
+from stepflow.errors import NotFoundError
 from stepflow.events import validate_event
+from stepflow.expressions import Expression
 from stepflow.ids import new_ulid, now_ms
-from stepflow.runtimes.base import Runtime, RuntimeRegistry
 from stepflow.runtimes import default_runtimes
+from stepflow.runtimes.base import Runtime, RuntimeRegistry
 from stepflow.store.base import Store
 from stepflow.store.records import EventRecord, Job, RunRecord
 
@@ -100,7 +100,7 @@ class Engine:
         await self.runtimes.close()
         await self.store.close()
 
-    async def __aenter__(self) -> "Engine":
+    async def __aenter__(self) -> Engine:
         await self.start()
         return self
 
@@ -183,7 +183,7 @@ class Engine:
                     timeout = min(timeout, (due - now_ms()) / 1000)
                 try:
                     await asyncio.wait_for(self._wake.wait(), max(MIN_IDLE, timeout))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             except asyncio.CancelledError:
                 raise

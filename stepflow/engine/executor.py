@@ -180,10 +180,11 @@ class Executor:
         step = fn.steps.get(job.step_id)
         if step is None:
             now = now_ms()
-            update = StepUpdate(status=StepStatus.FAILED, ended_at=now, error={
+            missing = StepUpdate(status=StepStatus.FAILED, ended_at=now, error={
                 "code": "unknown_step", "attempt": job.attempt,
                 "message": f"function {fn.id!r} v{job.function_version} has no step {job.step_id!r}"})
-            return await self._settle(job, update, lambda s: advance_workflow(fn, s, update, job.step_id, now), now)
+            return await self._settle(job, missing, lambda s: advance_workflow(fn, s, missing, job.step_id, now),
+                                      now)
         state = await self.store.load_run_state(job.run_id)
         if state is None:
             return None

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from stepflow.definitions import FunctionDef
-from stepflow.errors import ExpressionError
 from stepflow.engine.runs import new_run
+from stepflow.errors import ExpressionError
 from stepflow.store.records import (
     Advance,
     EventRecord,

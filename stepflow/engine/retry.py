@@ -17,4 +17,4 @@ def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | No
         return min(retry_after, RETRY_AFTER_MAX)
     ceiling = min(cap, base * (2 ** attempt))
     # "equal jitter": never less than half the ceiling, so retries do not collapse onto each other
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+    return float(ceiling / 2 + random.uniform(0, ceiling / 2))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -28,7 +28,7 @@ MAX_SLEEP = 5.0
 
 def next_tick(schedule: str, after_ms: int) -> int:
     """The first tick of `schedule` strictly after `after_ms` (epoch ms). `TZ=Area/City` prefixes set the zone."""
-    expr, tz = schedule.strip(), timezone.utc
+    expr, tz = schedule.strip(), UTC
     if expr.startswith(("TZ=", "CRON_TZ=")):
         zone, _, expr = expr.partition(" ")
         tz = ZoneInfo(zone.split("=", 1)[1])  # type: ignore[assignment]
@@ -37,7 +37,7 @@ def next_tick(schedule: str, after_ms: int) -> int:
 
 
 class CronScheduler:
-    def __init__(self, store: Store, functions: FunctionRegistry, on_fired: "asyncio.Event") -> None:
+    def __init__(self, store: Store, functions: FunctionRegistry, on_fired: asyncio.Event) -> None:
         self._store = store
         self._functions = functions
         self._on_fired = on_fired

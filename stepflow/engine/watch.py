@@ -40,7 +40,7 @@ class RunWatcher:
                     return run
                 try:
                     await asyncio.wait_for(fut, min(remaining, RECHECK_SECONDS))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             finally:
                 waiters = self._waiters.get(run_id)

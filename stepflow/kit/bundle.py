@@ -3,10 +3,10 @@ copied from the current environment (so a build needs no network and installs ex
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import importlib.util
 import re
 import shutil
+from importlib import metadata
 from pathlib import Path
 
 import stepflow

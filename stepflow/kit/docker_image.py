@@ -51,9 +51,9 @@ async def build_image(target: str, tag: str, base: str = DEFAULT_BASE, host: str
         context = _tar(Path(tmp))
     client = DockerClient(host)
     try:
-        url = client._base + "/build"  # noqa: SLF001 - the build endpoint streams; kept next to the client
+        url = client._base + "/build"
         image_id = ""
-        async with client._http().post(url, params={"t": tag, "rm": "1", "forcerm": "1"}, data=context,  # noqa: SLF001
+        async with client._http().post(url, params={"t": tag, "rm": "1", "forcerm": "1"}, data=context,
                                        headers={"Content-Type": "application/x-tar"},
                                        timeout=aiohttp.ClientTimeout(total=1800)) as resp:
             raw = await resp.read()

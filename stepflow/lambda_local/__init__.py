@@ -5,6 +5,7 @@ Runtime API (what AWS's own runtime interface client, `awslambdaric`, polls). Ha
 as on AWS: same bootstrap, same event/context, same error reporting.
 """
 
-from stepflow.lambda_local.server import LocalLambda, LocalFunction, discover_functions
+from stepflow.lambda_local.functions import LocalFunction, discover_functions
+from stepflow.lambda_local.server import LocalLambda
 
 __all__ = ["LocalFunction", "LocalLambda", "discover_functions"]

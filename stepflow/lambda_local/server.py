@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +69,13 @@ class FunctionPool:
             await self._spawn()
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), self.fn.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # as AWS does: the sandbox is torn down and the caller gets a function error
             for worker in self.workers:
                 if worker.current is pending:
                     await self._kill(worker)
             if not pending.future.done():
-                stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
                 pending.future.set_result((_function_error(
                     "Sandbox.Timedout", f"{stamp} {pending.request_id} Task timed out after "
                     f"{self.fn.timeout:.2f} seconds"), "Unhandled"))

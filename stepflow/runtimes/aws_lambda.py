@@ -16,7 +16,6 @@ $STEPFLOW_LAMBDA_ENDPOINT or $AWS_ENDPOINT_URL_LAMBDA — e.g. `stepflow lambda 
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 from urllib.parse import quote
@@ -125,7 +124,7 @@ class LambdaRuntime:
                 return self._answer(resp.status, resp.headers, raw, invocation, limit)
         except StepAttemptError:
             raise
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise StepAttemptError("timeout", f"Lambda did not answer within {invocation.timeout:g}s") from exc
         except aiohttp.ClientError as exc:
             raise StepAttemptError("connection_failed", f"cannot reach Lambda at {url.split('/2015')[0]}: "

@@ -176,7 +176,7 @@ class DockerRuntime:
         timed_out = False
         try:
             exit_code = await asyncio.wait_for(client.wait(container_id, None), invocation.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
             await client.kill(container_id)
             exit_code = -1

@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +41,7 @@ class DockerClient:
     def __init__(self, host: str | None = None) -> None:
         host = host or os.environ.get("DOCKER_HOST") or f"unix://{DEFAULT_SOCKET}"
         self.host = host
+        self._connector_factory: Callable[[], aiohttp.BaseConnector]
         if host.startswith("unix://"):
             self._connector_factory = lambda: aiohttp.UnixConnector(path=host[len("unix://"):], limit=64)
             self._base = f"http://docker/v{API_VERSION}"

@@ -48,7 +48,7 @@ class InProcessRuntime:
             raise StepAttemptError("handler_not_found", f"handler {name!r} is a {type(handler).__name__}, not a "
                                    "function", retryable=False)
         self._handlers[name] = handler
-        return handler
+        return handler  # type: ignore[no-any-return]
 
     async def invoke(self, invocation: Invocation) -> StepAnswer:
         handler = self._resolve(invocation.options["handler"])
@@ -60,7 +60,7 @@ class InProcessRuntime:
                 result = await asyncio.wait_for(asyncio.to_thread(handler, document), invocation.timeout)
                 if inspect.isawaitable(result):  # a plain function that returned a coroutine
                     result = await asyncio.wait_for(result, invocation.timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise StepAttemptError("timeout", f"handler did not return within {invocation.timeout:g}s") from exc
         except Exception as exc:
             raise StepAttemptError("handler_error", f"{type(exc).__name__}: {exc}",

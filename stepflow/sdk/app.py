@@ -64,7 +64,7 @@ def _triggers(trigger: Any, triggers: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _duration(value: str | int | float | timedelta) -> float:
+def _duration(value: str | float | timedelta) -> float:
     return parse_duration(value)
 
 

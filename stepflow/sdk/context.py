@@ -23,7 +23,7 @@ class Event:
     v: str | None = None
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> "Event":
+    def from_dict(cls, raw: dict[str, Any] | None) -> Event:
         raw = raw or {}
         return cls(name=str(raw.get("name", "")), data=raw.get("data") or {}, id=raw.get("id"), ts=raw.get("ts"),
                    user=raw.get("user"), v=raw.get("v"))
@@ -77,5 +77,5 @@ class Context:
     function_id: str
     app_id: str
     attempt: int
-    step: "StepTools"
+    step: StepTools
     logger: ReplaySafeLogger

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stepflow.durations import parse_duration
@@ -20,11 +20,11 @@ class RetryAfterError(StepflowError):
 
     code = "retry_after"
 
-    def __init__(self, message: str, delay: str | int | float | timedelta | datetime) -> None:
+    def __init__(self, message: str, delay: str | float | timedelta | datetime) -> None:
         super().__init__(message)
         if isinstance(delay, datetime):
-            when = delay if delay.tzinfo else delay.replace(tzinfo=timezone.utc)
-            self.retry_after = max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+            when = delay if delay.tzinfo else delay.replace(tzinfo=UTC)
+            self.retry_after = max(0.0, (when - datetime.now(UTC)).total_seconds())
         else:
             self.retry_after = parse_duration(delay)
 

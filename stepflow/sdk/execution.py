@@ -67,7 +67,7 @@ def output_too_large(step: str, size: int, limit: int) -> dict[str, Any]:
 
 
 class Execution:
-    def __init__(self, spec: "FunctionSpec", request: dict[str, Any], *,
+    def __init__(self, spec: FunctionSpec, request: dict[str, Any], *,
                  inline_budget: float = DEFAULT_INLINE_BUDGET) -> None:
         self.spec = spec
         ctx = request.get("ctx") or {}

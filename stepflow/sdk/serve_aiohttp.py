@@ -6,13 +6,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from stepflow.sdk.app import App
 from stepflow.sdk.serve import Endpoint, ServeOptions
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-def handler(app: App, options: ServeOptions | None = None) -> web.RequestHandler:  # type: ignore[type-arg]
+
+def handler(app: App, options: ServeOptions | None = None) -> Handler:
     endpoint = Endpoint(app, options)
 
     async def handle(request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ import hashlib
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepflow.durations import parse_duration
@@ -60,13 +60,13 @@ class FoundStep:
         return out
 
 
-def _duration_str(value: str | int | float | timedelta) -> str:
+def _duration_str(value: str | float | timedelta) -> str:
     seconds = parse_duration(value)
     return f"{int(seconds * 1000)}ms"
 
 
 class StepTools:
-    def __init__(self, execution: "Execution") -> None:
+    def __init__(self, execution: Execution) -> None:
         self._x = execution
         self._counts: dict[str, int] = {}
 
@@ -117,27 +117,27 @@ class StepTools:
 
         return await self._x.report(FoundStep(hashed, display, "StepRun", run=execute))  # type: ignore[no-any-return]
 
-    async def sleep(self, step_id: str, duration: str | int | float | timedelta) -> None:
+    async def sleep(self, step_id: str, duration: str | float | timedelta) -> None:
         """Pause the run durably for `duration` ("10s", "2h", a timedelta, or seconds)."""
         hashed, display = self._ids(step_id)
         if self._replay(hashed, display)[0]:
-            return None
-        until = datetime.now(timezone.utc) + timedelta(seconds=parse_duration(duration))
+            return
+        until = datetime.now(UTC) + timedelta(seconds=parse_duration(duration))
         await self._x.report(FoundStep(hashed, display, "Sleep", name=until.isoformat(),
                                        opts={"duration": _duration_str(duration), "until": until.isoformat()}))
-        return None
+        return
 
     async def sleep_until(self, step_id: str, until: datetime) -> None:
         """Pause the run durably until `until` (a naive datetime is taken as UTC)."""
         hashed, display = self._ids(step_id)
         if self._replay(hashed, display)[0]:
-            return None
-        when = until if until.tzinfo else until.replace(tzinfo=timezone.utc)
+            return
+        when = until if until.tzinfo else until.replace(tzinfo=UTC)
         await self._x.report(FoundStep(hashed, display, "Sleep", name=when.isoformat(),
                                        opts={"until": when.isoformat()}))
-        return None
+        return
 
-    async def wait_for_event(self, step_id: str, *, event: str, timeout: str | int | float | timedelta,
+    async def wait_for_event(self, step_id: str, *, event: str, timeout: str | float | timedelta,
                              if_: str | None = None, match: str | None = None) -> Event | None:
         """Wait for an event named `event`; returns it, or None after `timeout`.
 
@@ -158,7 +158,7 @@ class StepTools:
         return None  # pragma: no cover - report() never returns for a new wait
 
     async def invoke(self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
-                     timeout: str | int | float | timedelta | None = None, user: dict[str, Any] | None = None) -> Any:
+                     timeout: str | float | timedelta | None = None, user: dict[str, Any] | None = None) -> Any:
         """Start another function with `data` as its event data and return its output (raises StepError
         if it fails, or when `timeout` passes first)."""
         hashed, display = self._ids(step_id)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from stepflow import codec
 from stepflow.engine import Engine
-from stepflow.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, StepflowError, UnauthorizedError
+from stepflow.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    StepflowError,
+    UnauthorizedError,
+)
 
 log = logging.getLogger("stepflow.server")
 
@@ -45,8 +52,11 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 @web.middleware
-async def error_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as `{"error": {"code", "message"}}` with the right status — never a stack trace."""
     try:
         return await handler(request)
@@ -81,7 +91,7 @@ def _key_matches(given: str, keys: list[str]) -> bool:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS_KEY]
     path = request.path
     if path.startswith(("/v1/", "/v2/")) and settings.rest_auth_required:
@@ -124,5 +134,14 @@ async def read_body(request: web.Request) -> bytes:
                                    f"({settings.max_request_bytes} bytes)") from exc
 
 
-__all__ = ["ENGINE_KEY", "SETTINGS_KEY", "ServerSettings", "create_app", "error_response", "json_response",
-           "read_body", "InvalidRequestError", "NotFoundError"]
+__all__ = [
+    "ENGINE_KEY",
+    "SETTINGS_KEY",
+    "InvalidRequestError",
+    "NotFoundError",
+    "ServerSettings",
+    "create_app",
+    "error_response",
+    "json_response",
+    "read_body",
+]

@@ -119,7 +119,7 @@ def _parse_list_query(request: web.Request) -> tuple[RunStatus | None, str | Non
             status = RunStatus(q["status"].upper())
         except ValueError:
             raise InvalidRequestError(f"unknown status {q['status']!r}; one of "
-                                      + ", ".join(s.title for s in RunStatus)) from None
+                                      + ", ".join(s.v1_name for s in RunStatus)) from None
     cursor = q.get("cursor") or None
     if cursor is not None and not is_ulid(cursor):
         raise InvalidRequestError("'cursor' must be a run id from a previous page")

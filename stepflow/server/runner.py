@@ -12,8 +12,8 @@ from pathlib import Path
 from aiohttp import web
 
 from stepflow.definitions import load_function_file
-from stepflow.errors import DefinitionError
 from stepflow.engine import Engine, EngineConfig
+from stepflow.errors import DefinitionError
 from stepflow.server.app import ServerSettings, create_app
 from stepflow.server.routes_apps import sync_app
 from stepflow.store import store_from_url

@@ -3,7 +3,7 @@ JSON Schema exactly (no other fields)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from stepflow.store.records import EventRecord, RunRecord, StepRecord
@@ -12,7 +12,7 @@ from stepflow.store.records import EventRecord, RunRecord, StepRecord
 def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
 
 
@@ -24,7 +24,7 @@ def run_v1(run: RunRecord, environment_id: str) -> dict[str, Any]:
         "function_version": run.function_version,
         "environment_id": environment_id,
         "event_id": run.event_id,
-        "status": run.status.title,
+        "status": run.status.v1_name,
         "ended_at": iso(run.ended_at),
         "output": run.output,
     }

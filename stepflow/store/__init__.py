@@ -37,6 +37,23 @@ def store_from_url(url: str | None) -> Store:
 
 
 __all__ = [
-    "Advance", "DEFAULT_SQLITE_PATH", "EventRecord", "Job", "JobKind", "NewEvent", "NewJob", "NewPause", "NewRun", "RunRecord", "RunState",
-    "RunStatus", "SqliteStore", "StepRecord", "StepStatus", "StepUpdate", "StepWrite", "Store", "store_from_url",
+    "DEFAULT_SQLITE_PATH",
+    "Advance",
+    "EventRecord",
+    "Job",
+    "JobKind",
+    "NewEvent",
+    "NewJob",
+    "NewPause",
+    "NewRun",
+    "RunRecord",
+    "RunState",
+    "RunStatus",
+    "SqliteStore",
+    "StepRecord",
+    "StepStatus",
+    "StepUpdate",
+    "StepWrite",
+    "Store",
+    "store_from_url",
 ]

@@ -229,7 +229,8 @@ class PostgresStore(SqlStore):
                 for channel in self._subscribers:
                     await self._listener.add_listener(channel, dispatch)
                 lost = asyncio.get_running_loop().create_future()
-                self._listener.add_termination_listener(lambda _c: lost.done() or lost.set_result(None))
+                self._listener.add_termination_listener(
+                    lambda _c, lost=lost: None if lost.done() else lost.set_result(None))
                 await lost
             except asyncio.CancelledError:
                 raise

@@ -20,7 +20,7 @@ class RunStatus(str, Enum):
         return self in TERMINAL_STATUSES
 
     @property
-    def title(self) -> str:
+    def v1_name(self) -> str:
         """The v1 spelling: `Completed`, `Failed`, …"""
         return self.value.capitalize()
 
@@ -228,7 +228,7 @@ class Advance:
     finish: RunStatus | None = None
     output: Any = None
     error: dict[str, Any] | None = None
-    events: list["NewEvent"] = field(default_factory=list)
+    events: list[NewEvent] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -329,7 +329,7 @@ class SqlStore:
             detail = (child.error or {}).get("message", "") if isinstance(child.error, dict) else ""
             error = {"name": "InvokedRunFailed", "code": "invoked_run_failed", "child_run_id": child.id,
                      "message": f"invoked function {child.function_id} run {child.id} ended "
-                                f"{child.status.title}" + (f": {detail}" if detail else "")}
+                                f"{child.status.v1_name}" + (f": {detail}" if detail else "")}
             await self._resolve_pause(c, pause_id, run_id, step_id, None, error, now)
 
     # --- reads --------------------------------------------------------------------------------------------
