@@ -205,3 +205,30 @@ async def test_code_function_step_on_docker(tmp_path: Path) -> None:
     async with stepflow.Engine(app, store=f"sqlite:///{tmp_path}/mixed.db") as engine:
         ids = await engine.send({"name": "dk/mixed", "data": {}})
         assert await engine.wait_for_output(ids[0], timeout=60) == {"local": 20, "remote": {"seen": 1}}
+
+
+async def test_an_sdk_function_packaged_as_an_image_runs_through_the_protocol(tmp_path: Path) -> None:
+    """`stepflow package docker module:app`: the engine drives the function in containers exactly as over
+    HTTP — 206 ops on stdout (inline steps, a sleep), replayed call after call, output on completion."""
+    from stepflow.kit.docker_image import build_image
+
+    module = tmp_path / "packaged_app.py"
+    module.write_text(
+        "import stepflow\n"
+        "app = stepflow.App('packaged')\n\n"
+        "@app.function(id='packaged-sum', trigger=stepflow.event('pk/go'))\n"
+        "async def total(ctx):\n"
+        "    a = await ctx.step.run('a', lambda: ctx.event.data['x'] * 2)\n"
+        "    await ctx.step.sleep('pause', '100ms')\n"
+        "    b = await ctx.step.run('b', lambda: a + 1)\n"
+        "    return {'total': b}\n")
+    await build_image(f"{module}:app", "stepflow-test/packaged-sum:1", base=PYTHON)
+    fn = stepflow.parse_function({"id": "packaged-sum", "app_id": "packaged", "triggers": [{"event": "pk/go"}],
+                                  "runtime": {"type": "docker", "image": "stepflow-test/packaged-sum:1"}})
+    async with stepflow.Engine(store=f"sqlite:///{tmp_path}/pk.db", functions=[fn]) as engine:
+        ids = await engine.send({"name": "pk/go", "data": {"x": 20}})
+        assert await engine.wait_for_output(ids[0], timeout=120) == {"total": 41}
+        run = (await engine.get_event_runs(ids[0]))[0]
+        steps = {s["step_id"]: s for s in await engine.get_run_steps(run["run_id"])}
+    assert [steps[k]["status"] for k in ("a", "pause", "b")] == ["completed"] * 3
+    assert steps["a"]["output"] == 40 and steps["b"]["output"] == 41
