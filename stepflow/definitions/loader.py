@@ -93,7 +93,9 @@ def parse_function(config: Any, *, source: str = "python") -> FunctionDef:
     if not isinstance(app_id, str) or not app_id:
         raise fail("'app_id' must be a non-empty string")
 
-    triggers = _parse_triggers(config.get("triggers"), fail)
+    # code functions may have no trigger: they are started by `invoke` or, for durable endpoints, by requests
+    triggers = () if "runtime" in config and config.get("triggers") == [] else _parse_triggers(
+        config.get("triggers"), fail)
     retries = _parse_retries(config.get("retries"), lambda p: fail(p)) or RetryPolicy()
     options = _parse_run_options(config, fail)
 

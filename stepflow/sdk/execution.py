@@ -21,6 +21,7 @@ the engine records them in one transaction before it calls again.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import math
 import time
 import traceback
@@ -68,8 +69,10 @@ def output_too_large(step: str, size: int, limit: int) -> dict[str, Any]:
 
 class Execution:
     def __init__(self, spec: FunctionSpec, request: dict[str, Any], *,
-                 inline_budget: float = DEFAULT_INLINE_BUDGET) -> None:
+                 inline_budget: float = DEFAULT_INLINE_BUDGET,
+                 on_step: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.spec = spec
+        self._on_step = on_step
         ctx = request.get("ctx") or {}
         self._memos: dict[str, Any] = dict(request.get("steps") or {})
         self._stack: list[str] = list((ctx.get("stack") or {}).get("stack") or []) if isinstance(
@@ -161,6 +164,8 @@ class Execution:
         data = codec.loads(encoded)
         op.update(op="StepRun", data=data)
         self._ops.append(op)
+        if self._on_step is not None:
+            self._on_step(op)  # e.g. a durable endpoint checkpoints it in the background, right away
         # From now on the step is memoized for this call too (a later replay in this call would see it).
         self._memos[step.hashed] = {"data": data}
         if self._step_done is not None:

@@ -94,7 +94,9 @@ def _key_matches(given: str, keys: list[str]) -> bool:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS_KEY]
     path = request.path
-    if path.startswith(("/v1/", "/v2/")) and settings.rest_auth_required:
+    # the durable endpoints' output URL is for end users: its run-scoped token is its authentication
+    token_route = path.startswith("/v1/runs/") and path.endswith("/output")
+    if path.startswith(("/v1/", "/v2/")) and settings.rest_auth_required and not token_route:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -105,7 +107,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def create_app(engine: Engine, settings: ServerSettings) -> web.Application:
-    from stepflow.server import routes_apps, routes_events, routes_rest
+    from stepflow.server import routes_apps, routes_endpoints, routes_events, routes_rest
 
     app = web.Application(middlewares=[error_middleware, auth_middleware],
                           client_max_size=settings.max_request_bytes)
@@ -114,6 +116,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> web.Application:
     routes_events.setup(app)
     routes_rest.setup(app)
     routes_apps.setup(app)
+    routes_endpoints.setup(app)
     app.router.add_get("/health", health)
     return app
 

@@ -102,6 +102,16 @@ class Store(Protocol):
         """
         ...
 
+    async def advance_run(self, run_id: str, advance: AdvanceRun, now: int) -> RunRecord | None:
+        """Apply a decision to a run outside any job (a durable endpoint's checkpoint), under its lock."""
+        ...
+
+    async def create_run(self, event: EventRecord, run: NewRun, started_at: int) -> bool:
+        """Store an event and a run that is already executing (a durable endpoint's request)."""
+        ...
+
+    async def find_idempotent_run(self, function_id: str, key: str, now: int) -> RunRecord | None: ...
+
     async def retry_job(self, job: Job, update: StepUpdate, available_at: int) -> bool:
         """Record a failed attempt and put the job back for `available_at`. False when no longer ours."""
         ...

@@ -531,30 +531,65 @@ class SqlStore:
                                 update.status.value, update.ended_at, pack(update.output), pack(update.error), seq,
                                 update.logs, job.run_id, job.step_id)
             if advance is not None:
-                state = await self._load_run_state(c, job.run_id)
-                if state is None:
-                    raise StoreError(f"run {job.run_id} vanished while settling job {job.id}")
-                decision = advance(state)
-                for write in decision.steps:
-                    await self._write_step(c, job.run_id, write)
-                for step_id, reason in decision.skipped.items():
-                    await self._write_step(c, job.run_id, StepWrite(step_id=step_id, status=StepStatus.SKIPPED,
-                                                                    error=reason, ended_at=now))
-                for step_id in decision.remove_pauses:
-                    await c.execute("DELETE FROM pauses WHERE run_id=? AND step_id=?", job.run_id, step_id)
-                for new_event in decision.events:
-                    await self._insert_new_event(c, new_event)
-                await self._insert_jobs(c, job.run_id, decision.jobs)
-                for pause in decision.pauses:
-                    await self._insert_pause(c, pause, now)
-                if decision.finish is not None:
-                    await self._finish_run(c, job.run_id, decision.finish, decision.output, decision.error, now)
-                if decision.jobs or decision.events:
-                    await self._work_added(c)
+                await self._advance(c, job.run_id, advance, now)
             row = await c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", job.run_id)
             return run_record(row) if row else None
 
         return await self._transaction(body)
+
+    async def advance_run(self, run_id: str, advance: AdvanceRun, now: int) -> RunRecord | None:
+        """Apply a decision to a run outside any job (e.g. a durable endpoint's checkpoint), under its lock."""
+        async def body(c: Conn) -> RunRecord | None:
+            await self._lock_run(c, run_id)
+            if await c.fetchval("SELECT 1 FROM runs WHERE id=?", run_id) is None:
+                return None
+            await self._advance(c, run_id, advance, now)
+            row = await c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", run_id)
+            return run_record(row) if row else None
+
+        return await self._transaction(body)
+
+    async def create_run(self, event: EventRecord, run: NewRun, started_at: int) -> bool:
+        """Store an event and a run already executing (a durable endpoint's request). False if it exists."""
+        async def body(c: Conn) -> bool:
+            if await c.fetchval("SELECT 1 FROM runs WHERE id=?", run.run_id) is not None:
+                return False
+            await self._insert_event(c, event)
+            if not await self._insert_run(c, run, event.id, event.received_at):
+                return False
+            await c.execute("UPDATE runs SET status='RUNNING', started_at=? WHERE id=?", started_at, run.run_id)
+            return True
+
+        return await self._transaction(body)
+
+    async def find_idempotent_run(self, function_id: str, key: str, now: int) -> RunRecord | None:
+        row = await self._read(lambda c: c.fetchrow(
+            f"SELECT {', '.join('r.' + col.strip() for col in RUN_COLUMNS.split(','))} FROM idempotency i "
+            "JOIN runs r ON r.id = i.run_id WHERE i.function_id=? AND i.key=? AND i.expires_at > ?",
+            function_id, key, now))
+        return run_record(row) if row else None
+
+    async def _advance(self, c: Conn, run_id: str, advance: AdvanceRun, now: int) -> None:
+        state = await self._load_run_state(c, run_id)
+        if state is None:
+            raise StoreError(f"run {run_id} vanished while it was being advanced")
+        decision = advance(state)
+        for write in decision.steps:
+            await self._write_step(c, run_id, write)
+        for step_id, reason in decision.skipped.items():
+            await self._write_step(c, run_id, StepWrite(step_id=step_id, status=StepStatus.SKIPPED, error=reason,
+                                                        ended_at=now))
+        for step_id in decision.remove_pauses:
+            await c.execute("DELETE FROM pauses WHERE run_id=? AND step_id=?", run_id, step_id)
+        for new_event in decision.events:
+            await self._insert_new_event(c, new_event)
+        await self._insert_jobs(c, run_id, decision.jobs)
+        for pause in decision.pauses:
+            await self._insert_pause(c, pause, now)
+        if decision.finish is not None:
+            await self._finish_run(c, run_id, decision.finish, decision.output, decision.error, now)
+        if decision.jobs or decision.events:
+            await self._work_added(c)
 
     async def retry_job(self, job: Job, update: StepUpdate, available_at: int) -> bool:
         async def body(c: Conn) -> bool:

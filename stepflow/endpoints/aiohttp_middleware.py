@@ -1,0 +1,178 @@
+"""Durable endpoints in aiohttp: `web_app.middlewares.append(provider.aiohttp_middleware)`."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from stepflow import codec, signing
+from stepflow.endpoints.core import (
+    REDIRECT,
+    TOKEN,
+    EndpointCall,
+    EndpointOptions,
+    Failed,
+    Final,
+    GoneAsync,
+    Provider,
+    RequestInfo,
+    current_call,
+    is_resume,
+)
+from stepflow.errors import DefinitionError, UnauthorizedError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPTIONS_ATTR = "__stepflow_endpoint__"
+USER_ATTR = "__stepflow_user_handler__"
+
+
+def response_result(response: Any) -> dict[str, Any]:
+    """An aiohttp response as the API result stored with the run (and replayed by the output URL)."""
+    if not isinstance(response, web.Response):
+        raise TypeError(f"a durable handler must return an aiohttp web.Response, not {type(response).__name__}")
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "date", "server")}
+    raw = response.body if isinstance(response.body, (bytes, bytearray)) else (response.text or "").encode()
+    result: dict[str, Any] = {"status_code": response.status, "headers": headers}
+    try:
+        result["body"] = bytes(raw).decode()
+    except UnicodeDecodeError:
+        result["body"], result["body_encoding"] = base64.b64encode(bytes(raw)).decode(), "base64"
+    return result
+
+
+def _function_id(request: web.Request, options: EndpointOptions) -> str:
+    if options.id:
+        return options.id
+    resource = request.match_info.route.resource
+    if resource is not None and resource.get_info().get("formatter"):
+        raise DefinitionError(f"the durable endpoint {request.method} {resource.canonical} has identifiers in its "
+                              "path: give it an id (e.g. @endpoints.durable(id=\"get-user\")), or every user id "
+                              "would become a function")
+    return f"{request.method} {request.path}"
+
+
+def make_middleware(provider: Provider) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if is_resume(request.headers):
+            return await _resume(provider, request)
+        options: EndpointOptions | None = getattr(handler, OPTIONS_ATTR, None)
+        if options is None and not provider.track_all_endpoints:
+            return await handler(request)
+        options = options or EndpointOptions()
+        user = getattr(handler, USER_ATTR, None)
+        body = await request.read()
+        info = RequestInfo(method=request.method, path=request.path, domain=provider.app_id,
+                           ip=request.remote or "", content_type=request.content_type, query=request.query_string,
+                           body=body)
+        fn_id = _function_id(request, options)
+        idempotency = request.headers.get(provider.idempotency_header)
+        if idempotency:
+            replayed = await _replay_idempotent(provider, fn_id, idempotency)
+            if replayed is not None:
+                return replayed
+        for hook in provider.before:
+            hook(request)
+        call = EndpointCall(provider, options, fn_id, info, idempotency=idempotency)
+        token = current_call.set(call)
+        try:
+            if user is not None:
+                outcome = await call.execute(lambda step: user(request, step), response_result)
+            else:  # tracked without steps
+                outcome = await call.execute(lambda step: handler(request), response_result)
+        finally:
+            current_call.reset(token)
+        response = _render(provider, request, call, options, outcome)
+        response.headers["X-Run-ID"] = call.run_id
+        for after in provider.after:
+            after(request, response)
+        return response
+
+    return middleware
+
+
+def _render(provider: Provider, request: web.Request, call: EndpointCall, options: EndpointOptions,
+            outcome: Final | GoneAsync | Failed) -> web.StreamResponse:
+    if isinstance(outcome, Final):
+        response: web.StreamResponse = outcome.response
+        return response
+    if isinstance(outcome, Failed):
+        return web.json_response({"error": outcome.reply.body, "run_id": call.run_id}, status=500)
+    mode = options.async_response or provider.async_response
+    url = provider.output_url(outcome.run_id, outcome.token)
+    if mode == REDIRECT:
+        return web.Response(status=303, headers={"Location": url})
+    if mode == TOKEN:
+        return web.json_response({"run_id": outcome.run_id, "token": outcome.token, "url": url}, status=202)
+    assert callable(mode)
+    custom = mode(request, outcome.run_id, outcome.token)
+    if not isinstance(custom, web.StreamResponse):
+        raise TypeError("a custom async_response must return an aiohttp response")
+    return custom
+
+
+async def _replay_idempotent(provider: Provider, fn_id: str, key: str) -> web.StreamResponse | None:
+    """A repeated request with the same idempotency key gets the recorded result (or waits for it)."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {provider.signing_key}"} if provider.signing_key else {}
+    async with aiohttp.ClientSession(headers=headers) as session, session.get(
+            f"{provider.base_url}/v1/checkpoints/idempotency", params={"fn_id": fn_id, "key": key},
+            timeout=aiohttp.ClientTimeout(total=10)) as resp:
+        if resp.status == 404:
+            await provider.wait(5)  # the first request's run may still be in our own buffer
+            return None
+        found = (await resp.json())["data"]
+    if found["status"] == "Completed" and isinstance(found["output"], dict):
+        from stepflow.server.routes_endpoints import replay
+
+        return replay(found["output"], found["run_id"])
+    from stepflow.tokens import make_token
+
+    url = provider.output_url(found["run_id"], make_token(found["run_id"], provider.signing_key))
+    return web.Response(status=303, headers={"Location": url, "X-Run-ID": found["run_id"]})
+
+
+async def _resume(provider: Provider, request: web.Request) -> web.StreamResponse:
+    """The engine calls the endpoint again, signed, with the memoized steps: re-run the handler on them."""
+    blank = request.clone()  # cloned before the body is read (aiohttp refuses afterwards); re-aimed below
+    body = await request.read()
+    if not provider.dev:
+        try:
+            signing.verify(body, request.headers.get(signing.SIGNATURE_HEADER), provider.keys or ["-"])
+        except UnauthorizedError as exc:
+            return web.json_response({"error": {"code": "unauthorized", "message": exc.message}}, status=401)
+    document = codec.loads(body)
+    data = (document.get("event") or {}).get("data") or {}
+    method, path = str(data.get("method", "GET")), str(data.get("path", request.path))
+    query = str(data.get("query_params") or "")
+    original = blank.clone(method=method, rel_url=f"{path}?{query}" if query else path)
+    raw = str(data.get("body") or "")
+    # the handler reads the original request's body (when it was recorded), not the engine's Input
+    original._read_bytes = base64.b64decode(raw) if data.get("body_encoding") == "base64" else raw.encode()  # noqa: SLF001
+    match = await request.app.router.resolve(original)
+    handler = match.handler
+    options: EndpointOptions | None = getattr(handler, OPTIONS_ATTR, None)
+    user = getattr(handler, USER_ATTR, None)
+    if options is None or user is None:
+        return web.json_response({"name": "EndpointNotFound", "message": f"no durable handler for {method} {path}"},
+                                 status=404, headers={"X-Inngest-No-Retry": "true"})
+    original._match_info = match  # noqa: SLF001 - route parameters for the handler
+    info = RequestInfo(method=method, path=path, domain=provider.app_id, ip="", content_type="", query=query,
+                       body=b"")
+    call = EndpointCall(provider, options, str(data.get("fn") or f"{method} {path}"), info, resume=document)
+    token = current_call.set(call)
+    try:
+        from stepflow.endpoints.core import EndpointResume
+
+        try:
+            await call.execute(lambda step: user(original, step), response_result)
+        except EndpointResume as answer:
+            reply = answer.reply
+    finally:
+        current_call.reset(token)
+    return web.Response(status=reply.status, body=codec.dumps(reply.body), content_type="application/json",
+                        headers={**reply.headers, "X-Run-ID": call.run_id})

@@ -1,0 +1,199 @@
+"""Durable endpoints in ASGI frameworks (Starlette, FastAPI): `app.add_middleware(provider.asgi)`.
+
+The middleware buffers the request body (so a resumed call can hand the handler the original one), marks the
+request as durable-capable, turns an asynchronous handler into the configured async response, answers the
+engine's resume calls with the SDK protocol, and adds `X-Run-ID` to every response of a tracked request.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from stepflow import codec, signing
+from stepflow.endpoints.core import (
+    REDIRECT,
+    TOKEN,
+    EndpointAsync,
+    EndpointCall,
+    EndpointOptions,
+    EndpointResume,
+    Failed,
+    Final,
+    Provider,
+    RequestInfo,
+    current_call,
+    is_resume,
+)
+from stepflow.errors import UnauthorizedError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class AsgiRequestContext:
+    provider: Provider
+    info: RequestInfo
+    resume: dict[str, Any] | None = None
+    idempotency: str | None = None
+    call: EndpointCall | None = None
+
+
+asgi_context: contextvars.ContextVar[AsgiRequestContext | None] = contextvars.ContextVar("stepflow_asgi",
+                                                                                          default=None)
+
+
+def starlette_result(response: Any) -> dict[str, Any]:
+    body = getattr(response, "body", None)
+    if not isinstance(body, (bytes, bytearray)):
+        raise TypeError("a durable handler must return a response with a body (not a streaming response)")
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "date", "server")}
+    result: dict[str, Any] = {"status_code": response.status_code, "headers": headers}
+    try:
+        result["body"] = bytes(body).decode()
+    except UnicodeDecodeError:
+        result["body"], result["body_encoding"] = base64.b64encode(bytes(body)).decode(), "base64"
+    return result
+
+
+async def run_durable_asgi(handler: Callable[..., Awaitable[Any]], options: EndpointOptions, request: Any) -> Any:
+    """What a durable handler does under the ASGI middleware (called by the `durable` wrapper)."""
+    context = asgi_context.get()
+    if context is None:
+        raise RuntimeError("durable endpoint needs the stepflow middleware: app.add_middleware(provider.asgi)")
+    fn_id = options.id or f"{context.info.method} {context.info.path}"
+    if not options.id and getattr(request, "path_params", None):
+        raise ValueError(f"the durable endpoint {fn_id} has identifiers in its path: give it an id "
+                         "(@endpoints.durable(id=...))")
+    call = EndpointCall(context.provider, options, fn_id, context.info, resume=context.resume,
+                        idempotency=context.idempotency)
+    context.call = call
+    token = current_call.set(call)
+    try:
+        outcome = await call.execute(lambda step: handler(request, step), starlette_result)
+    finally:
+        current_call.reset(token)
+    if isinstance(outcome, Final):
+        return outcome.response
+    if isinstance(outcome, Failed):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"error": outcome.reply.body, "run_id": call.run_id}, status_code=500)
+    raise EndpointAsync(outcome)
+
+
+def make_asgi_middleware(provider: Provider) -> type:
+    class StepflowEndpoints:
+        def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], **_: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await self.app(scope, receive, send)
+                return
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            resume: dict[str, Any] | None = None
+            if is_resume(headers):
+                if not provider.dev:
+                    try:
+                        signing.verify(body, headers.get(signing.SIGNATURE_HEADER.lower()), provider.keys or ["-"])
+                    except UnauthorizedError as exc:
+                        await _send_json(send, 401, {"error": {"code": "unauthorized", "message": exc.message}})
+                        return
+                resume = codec.loads(body)
+                data = (resume.get("event") or {}).get("data") or {}
+                raw = str(data.get("body") or "")
+                body = base64.b64decode(raw) if data.get("body_encoding") == "base64" else raw.encode()
+                scope = dict(scope, method=str(data.get("method", "GET")), path=str(data.get("path", scope["path"])),
+                             raw_path=str(data.get("path", scope["path"])).encode(),
+                             query_string=str(data.get("query_params") or "").encode())
+            info = RequestInfo(method=scope["method"], path=scope["path"], domain=provider.app_id,
+                               ip=(scope.get("client") or ("", 0))[0], content_type=headers.get("content-type", ""),
+                               query=scope.get("query_string", b"").decode("latin-1"), body=body)
+            context = AsgiRequestContext(provider=provider, info=info, resume=resume,
+                                         idempotency=headers.get(provider.idempotency_header.lower()))
+            delivered = False
+
+            async def replay_receive() -> Message:
+                nonlocal delivered
+                if not delivered:
+                    delivered = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            async def send_with_run_id(message: Message) -> None:
+                if message["type"] == "http.response.start" and context.call is not None:
+                    message = dict(message, headers=[*message.get("headers", []),
+                                                     (b"x-run-id", context.call.run_id.encode())])
+                await send(message)
+
+            token = asgi_context.set(context)
+            try:
+                await self.app(scope, replay_receive, send_with_run_id if resume is None else _discard(send))
+            except EndpointResume as answer:
+                await _send_json(send, answer.reply.status, answer.reply.body, answer.reply.headers,
+                                 run_id=context.call.run_id if context.call else None)
+            except EndpointAsync as gone:
+                await _send_async(send, provider, context, gone)
+            finally:
+                asgi_context.reset(token)
+
+    return StepflowEndpoints
+
+
+def _discard(send: Send) -> Send:
+    """In a resume call the handler's response is not for the engine: the SDK answer is sent instead."""
+    async def drop(message: Message) -> None:
+        return None
+
+    return drop
+
+
+async def _send_json(send: Send, status: int, body: Any, headers: dict[str, str] | None = None,
+                     run_id: str | None = None) -> None:
+    payload = codec.dumps(body)
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw_headers += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
+    if run_id:
+        raw_headers.append((b"x-run-id", run_id.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _send_async(send: Send, provider: Provider, context: AsgiRequestContext, gone: EndpointAsync) -> None:
+    outcome = gone.outcome
+    options = context.call.options if context.call else EndpointOptions()
+    mode = options.async_response or provider.async_response
+    url = provider.output_url(outcome.run_id, outcome.token)
+    if mode == REDIRECT:
+        await send({"type": "http.response.start", "status": 303,
+                    "headers": [(b"location", url.encode()), (b"x-run-id", outcome.run_id.encode()),
+                                (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+    elif mode == TOKEN:
+        await _send_json(send, 202, {"run_id": outcome.run_id, "token": outcome.token, "url": url},
+                         run_id=outcome.run_id)
+    else:
+        assert callable(mode)
+        custom = mode(None, outcome.run_id, outcome.token)  # an ASGI response object (e.g. Starlette's)
+        await custom({"type": "http"}, _never_receive, send)
+
+
+async def _never_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+__all__ = ["asgi_context", "make_asgi_middleware", "run_durable_asgi", "starlette_result", "urlencode"]

@@ -1,0 +1,234 @@
+"""Durable endpoints, framework-neutral core: one request's durable execution.
+
+A request to a durable handler becomes a run. Its steps run inline through the SDK's execution machinery
+(memoized, typed, retried) and each finished step is checkpointed in the background; the final response is
+checkpointed too. When the handler reaches `step.sleep` / `step.wait_for_event`, or a step fails and must be
+retried, the request stops there: the run is handed to the engine (which later calls the endpoint again with
+the memoized steps, signed) and the caller gets the async response (a redirect to a URL that blocks until the
+run ends and replays the final response, a token, or a custom response).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stepflow.engine.endpoints import RESUME_HEADER
+from stepflow.ids import new_ulid
+from stepflow.sdk.app import FunctionSpec
+from stepflow.sdk.execution import Execution, SdkResponse
+from stepflow.sdk.steps import StepTools
+from stepflow.tokens import make_token
+from stepflow.endpoints.checkpointer import Checkpointer
+
+REDIRECT = "redirect"
+TOKEN = "token"
+AsyncResponse = str | Callable[..., Any]  # "redirect" | "token" | fn(request, run_id, token) -> response
+
+current_call: contextvars.ContextVar["EndpointCall | None"] = contextvars.ContextVar("stepflow_endpoint",
+                                                                                     default=None)
+
+
+@dataclass(slots=True)
+class EndpointOptions:
+    id: str | None = None
+    omit_request_body: bool = False
+    omit_response_body: bool = False
+    async_response: AsyncResponse | None = None
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    method: str
+    path: str
+    domain: str
+    ip: str
+    content_type: str
+    query: str
+    body: bytes
+
+    def event_data(self, fn_id: str, omit_body: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {"fn": fn_id, "method": self.method, "path": self.path, "domain": self.domain,
+                                "ip": self.ip, "content_type": self.content_type, "query_params": self.query}
+        if not omit_body:
+            try:
+                data["body"] = self.body.decode()
+            except UnicodeDecodeError:
+                data["body"], data["body_encoding"] = base64.b64encode(self.body).decode(), "base64"
+        return data
+
+
+@dataclass(slots=True)
+class Final:
+    """The handler finished: its response (framework object) and the recorded API result."""
+
+    response: Any
+    result: dict[str, Any]
+
+
+@dataclass(slots=True)
+class GoneAsync:
+    run_id: str
+    token: str
+
+
+@dataclass(slots=True)
+class Failed:
+    reply: SdkResponse
+
+
+class EndpointResume(BaseException):
+    """In a resume call the handler's outcome is the SDK answer to the engine, not a response to a user."""
+
+    def __init__(self, reply: SdkResponse) -> None:
+        self.reply = reply
+
+
+class EndpointAsync(BaseException):
+    """The handler went asynchronous (raised through the web framework to the middleware)."""
+
+    def __init__(self, outcome: GoneAsync) -> None:
+        self.outcome = outcome
+
+
+@dataclass(slots=True)
+class Provider:
+    """What `endpoints.setup()` returns: the middlewares, the checkpointer and the settings."""
+
+    domain: str
+    base_url: str
+    signing_key: str | None
+    signing_key_fallback: str | None
+    track_all_endpoints: bool = False
+    async_response: AsyncResponse = REDIRECT
+    dev: bool = False
+    idempotency_header: str = "Idempotency-Key"
+    before: list[Callable[[Any], Any]] = field(default_factory=list)
+    after: list[Callable[[Any, Any], Any]] = field(default_factory=list)
+    checkpointer: Checkpointer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.checkpointer = Checkpointer(self.base_url, self.signing_key)
+
+    @property
+    def app_id(self) -> str:
+        return self.domain.split("://", 1)[-1].rstrip("/")
+
+    @property
+    def keys(self) -> list[str]:
+        return [k for k in (self.signing_key, self.signing_key_fallback) if k]
+
+    def output_url(self, run_id: str, token: str) -> str:
+        return f"{self.base_url}/v1/runs/{run_id}/output?token={token}"
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Drain the checkpoints still buffered (call it at shutdown). False if `timeout` passed first."""
+        return await self.checkpointer.wait(timeout)
+
+    async def close(self) -> None:
+        await self.checkpointer.close()
+
+    @property
+    def aiohttp_middleware(self) -> Any:
+        from stepflow.endpoints.aiohttp_middleware import make_middleware
+
+        return make_middleware(self)
+
+    @property
+    def asgi(self) -> Any:
+        from stepflow.endpoints.asgi import make_asgi_middleware
+
+        return make_asgi_middleware(self)
+
+
+class EndpointCall:
+    """One request to a durable handler (live) or one engine call resuming it (resume)."""
+
+    def __init__(self, provider: Provider, options: EndpointOptions, fn_id: str, request: RequestInfo,
+                 resume: dict[str, Any] | None = None, idempotency: str | None = None) -> None:
+        self.provider = provider
+        self.options = options
+        self.fn_id = fn_id
+        self.request = request
+        self.resume = resume
+        self.idempotency = idempotency
+        self.omit_response_body = options.omit_response_body
+        self.run_id = str((resume or {}).get("ctx", {}).get("run_id") or new_ulid())
+        self.started = time.monotonic()
+        self.started_ms = int(time.time() * 1000)
+
+    def _spec(self, handler: Callable[[StepTools], Awaitable[Any]],
+              to_result: Callable[[Any], dict[str, Any]], keep: dict[str, Any]) -> FunctionSpec:
+        async def run(ctx: Any) -> dict[str, Any]:
+            response = await handler(ctx.step)
+            keep["response"] = response
+            return self.result(to_result(response), store_body=True)
+
+        return FunctionSpec(id=self.fn_id, app_id=self.provider.app_id, name=self.fn_id, handler=run, triggers=[])
+
+    def result(self, raw: dict[str, Any], *, store_body: bool) -> dict[str, Any]:
+        out = dict(raw)
+        out["duration_ms"] = int((time.monotonic() - self.started) * 1000)
+        if not store_body:
+            out.pop("body", None)
+            out.pop("body_encoding", None)
+        return out
+
+    async def execute(self, handler: Callable[[StepTools], Awaitable[Any]],
+                      to_result: Callable[[Any], dict[str, Any]]) -> Final | GoneAsync | Failed:
+        keep: dict[str, Any] = {}
+        spec = self._spec(handler, to_result, keep)
+        if self.resume is not None:
+            raise EndpointResume(await Execution(spec, self.resume).run())
+        checkpointer = self.provider.checkpointer
+        await checkpointer.put({"op": "run", "run_id": self.run_id, "fn_id": self.fn_id, "app_id": self.provider.app_id,
+                                "url": self.endpoint_url, "started_at": self.started_ms,
+                                "idempotency": self.idempotency,
+                                "event": {"data": self.request.event_data(self.fn_id, self.options.omit_request_body)}})
+        document = {"event": {"name": "http/request", "data": {}}, "steps": {},
+                    "ctx": {"run_id": self.run_id, "function_id": self.fn_id, "attempt": 0}}
+
+        def step_done(op: dict[str, Any]) -> None:
+            checkpointer.put_soon({"op": "steps", "run_id": self.run_id, "steps": [op]})
+
+        reply = await Execution(spec, document, inline_budget=math.inf, on_step=step_done).run()
+        ops = reply.body if reply.status == 206 and isinstance(reply.body, list) else []
+        if reply.status == 200 or (ops and ops[-1].get("op") == "RunComplete"):
+            output = reply.body if reply.status == 200 else ops[-1].get("data")
+            await checkpointer.put({"op": "response", "run_id": self.run_id,
+                                    "result": self.result(output, store_body=not self.omit_response_body)})
+            return Final(response=keep.get("response"), result=output)
+        if reply.status == 206:
+            pending = [op for op in ops if op.get("op") != "StepRun"]
+            await checkpointer.put({"op": "async", "run_id": self.run_id, "ops": pending,
+                                    "started_at": self.started_ms})
+            return GoneAsync(run_id=self.run_id, token=make_token(self.run_id, self.provider.signing_key))
+        error = reply.body if isinstance(reply.body, dict) else {"message": str(reply.body)}
+        await checkpointer.put({"op": "response", "run_id": self.run_id,
+                                "result": self.result({"status_code": 500, "headers": {}, "error": error},
+                                                      store_body=False)})
+        return Failed(reply=reply)
+
+    @property
+    def endpoint_url(self) -> str:
+        """Where the engine calls to resume: the domain (https unless it names its scheme) and the path."""
+        domain = self.provider.domain
+        base = domain if "://" in domain else f"https://{domain}"
+        return f"{base.rstrip('/')}{self.request.path}"
+
+
+def is_resume(headers: Any) -> bool:
+    """The engine's resume call (aiohttp headers are case-insensitive; ASGI ones arrive lower-cased)."""
+    return bool(headers.get(RESUME_HEADER) or headers.get(RESUME_HEADER.lower()))
+
+
+def update_omit_response_body(omit: bool) -> None:
+    """Change, during a durable handler, whether its response body is recorded (e.g. keep it only for errors)."""
+    call = current_call.get()
+    if call is not None:
+        call.omit_response_body = omit
