@@ -29,6 +29,13 @@ from stepflow.durations import parse_duration
 from stepflow.errors import DefinitionError, ExpressionError
 from stepflow.expressions import Expression
 
+RUNTIME_OPTIONS: dict[str, set[str]] = {
+    "http": {"url", "headers", "timeout"},
+    "inprocess": {"handler", "timeout"},
+    "docker": {"image", "command", "entrypoint", "env", "memory", "cpus", "pids", "network", "timeout",
+               "workdir", "user"},
+    "lambda": {"function", "qualifier", "region", "endpoint_url", "profile", "timeout"},
+}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _EVENT_NAME_RE = re.compile(r"^\S{1,256}$")
 _FUNCTION_KEYS = {"id", "name", "app_id", "triggers", "steps", "retries", "description", "runtime", "cancel_on",
@@ -317,6 +324,10 @@ def _parse_runtime(raw: Any, fail: Any) -> RuntimeSpec:
     if rtype not in RUNTIME_TYPES:
         raise fail(f"unknown runtime type {rtype!r}; expected one of {', '.join(RUNTIME_TYPES)}")
     options = {k: v for k, v in raw.items() if k != "type"}
+    unknown = set(options) - RUNTIME_OPTIONS[rtype]
+    if unknown:  # a typo (e.g. "endpointUrl") must not silently send a step somewhere else
+        raise fail(f"unknown {rtype} runtime option(s) {sorted(unknown)}; expected some of "
+                   f"{sorted(RUNTIME_OPTIONS[rtype])}")
     if rtype == "http":
         url = options.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):

@@ -19,8 +19,10 @@ from stepflow.endpoints.core import (
     GoneAsync,
     Provider,
     RequestInfo,
+    claim_idempotent,
     current_call,
     is_resume,
+    release_idempotent,
 )
 from stepflow.errors import DefinitionError, UnauthorizedError
 
@@ -31,9 +33,14 @@ USER_ATTR = "__stepflow_user_handler__"
 
 def response_result(response: Any) -> dict[str, Any]:
     """An aiohttp response as the API result stored with the run (and replayed by the output URL)."""
-    if not isinstance(response, web.Response):
+    if not isinstance(response, web.StreamResponse):
         raise TypeError(f"a durable handler must return an aiohttp web.Response, not {type(response).__name__}")
     headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "date", "server")}
+    if not isinstance(response, web.Response):
+        # streamed (web.FileResponse, server-sent events): the body is not in hand before it is sent. The
+        # response goes out as it is and is recorded without its body — refusing it would turn every file or
+        # stream route into a 500 under track_all_endpoints
+        return {"status_code": response.status, "headers": headers}
     raw = response.body if isinstance(response.body, (bytes, bytearray)) else (response.text or "").encode()
     result: dict[str, Any] = {"status_code": response.status, "headers": headers}
     try:
@@ -43,12 +50,17 @@ def response_result(response: Any) -> dict[str, Any]:
     return result
 
 
-def _function_id(request: web.Request, options: EndpointOptions) -> str:
+def _function_id(request: web.Request, options: EndpointOptions, durable: bool = True) -> str:
     if options.id:
         return options.id
     resource = request.match_info.route.resource
-    if resource is not None and resource.get_info().get("formatter"):
-        raise DefinitionError(f"the durable endpoint {request.method} {resource.canonical} has identifiers in its "
+    formatter = resource.get_info().get("formatter") if resource is not None else None
+    if formatter and not durable:
+        # a plain handler tracked by track_all_endpoints cannot be given an id: refusing it would break every
+        # route with identifiers, so it is tracked under its route pattern ("GET /users/{id}"), one function
+        return f"{request.method} {formatter}"
+    if formatter:
+        raise DefinitionError(f"the durable endpoint {request.method} {formatter} has identifiers in its "
                               "path: give it an id (e.g. @endpoints.durable(id=\"get-user\")), or every user id "
                               "would become a function")
     return f"{request.method} {request.path}"
@@ -60,31 +72,36 @@ def make_middleware(provider: Provider) -> Any:
         if is_resume(request.headers):
             return await _resume(provider, request)
         options: EndpointOptions | None = getattr(handler, OPTIONS_ATTR, None)
-        if options is None and not provider.track_all_endpoints:
+        # with track_all_endpoints, a request no route matched (404, 405) is not an endpoint: it stays the
+        # framework's error and does not become a run (every scanner's probe would be a new function)
+        if options is None and (not provider.track_all_endpoints or request.match_info.http_exception is not None):
             return await handler(request)
+        durable = options is not None
         options = options or EndpointOptions()
         user = getattr(handler, USER_ATTR, None)
         body = await request.read()
         info = RequestInfo(method=request.method, path=request.path, domain=provider.app_id,
                            ip=request.remote or "", content_type=request.content_type, query=request.query_string,
                            body=body)
-        fn_id = _function_id(request, options)
+        fn_id = _function_id(request, options, durable)
         idempotency = request.headers.get(provider.idempotency_header)
+        call = EndpointCall(provider, options, fn_id, info, idempotency=idempotency)
         if idempotency:
-            replayed = await _replay_idempotent(provider, fn_id, idempotency)
+            replayed = await _replay_idempotent(provider, fn_id, idempotency, call.run_id)
             if replayed is not None:
                 return replayed
         for hook in provider.before:
             hook(request)
-        call = EndpointCall(provider, options, fn_id, info, idempotency=idempotency)
         token = current_call.set(call)
         try:
             if user is not None:
-                outcome = await call.execute(lambda step: user(request, step), response_result)
+                outcome = await call.execute(lambda step: _answer(user(request, step)), response_result)
             else:  # tracked without steps
-                outcome = await call.execute(lambda step: handler(request), response_result)
+                outcome = await call.execute(lambda step: _answer(handler(request)), response_result)
         finally:
             current_call.reset(token)
+            if idempotency:
+                release_idempotent(provider, fn_id, idempotency, call.run_id)
         response = _render(provider, request, call, options, outcome)
         response.headers["X-Run-ID"] = call.run_id
         for after in provider.after:
@@ -94,13 +111,23 @@ def make_middleware(provider: Provider) -> Any:
     return middleware
 
 
+async def _answer(handler_call: Awaitable[Any]) -> Any:
+    """The handler's response. aiohttp handlers idiomatically `raise web.HTTPNotFound()` (or a redirect): that
+    is their answer, not a failure — left raised, the SDK execution would take it for a crash and retry the
+    run (or answer 500)."""
+    try:
+        return await handler_call
+    except web.HTTPException as exc:
+        return web.Response(status=exc.status, reason=exc.reason, body=exc.body, headers=exc.headers)
+
+
 def _render(provider: Provider, request: web.Request, call: EndpointCall, options: EndpointOptions,
             outcome: Final | GoneAsync | Failed) -> web.StreamResponse:
     if isinstance(outcome, Final):
         response: web.StreamResponse = outcome.response
         return response
     if isinstance(outcome, Failed):
-        return web.json_response({"error": outcome.reply.body, "run_id": call.run_id}, status=500)
+        return web.json_response(outcome.public_body(call.run_id), status=500)
     mode = options.async_response or provider.async_response
     url = provider.output_url(outcome.run_id, outcome.token)
     if mode == REDIRECT:
@@ -114,18 +141,11 @@ def _render(provider: Provider, request: web.Request, call: EndpointCall, option
     return custom
 
 
-async def _replay_idempotent(provider: Provider, fn_id: str, key: str) -> web.StreamResponse | None:
+async def _replay_idempotent(provider: Provider, fn_id: str, key: str, run_id: str) -> web.StreamResponse | None:
     """A repeated request with the same idempotency key gets the recorded result (or waits for it)."""
-    import aiohttp
-
-    headers = {"Authorization": f"Bearer {provider.signing_key}"} if provider.signing_key else {}
-    async with aiohttp.ClientSession(headers=headers) as session, session.get(
-            f"{provider.base_url}/v1/checkpoints/idempotency", params={"fn_id": fn_id, "key": key},
-            timeout=aiohttp.ClientTimeout(total=10)) as resp:
-        if resp.status == 404:
-            await provider.wait(5)  # the first request's run may still be in our own buffer
-            return None
-        found = (await resp.json())["data"]
+    found = await claim_idempotent(provider, fn_id, key, run_id)
+    if found is None:
+        return None
     if found["status"] == "Completed" and isinstance(found["output"], dict):
         from stepflow.server.routes_endpoints import replay
 
@@ -169,7 +189,7 @@ async def _resume(provider: Provider, request: web.Request) -> web.StreamRespons
         from stepflow.endpoints.core import EndpointResume
 
         try:
-            await call.execute(lambda step: user(original, step), response_result)
+            await call.execute(lambda step: _answer(user(original, step)), response_result)
         except EndpointResume as answer:
             reply = answer.reply
     finally:

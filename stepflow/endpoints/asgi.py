@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,13 @@ from stepflow.endpoints.core import (
     Final,
     Provider,
     RequestInfo,
+    claim_idempotent,
     current_call,
     is_resume,
+    release_idempotent,
 )
 from stepflow.errors import UnauthorizedError
+from stepflow.tokens import make_token
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,6 +48,7 @@ class AsgiRequestContext:
     resume: dict[str, Any] | None = None
     idempotency: str | None = None
     call: EndpointCall | None = None
+    request: Any = None  # the framework's request, for a custom async response
 
 
 asgi_context: contextvars.ContextVar[AsgiRequestContext | None] = contextvars.ContextVar("stepflow_asgi",
@@ -74,19 +79,78 @@ async def run_durable_asgi(handler: Callable[..., Awaitable[Any]], options: Endp
                          "(@endpoints.durable(id=...))")
     call = EndpointCall(context.provider, options, fn_id, context.info, resume=context.resume,
                         idempotency=context.idempotency)
+    key = context.idempotency if context.resume is None else None
+    if key:
+        # as under aiohttp: a repeated request with the same key gets the recorded result (or waits for it)
+        found = await claim_idempotent(context.provider, fn_id, key, call.run_id)
+        if found is not None:
+            return _replayed(context.provider, found)
     context.call = call
+    context.request = request
     token = current_call.set(call)
+
+    async def answer(step: Any) -> Any:
+        try:
+            return await handler(request, step)
+        except Exception as exc:
+            # `raise HTTPException(404)` is the handler's answer in Starlette/FastAPI, rendered by the app's
+            # exception handler; left raised, the SDK execution would take it for a crash (500, or a retried run)
+            rendered = await _render_http_exception(request, exc)
+            if rendered is None:
+                raise
+            return rendered
+
     try:
-        outcome = await call.execute(lambda step: handler(request, step), starlette_result)
+        outcome = await call.execute(answer, starlette_result)
     finally:
         current_call.reset(token)
+        if key:
+            release_idempotent(context.provider, fn_id, key, call.run_id)
     if isinstance(outcome, Final):
         return outcome.response
     if isinstance(outcome, Failed):
         from starlette.responses import JSONResponse
 
-        return JSONResponse({"error": outcome.reply.body, "run_id": call.run_id}, status_code=500)
+        return JSONResponse(outcome.public_body(call.run_id), status_code=500)
     raise EndpointAsync(outcome)
+
+
+async def _render_http_exception(request: Any, exc: Exception) -> Any:
+    """The response the app's exception handler makes of an HTTPException, or None for other exceptions."""
+    try:
+        from starlette.exceptions import HTTPException
+    except ImportError:  # pragma: no cover - another ASGI framework
+        return None
+    if not isinstance(exc, HTTPException):
+        return None
+    handlers = getattr(getattr(request, "app", None), "exception_handlers", None) or {}
+    for cls in type(exc).__mro__:  # the most specific handler, as Starlette looks it up
+        if cls in handlers:
+            rendered = handlers[cls](request, exc)
+            return await rendered if inspect.isawaitable(rendered) else rendered
+    from starlette.responses import PlainTextResponse, Response
+
+    if exc.status_code in (204, 304):  # Starlette's default handler
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+
+
+def _replayed(provider: Provider, found: dict[str, Any]) -> Any:
+    """The response for a request whose idempotency key already has a run."""
+    from starlette.responses import RedirectResponse, Response
+
+    run_id = str(found["run_id"])
+    result = found.get("output")
+    if found.get("status") == "Completed" and isinstance(result, dict):
+        body = result.get("body")
+        raw = base64.b64decode(str(body)) if result.get("body_encoding") == "base64" else \
+            (str(body).encode() if body is not None else b"")
+        headers = {str(k): str(v) for k, v in dict(result.get("headers") or {}).items()
+                   if str(k).lower() not in ("content-length", "transfer-encoding", "date", "server")}
+        headers["X-Run-ID"] = run_id
+        return Response(content=raw, status_code=int(result.get("status_code", 200)), headers=headers)
+    url = provider.output_url(run_id, make_token(run_id, provider.signing_key))
+    return RedirectResponse(url, status_code=303, headers={"X-Run-ID": run_id})
 
 
 def make_asgi_middleware(provider: Provider) -> type:
@@ -188,7 +252,8 @@ async def _send_async(send: Send, provider: Provider, context: AsgiRequestContex
                          run_id=outcome.run_id)
     else:
         assert callable(mode)
-        custom = mode(None, outcome.run_id, outcome.token)  # an ASGI response object (e.g. Starlette's)
+        # an ASGI response object (e.g. Starlette's), made from the handler's request as under aiohttp
+        custom = mode(context.request, outcome.run_id, outcome.token)
         await custom({"type": "http"}, _never_receive, send)
 
 

@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ulid import ULID
+
 from stepflow.engine.endpoints import RESUME_HEADER
 from stepflow.ids import new_ulid
 from stepflow.sdk.app import FunctionSpec
-from stepflow.sdk.execution import Execution, SdkResponse
+from stepflow.sdk.execution import Execution, SdkResponse, error_body
 from stepflow.sdk.steps import StepTools
 from stepflow.tokens import make_token
 from stepflow.endpoints.checkpointer import Checkpointer
 
+log = logging.getLogger("stepflow.endpoints")
 REDIRECT = "redirect"
 TOKEN = "token"
 AsyncResponse = str | Callable[..., Any]  # "redirect" | "token" | fn(request, run_id, token) -> response
@@ -81,6 +85,13 @@ class GoneAsync:
 class Failed:
     reply: SdkResponse
 
+    def public_body(self, run_id: str) -> dict[str, Any]:
+        """What the API's caller sees: no stack trace nor message (they may hold secrets, and the framework
+        would not show them either); the error is recorded with the run and logged."""
+        return {"error": {"code": "internal_error",
+                          "message": f"the endpoint failed; its error is recorded with run {run_id}"},
+                "run_id": run_id}
+
 
 class EndpointResume(BaseException):
     """In a resume call the handler's outcome is the SDK answer to the engine, not a response to a user."""
@@ -111,6 +122,8 @@ class Provider:
     before: list[Callable[[Any], Any]] = field(default_factory=list)
     after: list[Callable[[Any, Any], Any]] = field(default_factory=list)
     checkpointer: Checkpointer = field(init=False)
+    # (function id, idempotency key) → run id of the request executing it in this process right now
+    inflight: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.checkpointer = Checkpointer(self.base_url, self.signing_key)
@@ -159,13 +172,23 @@ class EndpointCall:
         self.idempotency = idempotency
         self.omit_response_body = options.omit_response_body
         self.run_id = str((resume or {}).get("ctx", {}).get("run_id") or new_ulid())
-        self.started = time.monotonic()
         self.started_ms = int(time.time() * 1000)
+        if resume is not None:
+            # The run's duration runs from the original request, not from this resume call: the run id is a
+            # ULID this middleware made when the request arrived, and it carries that instant.
+            try:
+                self.started_ms = min(self.started_ms, ULID.from_str(self.run_id).milliseconds)
+            except ValueError:
+                pass
 
     def _spec(self, handler: Callable[[StepTools], Awaitable[Any]],
               to_result: Callable[[Any], dict[str, Any]], keep: dict[str, Any]) -> FunctionSpec:
         async def run(ctx: Any) -> dict[str, Any]:
-            response = await handler(ctx.step)
+            try:
+                response = await handler(ctx.step)
+            except Exception as exc:
+                keep["error"] = exc  # after inline steps the SDK answer carries only their ops, not this
+                raise
             keep["response"] = response
             return self.result(to_result(response), store_body=True)
 
@@ -173,7 +196,7 @@ class EndpointCall:
 
     def result(self, raw: dict[str, Any], *, store_body: bool) -> dict[str, Any]:
         out = dict(raw)
-        out["duration_ms"] = int((time.monotonic() - self.started) * 1000)
+        out["duration_ms"] = max(0, int(time.time() * 1000) - self.started_ms)
         if not store_body:
             out.pop("body", None)
             out.pop("body_encoding", None)
@@ -203,12 +226,20 @@ class EndpointCall:
             await checkpointer.put({"op": "response", "run_id": self.run_id,
                                     "result": self.result(output, store_body=not self.omit_response_body)})
             return Final(response=keep.get("response"), result=output)
-        if reply.status == 206:
+        if reply.status == 206 and "error" in keep and not any(op.get("op") != "StepRun" for op in ops):
+            # The handler itself raised after some steps ran inline (no sleep, wait or failing step left for
+            # the engine): that is the request's answer, as when it raises before any step. Handing the run
+            # to the engine would answer the caller with a redirect while the engine re-ran the raising
+            # handler through all its retries.
+            reply = SdkResponse(500, error_body(keep["error"]))
+        elif reply.status == 206:
             pending = [op for op in ops if op.get("op") != "StepRun"]
             await checkpointer.put({"op": "async", "run_id": self.run_id, "ops": pending,
                                     "started_at": self.started_ms})
             return GoneAsync(run_id=self.run_id, token=make_token(self.run_id, self.provider.signing_key))
         error = reply.body if isinstance(reply.body, dict) else {"message": str(reply.body)}
+        log.error("durable endpoint %s failed (run %s): %s", self.fn_id, self.run_id,
+                  error.get("stack") or error.get("message"))
         await checkpointer.put({"op": "response", "run_id": self.run_id,
                                 "result": self.result({"status_code": 500, "headers": {}, "error": error},
                                                       store_body=False)})
@@ -220,6 +251,56 @@ class EndpointCall:
         domain = self.provider.domain
         base = domain if "://" in domain else f"https://{domain}"
         return f"{base.rstrip('/')}{self.request.path}"
+
+
+async def claim_idempotent(provider: Provider, fn_id: str, key: str, run_id: str) -> dict[str, Any] | None:
+    """The run that an earlier request with this idempotency key became — `{"run_id", "status", "output"}` —
+    or None: then this request (`run_id`) holds the key in this process until `release_idempotent`.
+
+    The key is held before the server is asked: a duplicate arriving meanwhile (a client retrying at once)
+    is sent to the first request's run instead of looking, finding nothing yet, and running the steps again.
+    """
+    holder = provider.inflight.get((fn_id, key))
+    if holder is not None:
+        return {"run_id": holder, "status": "Running", "output": None}
+    provider.inflight[(fn_id, key)] = run_id
+    try:
+        found = await find_idempotent(provider, fn_id, key)
+    except BaseException:
+        release_idempotent(provider, fn_id, key, run_id)
+        raise
+    if found is not None:
+        release_idempotent(provider, fn_id, key, run_id)
+    return found
+
+
+def release_idempotent(provider: Provider, fn_id: str, key: str, run_id: str) -> None:
+    if provider.inflight.get((fn_id, key)) == run_id:
+        del provider.inflight[(fn_id, key)]
+
+
+async def find_idempotent(provider: Provider, fn_id: str, key: str) -> dict[str, Any] | None:
+    """The run that an earlier request with this idempotency key became, as the server knows it."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {provider.signing_key}"} if provider.signing_key else {}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for look in range(2):
+            async with session.get(f"{provider.base_url}/v1/checkpoints/idempotency",
+                                   params={"fn_id": fn_id, "key": key},
+                                   timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                if resp.status == 200:
+                    found: dict[str, Any] = (await resp.json())["data"]
+                    return found
+                if resp.status != 404:
+                    raise RuntimeError(f"stepflow idempotency lookup failed ({resp.status}): "
+                                       f"{(await resp.text())[:300]}")
+            if look or provider.checkpointer.pending() == 0:
+                return None
+            # The first request's run may still be in our own buffer (e.g. it finished an instant ago): once
+            # it is stored, look again — answering "none" here would run the handler (and its steps) twice.
+            await provider.wait(5)
+    return None
 
 
 def is_resume(headers: Any) -> bool:

@@ -29,10 +29,11 @@ from stepflow.kit.entrypoint import load_target, run
 
 # Loaded at import, so a broken module is a Lambda init error, reported as AWS reports it.
 TARGET = load_target({target!r})
+LOOP = asyncio.new_event_loop()  # one loop for the life of the (warm) process, not one per event
 
 
 def handler(event, context):
-    return asyncio.run(run(TARGET, event))
+    return LOOP.run_until_complete(run(TARGET, event))
 '''
 
 

@@ -6,7 +6,9 @@ import asyncio
 import functools
 import logging
 import os
+import signal
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -207,7 +209,9 @@ class LocalLambda:
     """The Invoke API over the functions found in a directory."""
 
     def __init__(self, directory: Path, *, max_workers: int = 4) -> None:
-        self.functions = discover_functions(directory)
+        # zips are unpacked here, and removed when the local Lambda stops
+        self._unpacked = tempfile.TemporaryDirectory(prefix="stepflow-lambda-")
+        self.functions = discover_functions(directory, unpack_to=Path(self._unpacked.name))
         self.pools = {name: FunctionPool(fn, max_workers) for name, fn in self.functions.items()}
 
     def app(self) -> web.Application:
@@ -219,6 +223,7 @@ class LocalLambda:
     async def stop(self) -> None:
         for pool in self.pools.values():
             await pool.stop()
+        self._unpacked.cleanup()
 
     @staticmethod
     def _aws_error(status: int, error_type: str, message: str) -> web.Response:
@@ -256,7 +261,11 @@ async def serve(directory: Path, host: str, port: int, max_workers: int, announc
     announce(f"local Lambda on http://{host}:{port} (set STEPFLOW_LAMBDA_ENDPOINT to it)")
     for fn in local.functions.values():
         announce(f"  {fn.name}: handler {fn.handler}, timeout {fn.timeout:g}s, code {fn.code_dir}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # stop the workers cleanly, whatever stops us
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()

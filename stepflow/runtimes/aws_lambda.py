@@ -159,6 +159,10 @@ class LambdaRuntime:
                 from exc
         if headers.get("X-Amz-Function-Error"):
             error = payload if isinstance(payload, dict) else {"errorMessage": str(payload)}
+            if error.get("errorType") == "Function.ResponseSizeTooLarge":  # would be too large every time
+                raise StepAttemptError("output_too_large", f"the Lambda function's answer exceeded Lambda's "
+                                       f"{MAX_SYNC_PAYLOAD}-byte limit: {error.get('errorMessage')}",
+                                       retryable=False)
             return StepAnswer(response=StepResponse(500, {
                 "error": "function_error", "errorType": error.get("errorType"),
                 "errorMessage": error.get("errorMessage"), "stackTrace": error.get("stackTrace")}))

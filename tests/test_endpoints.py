@@ -1,0 +1,1055 @@
+"""Durable API endpoints under aiohttp (issue 7, items 1-4): steps inside ordinary HTTP handlers, checkpointed
+in the background, turning asynchronous when they must wait.
+
+Everything is real: a stepflow server on 127.0.0.1 (in this process, with its engine and a SQLite file) and
+an aiohttp API on its own port with `provider.aiohttp_middleware`; the engine resumes async runs by calling
+that API over HTTP. Nothing of stepflow's is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import RunningServer, ServerFactory, free_port
+
+from stepflow import NonRetriableError, codec, endpoints, signing
+from stepflow.endpoints.checkpointer import Checkpointer
+from stepflow.endpoints.core import Provider
+from stepflow.engine import Engine, EngineConfig
+from stepflow.ids import new_ulid
+from stepflow.server import ServerSettings, create_app, routes_endpoints
+from stepflow.store import SqliteStore
+from stepflow.tokens import make_token
+
+FAST = EngineConfig(backoff_base=0.01, backoff_max=0.2, poll_interval=0.1)
+
+
+@dataclass
+class Api:
+    url: str
+    provider: Provider
+
+
+ApiFactory = Callable[..., Awaitable[Api]]
+
+
+@pytest.fixture
+async def api_factory() -> AsyncIterator[ApiFactory]:
+    """Start aiohttp APIs behind the durable-endpoints middleware: `await api_factory(server_url, routes,
+    **setup_options)`; `routes(app)` adds the handlers. Dev mode unless the options say otherwise."""
+    started: list[tuple[web.AppRunner, Provider]] = []
+
+    async def start(base_url: str, routes: Callable[[web.Application], None], **options: Any) -> Api:
+        port = free_port()
+        options.setdefault("dev", True)
+        provider = endpoints.setup(domain=f"http://127.0.0.1:{port}", base_url=base_url, **options)
+        app = web.Application(middlewares=[provider.aiohttp_middleware])
+        routes(app)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        started.append((runner, provider))
+        return Api(url=f"http://127.0.0.1:{port}", provider=provider)
+
+    yield start
+    for runner, provider in reversed(started):
+        await provider.close()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server(stepflow_factory: ServerFactory) -> RunningServer:
+    return await stepflow_factory(config=FAST)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        yield session
+
+
+async def stored_run(server: RunningServer, api: Api, run_id: str) -> dict[str, Any]:
+    """The run once the middleware's checkpoints have reached the server."""
+    assert await api.provider.wait(10), "the checkpoints were not drained"
+    return await server.client.get_run(run_id)
+
+
+# --- the sync path --------------------------------------------------------------------------------------
+
+
+async def test_sync_handler_runs_its_steps_inline_and_becomes_a_run(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    calls: Counter[str] = Counter()
+
+    def price(order: dict[str, Any]) -> int:
+        calls["price"] += 1
+        return int(order["qty"]) * 5
+
+    async def reserve(order: dict[str, Any]) -> str:
+        calls["reserve"] += 1
+        return f"res-{order['sku']}"
+
+    @endpoints.durable()  # default id: "POST /orders"
+    async def create_order(request: web.Request, step: Any) -> web.Response:
+        order = await step.run("order", request.json)
+        total = await step.run("price", price, order)
+        reservation = await step.run("reserve", reserve, order)
+        return web.json_response({"total": total, "reservation": reservation}, status=201,
+                                 headers={"X-Custom": "yes"})
+
+    api = await api_factory(server.url, lambda app: app.router.add_post("/orders", create_order))
+    sent = json.dumps({"sku": "A1", "qty": 3})
+    started = time.perf_counter()
+    async with http.post(f"{api.url}/orders?src=web&x=1", data=sent,
+                         headers={"Content-Type": "application/json"}) as resp:
+        elapsed = time.perf_counter() - started
+        assert resp.status == 201
+        assert await resp.json() == {"total": 15, "reservation": "res-A1"}
+        assert resp.headers["X-Custom"] == "yes"
+        run_id = resp.headers["X-Run-ID"]
+        assert not resp.history  # answered inline, no redirect
+    assert elapsed < 2.0
+    assert calls == {"price": 1, "reserve": 1}
+
+    run = await stored_run(server, api, run_id)
+    assert run["status"] == "Completed"
+    assert run["function_id"] == "POST-orders"  # "POST /orders", made URL-safe
+    output = run["output"]
+    assert set(output) == {"status_code", "headers", "body", "duration_ms"}
+    assert output["status_code"] == 201
+    assert output["headers"]["X-Custom"] == "yes"
+    assert output["headers"]["Content-Type"].startswith("application/json")
+    assert json.loads(output["body"]) == {"total": 15, "reservation": "res-A1"}
+    assert isinstance(output["duration_ms"], int) and 0 <= output["duration_ms"] < 2000
+
+    steps = await server.client.get_run_steps(run_id)
+    assert [(s["step_id"], s["status"], s["output"]) for s in steps] == [
+        ("order", "completed", {"sku": "A1", "qty": 3}),
+        ("price", "completed", 15),
+        ("reserve", "completed", "res-A1"),
+    ]
+
+    event = await server.client.get_event(run["event_id"])
+    assert event["name"] == "http/request"
+    host = api.url.removeprefix("http://")
+    assert event["data"] == {"fn": "POST /orders", "method": "POST", "path": "/orders", "domain": host,
+                             "ip": "127.0.0.1", "content_type": "application/json",
+                             "query_params": "src=web&x=1", "body": sent}
+
+
+async def test_omitted_request_and_response_bodies(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    @endpoints.durable(id="login", omit_request_body=True, omit_response_body=True)
+    async def login(request: web.Request, step: Any) -> web.Response:
+        creds = await step.run("creds", request.json)
+        return web.json_response({"session": f"s-{creds['user']}"})
+
+    @endpoints.durable(id="pay", omit_response_body=True)
+    async def pay(request: web.Request, step: Any) -> web.Response:
+        order = await step.run("order", request.json)
+        if order["amount"] <= 0:
+            endpoints.update_omit_response_body(False)  # keep the body, for errors only
+            return web.json_response({"error": "amount must be positive"}, status=422)
+        return web.json_response({"paid": order["amount"], "card": "4242"})
+
+    def routes(app: web.Application) -> None:
+        app.router.add_post("/login", login)
+        app.router.add_post("/pay", pay)
+
+    api = await api_factory(server.url, routes)
+    async with http.post(f"{api.url}/login", json={"user": "ann", "password": "hunter2"}) as resp:
+        assert resp.status == 200 and await resp.json() == {"session": "s-ann"}  # the caller still gets it
+        login_run = resp.headers["X-Run-ID"]
+    async with http.post(f"{api.url}/pay", json={"amount": 12}) as resp:
+        assert resp.status == 200 and await resp.json() == {"paid": 12, "card": "4242"}
+        paid_run = resp.headers["X-Run-ID"]
+    async with http.post(f"{api.url}/pay", json={"amount": 0}) as resp:
+        assert resp.status == 422
+        refused_run = resp.headers["X-Run-ID"]
+
+    run = await stored_run(server, api, login_run)
+    assert run["status"] == "Completed"
+    assert run["output"]["status_code"] == 200 and "body" not in run["output"]
+    event = await server.client.get_event(run["event_id"])
+    assert "body" not in event["data"] and "hunter2" not in json.dumps(event)
+    assert event["data"]["method"] == "POST" and event["data"]["fn"] == "login"
+
+    paid = (await server.client.get_run(paid_run))["output"]
+    assert paid["status_code"] == 200 and "body" not in paid and "4242" not in json.dumps(paid)
+    refused = (await server.client.get_run(refused_run))["output"]
+    assert refused["status_code"] == 422
+    assert json.loads(refused["body"]) == {"error": "amount must be positive"}
+    # the request body was kept for /pay (only the response body is omitted)
+    assert json.loads((await server.client.get_event(paid_run))["data"]["body"]) == {"amount": 12}
+
+
+async def test_function_ids_and_paths_with_identifiers(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls: Counter[str] = Counter()
+
+    @endpoints.durable()
+    async def get_user(request: web.Request, step: Any) -> web.Response:
+        calls["anonymous"] += 1
+        return web.json_response(await step.run("load", lambda: {"id": request.match_info["user_id"]}))
+
+    @endpoints.durable(id="get-account")
+    async def get_account(request: web.Request, step: Any) -> web.Response:
+        return web.json_response(await step.run("load", lambda: {"id": request.match_info["account_id"]}))
+
+    @endpoints.durable()
+    async def status(request: web.Request, step: Any) -> web.Response:
+        return web.json_response({"ok": await step.run("check", lambda: True)})
+
+    def routes(app: web.Application) -> None:
+        app.router.add_get("/users/{user_id}", get_user)
+        app.router.add_get("/accounts/{account_id}", get_account)
+        app.router.add_get("/status", status)
+
+    api = await api_factory(server.url, routes)
+    with caplog.at_level(logging.ERROR):
+        async with http.get(f"{api.url}/users/42") as resp:
+            assert resp.status == 500
+            text = await resp.text()
+    # refused before the handler runs, naming the route and the remedy
+    assert calls["anonymous"] == 0
+    explained = text + caplog.text
+    assert "/users/{user_id}" in explained and "has identifiers in its path" in explained and "id=" in explained
+
+    async with http.get(f"{api.url}/accounts/7") as resp:
+        assert resp.status == 200 and await resp.json() == {"id": "7"}
+        account_run = resp.headers["X-Run-ID"]
+    async with http.get(f"{api.url}/status") as resp:
+        assert resp.status == 200
+        status_run = resp.headers["X-Run-ID"]
+    assert (await stored_run(server, api, account_run))["function_id"] == "get-account"
+    run = await server.client.get_run(status_run)
+    assert run["function_id"] == "GET-status"
+    assert (await server.client.get_event(run["event_id"]))["data"]["fn"] == "GET /status"
+
+
+# --- checkpointing is off the request path and never loses anything ------------------------------------
+
+
+async def start_stepflow_on(port: int, db: Path, settings: ServerSettings | None = None,
+                            ) -> tuple[web.AppRunner, Engine]:
+    engine = Engine(SqliteStore(db), FAST)
+    await engine.start()
+    runner = web.AppRunner(create_app(engine, settings or ServerSettings(dev=True)), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, engine
+
+
+def three_step_handler(calls: Counter[str]) -> Any:
+    @endpoints.durable(id="three")
+    async def handler(request: web.Request, step: Any) -> web.Response:
+        payload = await step.run("payload", request.json)
+
+        def one() -> int:
+            calls["one"] += 1
+            return int(payload["n"]) + 1
+
+        a = await step.run("one", one)
+        b = await step.run("two", lambda: a * 2)
+        return web.json_response({"n": payload["n"], "result": b})
+
+    return handler
+
+
+async def test_checkpoints_wait_out_a_server_outage(
+        tmp_path: Path, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    port = free_port()  # nothing listens here yet: the stepflow server is "down"
+    base_url = f"http://127.0.0.1:{port}"
+    calls: Counter[str] = Counter()
+    api = await api_factory(base_url, lambda app: app.router.add_post("/three", three_step_handler(calls)))
+
+    run_ids = []
+    for n in range(3):
+        started = time.perf_counter()
+        async with http.post(f"{api.url}/three", json={"n": n}) as resp:
+            assert resp.status == 200 and await resp.json() == {"n": n, "result": (n + 1) * 2}
+            run_ids.append(resp.headers["X-Run-ID"])
+        assert time.perf_counter() - started < 0.5  # the response does not wait for the server
+    await asyncio.sleep(0.3)
+    assert api.provider.checkpointer.failures >= 2  # being retried
+    assert api.provider.checkpointer.pending() > 0
+    assert await api.provider.wait(0.1) is False  # not drained while the server is down
+
+    runner, engine = await start_stepflow_on(port, tmp_path / "late.db")  # the server comes back, same port
+    try:
+        assert await api.provider.wait(15) is True
+        assert api.provider.checkpointer.pending() == 0
+        async with aiohttp.ClientSession() as client:
+            for n, run_id in enumerate(run_ids):
+                async with client.get(f"{base_url}/v1/runs/{run_id}") as resp:
+                    run = (await resp.json())["data"]
+                assert run["status"] == "Completed"
+                assert json.loads(run["output"]["body"]) == {"n": n, "result": (n + 1) * 2}
+                async with client.get(f"{base_url}/v1/runs/{run_id}/steps") as resp:
+                    steps = (await resp.json())["data"]
+                assert [s["step_id"] for s in steps] == ["payload", "one", "two"]
+        assert calls["one"] == 3
+    finally:
+        await api.provider.close()
+        await runner.cleanup()
+        await engine.stop(grace=1.0)
+
+
+async def test_a_full_buffer_warns_and_loses_nothing(
+        tmp_path: Path, api_factory: ApiFactory, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    proxy = await CheckpointProxy(base_url).start()  # records the order in which checkpoints arrive
+    calls: Counter[str] = Counter()
+    api = await api_factory(proxy.url, lambda app: app.router.add_post("/three", three_step_handler(calls)))
+    # a tiny buffer: 4 requests x (run + 3 steps + response) checkpoints do not fit
+    api.provider.checkpointer = Checkpointer(proxy.url, None, max_buffer=2, retry_max=0.2)
+
+    async def request(n: int) -> str:
+        async with http.post(f"{api.url}/three", json={"n": n}) as resp:
+            assert resp.status == 200 and await resp.json() == {"n": n, "result": (n + 1) * 2}
+            return resp.headers["X-Run-ID"]
+
+    with caplog.at_level(logging.WARNING, logger="stepflow.endpoints"):
+        requests = [asyncio.create_task(request(n)) for n in range(4)]
+        await asyncio.sleep(0.5)
+        assert "checkpoint buffer full" in caplog.text
+        # bounded: requests wait for room (backpressure) rather than buffer without limit or drop anything
+        assert not all(task.done() for task in requests)
+        assert api.provider.checkpointer.pending() > 0
+        runner, engine = await start_stepflow_on(port, tmp_path / "late.db")
+    try:
+        run_ids = await asyncio.wait_for(asyncio.gather(*requests), 15)
+        assert await api.provider.wait(15) is True
+        async with aiohttp.ClientSession() as client:
+            for n, run_id in enumerate(run_ids):
+                async with client.get(f"{base_url}/v1/runs/{run_id}") as resp:
+                    run = (await resp.json())["data"]
+                assert run["status"] == "Completed", run
+                assert json.loads(run["output"]["body"]) == {"n": n, "result": (n + 1) * 2}
+                async with client.get(f"{base_url}/v1/runs/{run_id}/steps") as resp:
+                    steps = (await resp.json())["data"]
+                assert [(s["step_id"], s["status"]) for s in steps] == [
+                    ("payload", "completed"), ("one", "completed"), ("two", "completed")]
+        assert calls["one"] == 4
+        assert api.provider.checkpointer.sent == 4 * 5
+        # in order for each run: a step never arrives before its run, nor the response before a step
+        for run_id in run_ids:
+            assert [op for op, rid in proxy.delivered if rid == run_id] == ["run", "steps", "steps", "steps",
+                                                                           "response"]
+    finally:
+        await api.provider.close()
+        await proxy.stop()
+        await runner.cleanup()
+        await engine.stop(grace=1.0)
+
+
+async def test_a_batch_too_large_for_the_server_is_not_lost(
+        tmp_path: Path, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    """Checkpoints pile up while the server is down; the batch sent when it is back is larger than the
+    server accepts in one request (413): it must be split, not dropped."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    calls: Counter[str] = Counter()
+    @endpoints.durable(id="upload")
+    async def upload(request: web.Request, step: Any) -> web.Response:
+        size = await step.run("size", lambda: len(request.query.get("name", "")))
+        data = await request.read()
+        stored = await step.run("store", lambda: len(data))
+        return web.json_response({"stored": stored, "name": size})
+
+    def routes(app: web.Application) -> None:
+        app.router.add_post("/three", three_step_handler(calls))
+        app.router.add_post("/upload", upload)
+
+    api = await api_factory(base_url, routes)
+    filler = "x" * 30_000
+    run_ids = []
+    for n in range(6):
+        async with http.post(f"{api.url}/three", json={"n": n, "filler": filler}) as resp:
+            assert resp.status == 200
+            run_ids.append(resp.headers["X-Run-ID"])
+    runner, engine = await start_stepflow_on(port, tmp_path / "late.db",
+                                             ServerSettings(dev=True, max_request_bytes=100_000))
+    try:
+        assert await api.provider.wait(15) is True
+        for run_id in run_ids:
+            run = await engine.store.get_run(run_id)
+            assert run is not None and run.status.v1_name == "Completed"
+            steps = await engine.store.get_run_steps(run_id)
+            assert sorted(s.display_name for s in steps) == ["one", "payload", "two"]
+        assert api.provider.checkpointer.refused == 0
+
+        # a request body alone larger than the server accepts: the run is kept, without that body
+        async with http.post(f"{api.url}/upload?name=abc", data=b"y" * 150_000) as resp:
+            assert resp.status == 200 and await resp.json() == {"stored": 150_000, "name": 3}
+            big_run = resp.headers["X-Run-ID"]
+        assert await api.provider.wait(15) is True
+        run = await engine.store.get_run(big_run)
+        assert run is not None and run.status.v1_name == "Completed"
+        event = await engine.store.get_event(big_run)
+        assert event is not None and "body" not in event.data
+        assert event.data["body_omitted"] and event.data["method"] == "POST"
+        assert len(await engine.store.get_run_steps(big_run)) == 2
+    finally:
+        await api.provider.close()
+        await runner.cleanup()
+        await engine.stop(grace=1.0)
+
+
+# --- the async path -------------------------------------------------------------------------------------
+
+
+def checkout_routes(calls: Counter[str], sleep: str = "300ms", **options: Any) -> Callable[[web.Application], None]:
+    def charge_card(amount: int) -> dict[str, Any]:
+        calls["charge"] += 1
+        return {"charge_id": "ch_1", "amount": amount}
+
+    async def send_receipt(charge: dict[str, Any]) -> dict[str, Any]:
+        calls["receipt"] += 1
+        return {"receipt": f"r-{charge['charge_id']}", "amount": charge["amount"]}
+
+    @endpoints.durable(id="checkout", **options)
+    async def checkout(request: web.Request, step: Any) -> web.Response:
+        calls["handler"] += 1
+        order = await step.run("order", request.json)
+        charge = await step.run("charge", charge_card, order["amount"])
+        await step.sleep("settle", sleep)  # the handler turns asynchronous here
+        receipt = await step.run("receipt", send_receipt, charge)
+        return web.json_response(receipt, status=201, headers={"X-Receipt": receipt["receipt"]})
+
+    return lambda app: app.router.add_post("/checkout", checkout)
+
+
+async def test_sleep_redirects_to_the_output_url_which_replays_the_final_response(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    calls: Counter[str] = Counter()
+    api = await api_factory(server.url, checkout_routes(calls))
+
+    started = time.perf_counter()
+    async with http.post(f"{api.url}/checkout", json={"amount": 42}, allow_redirects=False) as resp:
+        assert resp.status == 303
+        run_id = resp.headers["X-Run-ID"]
+        location = resp.headers["Location"]
+    assert time.perf_counter() - started < 0.3  # answered at the sleep, not after it
+    assert location.startswith(f"{server.url}/v1/runs/{run_id}/output?token=")
+    assert calls == {"handler": 1, "charge": 1}
+
+    async with http.get(location) as final:  # blocks until the run ends
+        assert final.status == 201
+        assert await final.json() == {"receipt": "r-ch_1", "amount": 42}
+        assert final.headers["X-Receipt"] == "r-ch_1"
+        assert final.headers["Content-Type"].startswith("application/json")
+        assert final.headers["X-Run-ID"] == run_id
+    assert calls["charge"] == 1 and calls["receipt"] == 1  # each step's callable ran exactly once
+    assert calls["handler"] == 2  # the request, then the engine's resume after the sleep
+
+    run = await server.client.get_run(run_id)
+    assert run["status"] == "Completed"
+    assert run["output"]["status_code"] == 201
+    assert json.loads(run["output"]["body"]) == {"receipt": "r-ch_1", "amount": 42}
+    assert 300 <= run["output"]["duration_ms"] < 5000  # from the request to the final response, sleep included
+    steps = await server.client.get_run_steps(run_id)
+    assert [(s["step_id"], s["status"]) for s in steps] == [
+        ("order", "completed"), ("charge", "completed"), ("settle", "completed"), ("receipt", "completed")]
+    assert [s["output"] for s in steps if s["step_id"] != "settle"] == [
+        {"amount": 42}, {"charge_id": "ch_1", "amount": 42}, {"receipt": "r-ch_1", "amount": 42}]
+
+
+async def test_a_client_following_the_redirect_gets_the_final_response(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    calls: Counter[str] = Counter()
+    api = await api_factory(server.url, checkout_routes(calls))
+    async with http.post(f"{api.url}/checkout", json={"amount": 7}) as resp:
+        assert resp.status == 201
+        assert await resp.json() == {"receipt": "r-ch_1", "amount": 7}
+        assert [r.status for r in resp.history] == [303]
+        run_id = resp.history[0].headers["X-Run-ID"]
+        assert resp.headers["X-Run-ID"] == run_id
+    assert calls == {"handler": 2, "charge": 1, "receipt": 1}
+    assert len(await server.client.get_run_steps(run_id)) == 4
+
+
+async def test_token_and_custom_async_responses(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    calls: Counter[str] = Counter()
+    seen: list[tuple[str, str, str]] = []
+
+    def custom(request: web.Request, run_id: str, token: str) -> web.Response:
+        seen.append((request.path, run_id, token))
+        return web.json_response({"accepted": run_id, "poll": f"/status/{run_id}"}, status=202,
+                                 headers={"X-Custom-Async": "1"})
+
+    @endpoints.durable(id="export", async_response=custom)
+    async def export(request: web.Request, step: Any) -> web.Response:
+        rows = await step.run("rows", lambda: [1, 2, 3])
+        await step.sleep("wait", "200ms")
+        return web.json_response({"rows": len(rows)})
+
+    def routes(app: web.Application) -> None:
+        checkout_routes(calls)(app)
+        app.router.add_post("/export", export)
+
+    api = await api_factory(server.url, routes, async_response="token")  # the provider's default
+    async with http.post(f"{api.url}/checkout", json={"amount": 5}) as resp:
+        assert resp.status == 202
+        body = await resp.json()
+        assert set(body) == {"run_id", "token", "url"}
+        assert body["run_id"] == resp.headers["X-Run-ID"]
+        assert body["url"] == f"{server.url}/v1/runs/{body['run_id']}/output?token={body['token']}"
+    async with http.get(body["url"]) as final:
+        assert final.status == 201 and await final.json() == {"receipt": "r-ch_1", "amount": 5}
+
+    async with http.post(f"{api.url}/export", allow_redirects=False) as resp:
+        assert resp.status == 202
+        assert resp.headers["X-Custom-Async"] == "1"
+        run_id = resp.headers["X-Run-ID"]
+        assert await resp.json() == {"accepted": run_id, "poll": f"/status/{run_id}"}
+    assert len(seen) == 1 and seen[0][:2] == ("/export", run_id)
+    async with http.get(api.provider.output_url(run_id, seen[0][2])) as final:
+        assert final.status == 200 and await final.json() == {"rows": 3}
+
+
+async def test_output_url_tokens_are_run_scoped_and_expire(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    calls: Counter[str] = Counter()
+    api = await api_factory(server.url, checkout_routes(calls, sleep="100ms"), async_response="token")
+    async with http.post(f"{api.url}/checkout", json={"amount": 1}) as resp:
+        run_id = (await resp.json())["run_id"]
+    output = f"{server.url}/v1/runs/{run_id}/output"
+    other_run = new_ulid()
+    for token, reason in [("", "malformed"), ("garbage", "malformed"), (f"{int(time.time()) + 100}.abc", "not valid for this run"),
+                          (make_token(other_run, None), "not valid for this run"),
+                          (make_token(run_id, "another-key"), "not valid for this run"),
+                          (make_token(run_id, None, ttl=-5), "expired")]:
+        async with http.get(output, params={"token": token}) as resp:
+            assert resp.status == 401, token
+            assert reason in (await resp.json())["error"]["message"]
+    async with http.get(output, params={"token": make_token(run_id, None, ttl=60)}) as resp:
+        assert resp.status == 201 and await resp.json() == {"receipt": "r-ch_1", "amount": 1}
+
+
+async def test_output_url_says_still_running_after_its_wait_limit(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(routes_endpoints, "OUTPUT_WAIT_LIMIT", 0.5)
+    calls: Counter[str] = Counter()
+    api = await api_factory(server.url, checkout_routes(calls, sleep="1h"))
+    started = time.perf_counter()
+    async with http.post(f"{api.url}/checkout", json={"amount": 3}) as resp:
+        elapsed = time.perf_counter() - started
+        assert resp.status == 202
+        assert [r.status for r in resp.history] == [303]
+        body = await resp.json()
+        run_id = resp.history[0].headers["X-Run-ID"]
+        assert resp.headers["X-Run-ID"] == run_id
+        assert resp.headers["Retry-After"] == "1"
+    assert 0.4 < elapsed < 5
+    assert body["run_id"] == run_id
+    assert body["status"] in ("Running", "Sleeping")
+    assert "still running" in body["message"]
+    assert calls == {"handler": 1, "charge": 1}
+
+
+async def test_a_failing_step_hands_the_run_to_the_engine_and_the_answer_follows_the_retry(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    calls: Counter[str] = Counter()
+
+    def flaky(order: dict[str, Any]) -> str:
+        calls["flaky"] += 1
+        if calls["flaky"] == 1:
+            raise RuntimeError("the bank timed out")
+        return f"paid-{order['amount']}"
+
+    @endpoints.durable(id="flaky-pay")
+    async def pay(request: web.Request, step: Any) -> web.Response:
+        order = await step.run("order", request.json)
+        paid = await step.run("pay", flaky, order)
+        note = await step.run("note", lambda: calls.update(["note"]) or f"noted {paid}")
+        return web.json_response({"paid": paid, "note": note})
+
+    api = await api_factory(server.url, lambda app: app.router.add_post("/pay", pay))
+    async with http.post(f"{api.url}/pay", json={"amount": 9}, allow_redirects=False) as resp:
+        assert resp.status == 303  # the step failed: the run is the engine's now
+        run_id = resp.headers["X-Run-ID"]
+        location = resp.headers["Location"]
+    assert calls == {"flaky": 1}
+    async with http.get(location) as final:
+        assert final.status == 200
+        assert await final.json() == {"paid": "paid-9", "note": "noted paid-9"}
+    assert calls == {"flaky": 2, "note": 1}
+    steps = {s["step_id"]: s for s in await server.client.get_run_steps(run_id)}
+    assert list(steps) == ["order", "pay", "note"]
+    assert all(s["status"] == "completed" for s in steps.values())
+    assert steps["pay"]["output"] == "paid-9"
+    assert (await server.client.get_run(run_id))["status"] == "Completed"
+
+
+async def test_a_step_that_fails_for_good_ends_the_run_and_the_output_url_says_so(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    calls: Counter[str] = Counter()
+
+    def decline() -> None:
+        calls["decline"] += 1
+        raise NonRetriableError("card declined")
+
+    @endpoints.durable(id="declined")
+    async def pay(request: web.Request, step: Any) -> web.Response:
+        await step.run("charge", decline)
+        return web.json_response({"paid": True})  # pragma: no cover - never reached
+
+    api = await api_factory(server.url, lambda app: app.router.add_post("/pay", pay))
+    async with http.post(f"{api.url}/pay") as resp:
+        assert resp.status == 500
+        body = await resp.json()
+        assert [r.status for r in resp.history] == [303]
+        run_id = resp.headers["X-Run-ID"]
+    assert body["run_id"] == run_id and body["error"]["code"] == "run_failed"
+    assert calls["decline"] == 1  # not retried
+    run = await server.client.get_run(run_id)
+    assert run["status"] == "Failed"
+    steps = await server.client.get_run_steps(run_id)
+    assert [(s["step_id"], s["status"]) for s in steps] == [("charge", "failed")]
+    assert "card declined" in json.dumps(steps[0]["error"])
+
+
+async def test_wait_for_event_in_a_durable_handler(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    calls: Counter[str] = Counter()
+
+    @endpoints.durable(id="approve-order", async_response="token")
+    async def approve(request: web.Request, step: Any) -> web.Response:
+        order = await step.run("order", request.json)
+        approval = await step.wait_for_event("approval", event="order/approved", timeout="30s",
+                                             if_=f"async.data.order_id == '{order['id']}'")
+        if approval is None:
+            return web.json_response({"error": "not approved in time"}, status=408)
+
+        def ship() -> str:
+            calls["ship"] += 1
+            return f"shipped-{order['id']}"
+
+        shipment = await step.run("ship", ship)
+        return web.json_response({"shipment": shipment, "approved_by": approval.data["by"]})
+
+    api = await api_factory(server.url, lambda app: app.router.add_post("/orders/approve", approve))
+    async with http.post(f"{api.url}/orders/approve", json={"id": "o-1"}) as resp:
+        assert resp.status == 202
+        pending = await resp.json()
+    assert calls["ship"] == 0
+
+    async def follow() -> tuple[int, Any]:
+        async with http.get(pending["url"]) as final:  # blocks until the run ends
+            return final.status, await final.json()
+
+    waiting = asyncio.create_task(follow())
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # the run waits for the event
+    await server.client.send([{"name": "order/approved", "data": {"order_id": "o-2", "by": "nobody"}},
+                              {"name": "order/approved", "data": {"order_id": "o-1", "by": "ann"}}])
+    assert await asyncio.wait_for(waiting, 10) == (200, {"shipment": "shipped-o-1", "approved_by": "ann"})
+    assert calls["ship"] == 1
+    steps = await server.client.get_run_steps(pending["run_id"])
+    assert [(s["step_id"], s["status"]) for s in steps] == [
+        ("order", "completed"), ("approval", "completed"), ("ship", "completed")]
+
+
+# --- idempotency ----------------------------------------------------------------------------------------
+
+
+async def test_an_idempotency_key_replays_the_recorded_result(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    calls: Counter[str] = Counter()
+
+    def charge(amount: int) -> str:
+        calls["pay"] += 1
+        return f"ch-{calls['pay']}"
+
+    @endpoints.durable(id="charge")
+    async def pay(request: web.Request, step: Any) -> web.Response:
+        order = await step.run("order", request.json)
+        charge_id = await step.run("charge", charge, order["amount"])
+        return web.json_response({"charge": charge_id}, status=201, headers={"X-Charge": charge_id})
+
+    def routes(app: web.Application) -> None:
+        app.router.add_post("/pay", pay)
+        checkout_routes(calls)(app)
+
+    api = await api_factory(server.url, routes)
+    async with http.post(f"{api.url}/pay", json={"amount": 5}, headers={"Idempotency-Key": "k-1"}) as resp:
+        assert resp.status == 201 and await resp.json() == {"charge": "ch-1"}
+        first_run = resp.headers["X-Run-ID"]
+    # at once: the first request's checkpoints may still be in the middleware's buffer
+    async with http.post(f"{api.url}/pay", json={"amount": 5}, headers={"Idempotency-Key": "k-1"}) as resp:
+        assert resp.status == 201 and await resp.json() == {"charge": "ch-1"}
+        assert resp.headers["X-Charge"] == "ch-1"
+        assert resp.headers["X-Run-ID"] == first_run
+    async with http.post(f"{api.url}/pay", json={"amount": 5}, headers={"Idempotency-Key": "k-1"}) as resp:
+        assert resp.status == 201 and await resp.json() == {"charge": "ch-1"}
+    assert calls["pay"] == 1
+    async with http.post(f"{api.url}/pay", json={"amount": 5}, headers={"Idempotency-Key": "k-2"}) as resp:
+        assert await resp.json() == {"charge": "ch-2"}
+        assert resp.headers["X-Run-ID"] != first_run
+    assert calls["pay"] == 2
+
+    # a repeat while the first request's run is still asynchronous waits for that run's answer
+    headers = {"Idempotency-Key": "checkout-1"}
+    async with http.post(f"{api.url}/checkout", json={"amount": 8}, headers=headers,
+                         allow_redirects=False) as resp:
+        assert resp.status == 303
+        checkout_run = resp.headers["X-Run-ID"]
+    async with http.post(f"{api.url}/checkout", json={"amount": 8}, headers=headers) as resp:
+        assert resp.status == 201 and await resp.json() == {"receipt": "r-ch_1", "amount": 8}
+        assert resp.headers["X-Run-ID"] == checkout_run
+    assert calls["receipt"] == 1 and calls["charge"] == 1  # the checkout's charge step ran once
+    runs = (await server.client.list_runs(function_id="charge"))["data"]
+    assert len(runs) == 2
+
+
+async def test_idempotency_sees_a_run_still_in_the_middlewares_buffer(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    """The repeat arrives before the first request's checkpoints reached the server (a real proxy in front of
+    the server delays them): it must not run the handler again."""
+    proxy = await CheckpointProxy(server.url, delay=0.5).start()
+    calls: Counter[str] = Counter()
+
+    @endpoints.durable(id="charge")
+    async def pay(request: web.Request, step: Any) -> web.Response:
+        order = await step.run("order", request.json)
+        return web.json_response({"charge": await step.run("charge", lambda: calls.update(["charge"]) or
+                                                           f"ch-{calls['charge']}-{order['amount']}")})
+
+    try:
+        api = await api_factory(proxy.url, lambda app: app.router.add_post("/pay", pay))
+        headers = {"Idempotency-Key": "once"}
+        async with http.post(f"{api.url}/pay", json={"amount": 3}, headers=headers) as resp:
+            assert await resp.json() == {"charge": "ch-1-3"}
+            first_run = resp.headers["X-Run-ID"]
+        assert api.provider.checkpointer.pending() > 0  # still on its way
+        async with http.post(f"{api.url}/pay", json={"amount": 3}, headers=headers) as resp:
+            assert resp.status == 200 and await resp.json() == {"charge": "ch-1-3"}
+            assert resp.headers["X-Run-ID"] == first_run
+        assert calls["charge"] == 1
+    finally:
+        await proxy.stop()
+
+
+async def test_concurrent_requests_with_one_idempotency_key_run_once(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    calls: Counter[str] = Counter()
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_charge() -> str:
+        calls["charge"] += 1
+        entered.set()
+        await release.wait()
+        return "ch-slow"
+
+    @endpoints.durable(id="slow-charge")
+    async def pay(request: web.Request, step: Any) -> web.Response:
+        return web.json_response({"charge": await step.run("charge", slow_charge)}, status=201)
+
+    api = await api_factory(server.url, lambda app: app.router.add_post("/pay", pay))
+
+    async def request() -> tuple[int, Any, str]:
+        async with http.post(f"{api.url}/pay", headers={"Idempotency-Key": "same"}) as resp:
+            return resp.status, await resp.json(), resp.headers["X-Run-ID"]
+
+    first = asyncio.create_task(request())
+    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.sleep(0.2)  # the first request's run checkpoint reaches the server
+    second = asyncio.create_task(request())
+    await asyncio.sleep(0.3)
+    assert not second.done()  # it waits for the first request's answer
+    release.set()
+    one, two = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert one == two == (201, {"charge": "ch-slow"}, one[2])
+    assert calls["charge"] == 1
+
+
+async def test_simultaneous_duplicates_run_once(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    """A client retrying at once: the duplicate arrives before the first request's run exists anywhere."""
+    calls: Counter[str] = Counter()
+
+    async def charge() -> str:
+        calls["charge"] += 1
+        await asyncio.sleep(0.2)
+        return "ch-once"
+
+    @endpoints.durable(id="simultaneous")
+    async def pay(request: web.Request, step: Any) -> web.Response:
+        return web.json_response({"charge": await step.run("charge", charge)}, status=201)
+
+    api = await api_factory(server.url, lambda app: app.router.add_post("/pay", pay))
+
+    async def request() -> tuple[int, Any, str]:
+        async with http.post(f"{api.url}/pay", headers={"Idempotency-Key": "dup"}) as resp:
+            return resp.status, await resp.json(), resp.headers["X-Run-ID"]
+
+    results = await asyncio.wait_for(asyncio.gather(*(request() for _ in range(3))), 10)
+    assert {r[:2] == (201, {"charge": "ch-once"}) for r in results} == {True}
+    assert len({r[2] for r in results}) == 1
+    assert calls["charge"] == 1
+
+
+@dataclass
+class CheckpointProxy:
+    """A real HTTP proxy in front of the stepflow server: it may hold each checkpoint POST for `delay` seconds,
+    answers 502 while the server is down, and records the (op, run_id) of every checkpoint delivered, in order."""
+
+    target: str
+    delay: float = 0.0
+    url: str = ""
+    delivered: list[tuple[str, str]] = field(default_factory=list)
+    runner: web.AppRunner | None = None
+
+    async def start(self) -> CheckpointProxy:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.forward)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def forward(self, request: web.Request) -> web.Response:
+        is_checkpoint = request.method == "POST" and request.path == "/v1/checkpoints"
+        if is_checkpoint:
+            await asyncio.sleep(self.delay)
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        try:
+            async with aiohttp.ClientSession() as session, session.request(
+                    request.method, self.target + request.rel_url.path_qs, headers=headers, data=body) as up:
+                answer = web.Response(status=up.status, body=await up.read(),
+                                      headers={"Content-Type": up.headers.get("Content-Type", "application/json")})
+        except aiohttp.ClientConnectionError:
+            return web.json_response({"error": "upstream down"}, status=502)
+        if is_checkpoint and up.status == 200:
+            self.delivered += [(c["op"], c["run_id"]) for c in json.loads(body)["checkpoints"]]
+        return answer
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+# --- a handler that raises ------------------------------------------------------------------------------
+
+
+async def test_a_handler_that_raises_answers_500_and_the_run_records_it(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    calls: Counter[str] = Counter()
+
+    @endpoints.durable(id="broken-early")
+    async def early(request: web.Request, step: Any) -> web.Response:
+        raise ValueError("secret-detail early")
+
+    @endpoints.durable(id="broken-late")
+    async def late(request: web.Request, step: Any) -> web.Response:
+        await step.run("load", lambda: calls.update(["load"]) or 1)
+        raise ValueError("secret-detail late")
+
+    def routes(app: web.Application) -> None:
+        app.router.add_get("/early", early)
+        app.router.add_get("/late", late)
+
+    api = await api_factory(server.url, routes)
+    for path in ("early", "late"):
+        started = time.perf_counter()
+        async with http.get(f"{api.url}/{path}", allow_redirects=False) as resp:
+            assert resp.status == 500, path
+            body = await resp.json()
+            run_id = resp.headers["X-Run-ID"]
+        assert time.perf_counter() - started < 1.0
+        assert body["run_id"] == run_id
+        assert body["error"]["code"] == "internal_error"
+        assert "Traceback" not in json.dumps(body) and "secret-detail" not in json.dumps(body)  # not for callers
+        run = await stored_run(server, api, run_id)
+        assert run["output"]["status_code"] == 500
+        assert run["output"]["error"]["name"] == "ValueError"
+        assert f"secret-detail {path}" in run["output"]["error"]["message"]
+    assert calls["load"] == 1
+
+
+# --- resume security ------------------------------------------------------------------------------------
+
+
+async def test_signed_resume_calls_and_forged_ones(
+        stepflow_factory: ServerFactory, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    server = await stepflow_factory(settings=ServerSettings(signing_keys=["k"], event_keys=["e"], dev=False),
+                                    config=EngineConfig(backoff_base=0.01, backoff_max=0.2, poll_interval=0.1,
+                                                        signing_key="k"))
+    calls: Counter[str] = Counter()
+    api = await api_factory(server.url, checkout_routes(calls), signing_key="k", dev=False)
+    async with http.post(f"{api.url}/checkout", json={"amount": 11}) as resp:
+        assert resp.status == 201
+        assert await resp.json() == {"receipt": "r-ch_1", "amount": 11}
+        run_id = resp.headers["X-Run-ID"]
+    assert calls == {"handler": 2, "charge": 1, "receipt": 1}
+    run = await server.client.get_run(run_id)  # the REST API needs the key: the client has it
+    assert run["status"] == "Completed"
+    # the output URL needs no key, only its token (made with the signing key)
+    async with http.get(f"{server.url}/v1/runs/{run_id}/output",
+                        params={"token": make_token(run_id, "k")}) as resp:
+        assert resp.status == 201
+    async with http.get(f"{server.url}/v1/runs/{run_id}/output",
+                        params={"token": make_token(run_id, None)}) as resp:
+        assert resp.status == 401  # the dev key is worthless here
+
+    # a forged resume call: the steps it claims are memoized must not run anything
+    document = {"event": {"name": "http/request", "data": {"fn": "checkout", "method": "POST", "path": "/checkout",
+                                                           "body": json.dumps({"amount": 1000})}},
+                "steps": {}, "ctx": {"run_id": new_ulid(), "function_id": "checkout", "attempt": 0}}
+    body = codec.dumps(document)
+    headers = {"X-Stepflow-Resume": "1", "Content-Type": "application/json"}
+    for signature in [None, signing.sign(body, "wrong-key"), "t=1&s=00", signing.sign(body + b" ", "k")]:
+        sent = {**headers, signing.SIGNATURE_HEADER: signature} if signature else headers
+        async with http.post(f"{api.url}/checkout", data=body, headers=sent) as resp:
+            assert resp.status == 401, signature
+            assert (await resp.json())["error"]["code"] == "unauthorized"
+    assert calls == {"handler": 2, "charge": 1, "receipt": 1}
+    # and the real key is accepted
+    async with http.post(f"{api.url}/checkout", data=body,
+                         headers={**headers, signing.SIGNATURE_HEADER: signing.sign(body, "k")}) as resp:
+        assert resp.status == 206  # the SDK answer to the engine: the steps ran up to the sleep
+        ops = await resp.json()
+        assert [op["op"] for op in ops] == ["StepRun", "StepRun", "Sleep"]
+    assert calls == {"handler": 3, "charge": 2, "receipt": 1}
+
+
+async def test_outside_dev_mode_a_signing_key_is_required() -> None:
+    with pytest.raises(ValueError, match="signing key"):
+        endpoints.setup(domain="api.example.com", base_url="http://127.0.0.1:1", dev=False)
+
+
+# --- hooks and tracking every endpoint ------------------------------------------------------------------
+
+
+async def test_hooks_and_track_all_endpoints(
+        tmp_path: Path, server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    before: list[str] = []
+    after: list[tuple[str, int, str]] = []
+
+    async def plain(request: web.Request) -> web.Response:
+        return web.Response(text=f"plain {request.query.get('q', '')}", headers={"X-Plain": "1"})
+
+    async def item(request: web.Request) -> web.Response:
+        return web.json_response({"item": request.match_info["item_id"]})
+
+    @endpoints.durable(id="durable-one")
+    async def durable_one(request: web.Request, step: Any) -> web.Response:
+        return web.json_response({"v": await step.run("v", lambda: 1)})
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for n in (1, 2):
+            await response.write(f"chunk {n}\n".encode())
+        await response.write_eof()
+        return response
+
+    served = tmp_path / "served.txt"
+    served.write_bytes(b"file contents")
+
+    async def file(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(served)
+
+    def routes(app: web.Application) -> None:
+        app.router.add_get("/plain", plain)
+        app.router.add_get("/file", file)
+        app.router.add_get("/stream", stream)
+        app.router.add_get("/items/{item_id}", item)
+        app.router.add_get("/durable", durable_one)
+
+    api = await api_factory(server.url, routes, track_all_endpoints=True,
+                            before=[lambda request: before.append(request.path)],
+                            after=[lambda request, response: after.append(
+                                (request.path, response.status, response.headers.get("X-Run-ID", "")))])
+    async with http.get(f"{api.url}/plain?q=hi") as resp:
+        assert resp.status == 200 and await resp.text() == "plain hi"
+        plain_run = resp.headers["X-Run-ID"]
+    async with http.get(f"{api.url}/durable") as resp:
+        assert resp.status == 200 and await resp.json() == {"v": 1}
+        durable_run = resp.headers["X-Run-ID"]
+    assert before == ["/plain", "/durable"]
+    assert after == [("/plain", 200, plain_run), ("/durable", 200, durable_run)]
+
+    run = await stored_run(server, api, plain_run)
+    assert run["status"] == "Completed"
+    assert run["function_id"] == "GET-plain"
+    assert run["output"]["status_code"] == 200 and run["output"]["body"] == "plain hi"
+    assert run["output"]["headers"]["X-Plain"] == "1"
+    assert await server.client.get_run_steps(plain_run) == []
+    assert (await server.client.get_event(plain_run))["data"]["query_params"] == "q=hi"
+
+    # a plain handler on a path with identifiers is tracked under its route, not one function per id
+    async with http.get(f"{api.url}/items/17") as resp:
+        assert resp.status == 200 and await resp.json() == {"item": "17"}
+        item_run = resp.headers["X-Run-ID"]
+    assert (await stored_run(server, api, item_run))["function_id"] == "GET-items-item_id"
+    # streamed answers (files, server-sent events) pass through untouched and are recorded without a body
+    async with http.get(f"{api.url}/file") as resp:
+        assert resp.status == 200 and await resp.read() == b"file contents"
+        file_run = resp.headers["X-Run-ID"]
+    async with http.get(f"{api.url}/stream") as resp:
+        assert resp.status == 200 and await resp.read() == b"chunk 1\nchunk 2\n"
+    run = await stored_run(server, api, file_run)
+    assert run["status"] == "Completed" and run["output"]["status_code"] == 200
+    assert "body" not in run["output"]
+    # an unknown path is still a 404, and not a run
+    async with http.get(f"{api.url}/nowhere") as resp:
+        assert resp.status == 404
+        assert "X-Run-ID" not in resp.headers
+
+
+async def test_without_track_all_plain_handlers_are_untouched(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    hooked: list[str] = []
+
+    async def plain(request: web.Request) -> web.Response:
+        return web.Response(text="plain")
+
+    api = await api_factory(server.url, lambda app: app.router.add_get("/plain", plain),
+                            before=[lambda request: hooked.append(request.path)])
+    async with http.get(f"{api.url}/plain") as resp:
+        assert resp.status == 200 and await resp.text() == "plain"
+        assert "X-Run-ID" not in resp.headers
+    assert hooked == []
+    assert await api.provider.wait(1)
+    assert (await server.client.list_runs())["data"] == []
+
+
+async def test_http_exceptions_raised_by_a_durable_handler_are_its_response(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    """aiohttp handlers idiomatically `raise web.HTTPNotFound()`: that is the handler's answer, not a crash."""
+    @endpoints.durable(id="find")
+    async def find(request: web.Request, step: Any) -> web.Response:
+        found = await step.run("lookup", lambda: None)
+        if found is None:
+            raise web.HTTPNotFound(text="no such thing")
+        return web.json_response(found)
+
+    api = await api_factory(server.url, lambda app: app.router.add_get("/find", find))
+    async with http.get(f"{api.url}/find") as resp:
+        assert resp.status == 404
+        assert await resp.text() == "no such thing"
+        run_id = resp.headers["X-Run-ID"]
+    run = await stored_run(server, api, run_id)
+    assert run["status"] == "Completed"
+    assert run["output"]["status_code"] == 404 and run["output"]["body"] == "no such thing"
