@@ -36,7 +36,13 @@ Measured during the load phase (deltas between its start and end):
   - context switches of the stepflow processes (all threads, /proc/<pid>/task/*/status) and of the machine
     (/proc/stat ctxt);
   - PostgreSQL: committed transactions of the database (pg_stat_database) and WAL records, bytes and fsyncs
-    (pg_stat_wal) — cluster-wide counters, so other users of the cluster would show up in them too.
+    (pg_stat_wal) — cluster-wide counters, so other users of the cluster would show up in them too — and the
+    connections the configuration has open at the end (its pools and LISTEN connections).
+A configuration during which other work used more than 10 % of a core is marked `*` (disturbed).
+
+A PostgreSQL configuration may open (workers + 1) × (pool_size + 1) connections: 55 for 4 workers at the
+default pool_size; the script warns when the server has fewer free. SIGINT/SIGTERM stop the processes it
+started and drop its schemas. Results and their reading: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -115,7 +121,7 @@ def pid_ctxt(pid: int) -> int:
 
 
 def all_processes() -> dict[int, tuple[str, float]]:
-    """Every process: pid -> (name, utime + stime + cutime + cstime in seconds; reaped children included)."""
+    """Every live process: pid -> (name, utime + stime in seconds)."""
     out: dict[int, tuple[str, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -127,7 +133,7 @@ def all_processes() -> dict[int, tuple[str, float]]:
         name = text[text.index("(") + 1:text.rindex(")")]
         fields = text.rsplit(")", 1)[1].split()
         try:
-            out[int(entry.name)] = (name, sum(int(x) for x in fields[11:15]) / CLK_TCK)
+            out[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
         except (IndexError, ValueError):
             continue
     return out
@@ -178,6 +184,16 @@ class PgObserver:
         rows = await self.conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name=$1 "
                                      "OR backend_type <> 'client backend'", application_name)
         return [int(r["pid"]) for r in rows] + ([self.postmaster] if self.postmaster else [])
+
+    async def check_room(self, processes: int, pool_size: int) -> None:
+        """Warn when the server may not have the connections a configuration can open (pools + LISTEN)."""
+        row = await self.conn.fetchrow(
+            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+            " - (SELECT COUNT(*) FROM pg_stat_activity WHERE backend_type='client backend') AS free")
+        needed = processes * (pool_size + 1)
+        if row["free"] < needed:
+            print(f"warning: PostgreSQL has {row['free']} free connections; {processes} stepflow processes may open "
+                  f"up to {needed} (lower --pool-size, or wait until other clients are done)", file=sys.stderr)
 
     async def connections(self, application_name: str) -> int:
         return int(await self.conn.fetchval("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name=$1",
@@ -330,7 +346,8 @@ async def measure(name: str, base: str, children: dict[str, Child], args: argpar
     stepflow_cpu = {k: own_cpu1[k] - own_cpu0[k] for k in children}
     result.cpu.update(stepflow_cpu)
     result.cpu["load client"] = client1 - client0
-    # everything else: other processes (by name), and what no process was charged with (interrupts, kernel)
+    # everything else: other live processes (by name), and the rest (processes that exited during the phase,
+    # interrupts)
     ours = {c.proc.pid for c in children.values()} | set(pg_pids) | {os.getpid()}
     if pg:
         ours |= set(pg_pids_after)
@@ -396,6 +413,7 @@ async def run_postgres(args: argparse.Namespace, workdir: Path, wf: Path, worker
         params += f"&pool_size={args.pool_size}"
     url = f"{args.db}{'&' if '?' in args.db else '?'}{params}"
     env = stepflow_env()
+    await pg.check_room(workers + 1, args.pool_size or 10)
     migrate = await asyncio.create_subprocess_exec(*stepflow_cmd(), "migrate", "--db", url, env=env,
                                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output, _ = await migrate.communicate()
@@ -477,7 +495,7 @@ def report(results: list[Result], args: argparse.Namespace, load_before: float, 
             named = sum(r.others.values())
             top = ", ".join(f"{k} {v:.2f} s" for k, v in list(r.others.items())[:4])
             lines.append(f"  other: {min(named, r.cpu['other']):.2f} s in other processes ({top or '-'}), "
-                         f"{max(0.0, r.cpu['other'] - named):.2f} s not charged to any process (interrupts, kernel)")
+                         f"{max(0.0, r.cpu['other'] - named):.2f} s elsewhere (processes that exited meanwhile, interrupts)")
         lines.append(f"  context switches: stepflow processes {r.ctxt_stepflow} ({r.ctxt_stepflow / max(1, r.completed):.1f}"
                      f"/run), machine {r.ctxt_machine} ({r.ctxt_machine / max(1, r.completed):.1f}/run)")
         if r.pg and r.completed:
@@ -539,13 +557,27 @@ def main() -> int:
     args.load_before = os.getloadavg()[0]
 
     workdir = Path(tempfile.mkdtemp(prefix="stepflow-bench-scaleout-"))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+    async def interruptible() -> int:
+        # SIGTERM/SIGINT cancel the benchmark, so that its `finally` blocks stop the processes it started and
+        # drop the schemas it made
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await bench(args, workdir)
+        except asyncio.CancelledError:
+            print("interrupted", file=sys.stderr)
+            return 130
+
     try:
         try:
             import uvloop
         except ImportError:
-            return asyncio.run(bench(args, workdir))
-        return uvloop.run(bench(args, workdir))
+            return asyncio.run(interruptible())
+        return uvloop.run(interruptible())
     finally:
         if args.keep:
             print(f"kept {workdir}")

@@ -79,13 +79,15 @@ class Engine:
             self._lease_task = asyncio.create_task(self._renew_leases(), name="stepflow-leases")
             scheduler = CronScheduler(self.store, self.functions, self._wake)
             self._cron_task = asyncio.create_task(scheduler.run(), name="stepflow-cron")
-            self._refresh_task = asyncio.create_task(self._refresh_functions(), name="stepflow-functions")
+        # API-only processes too: they match events against functions other processes registered
+        self._refresh_task = asyncio.create_task(self._refresh_functions(), name="stepflow-functions")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop claiming; give in-flight steps `grace` seconds, then cancel them (their leases are released,
         so the next engine re-runs them — a step is only ever recorded once)."""
         self._stopping = True
         self._wake.set()
+        self.watcher.close()  # long polls (?wait=) answer now instead of holding the shutdown
         for task in (self._loop_task, self._lease_task, self._cron_task, self._refresh_task):
             if task is not None:
                 task.cancel()

@@ -20,6 +20,13 @@ class RunWatcher:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._closing = False
+
+    def close(self) -> None:
+        """Shutting down: every waiter returns the run as it is now."""
+        self._closing = True
+        for run_id in list(self._waiters):
+            self.notify(run_id)
 
     def notify(self, run_id: str) -> None:
         for fut in self._waiters.pop(run_id, ()):
@@ -36,7 +43,7 @@ class RunWatcher:
             try:
                 run = await self._store.get_run(run_id)
                 remaining = deadline - time.monotonic()
-                if run is None or run.status.is_terminal or remaining <= 0:
+                if run is None or run.status.is_terminal or remaining <= 0 or self._closing:
                     return run
                 try:
                     await asyncio.wait_for(fut, min(remaining, RECHECK_SECONDS))

@@ -48,7 +48,7 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
         # Workflow functions are what this start's files say: ones left active in the store by an earlier start
         # with other files would otherwise keep answering events unseen. (SDK apps' functions stay: they sync.)
         wanted = {fn.id for fn in functions}
-        for _, stored in engine.functions.active():
+        for _, stored in engine.functions.active() if options.settings.dev else []:  # dev: one process owns them
             if stored.kind == "workflow" and stored.id not in wanted:
                 await engine.functions.deactivate(stored.id)
                 announce(f"  function {stored.id}: deactivated (in the store from an earlier start, not in these "
@@ -62,7 +62,8 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
         await runner.setup()
         site = web.TCPSite(runner, options.host, options.port, reuse_address=True, backlog=1024)
         await site.start()
-        store_desc = engine.store.url
+        store_desc = engine.store.url.split("://", 1)[0] + "://" + engine.store.url.split("@", 1)[-1] \
+            if "@" in engine.store.url else engine.store.url  # never print a database password
         if store_desc.startswith("sqlite:///"):
             store_desc = f"SQLite {Path(store_desc[len('sqlite:///'):]).resolve()}"
         announce(f"stepflow listening on http://{options.host}:{options.port}")

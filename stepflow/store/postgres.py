@@ -113,8 +113,10 @@ class PostgresStore(SqlStore):
             return
         asyncpg = _asyncpg()
         try:
+            # reset=no-op: pooled connections keep no session state (every use is one finished transaction,
+            # LISTEN has its own connection), so the default reset round trip on each release is pure cost
             self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size,
-                                                   server_settings=self._server_settings())
+                                                   server_settings=self._server_settings(), reset=_no_reset)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {_safe(self.url)}: {exc}") from exc
         try:
@@ -158,7 +160,10 @@ class PostgresStore(SqlStore):
     async def migrate(self) -> tuple[int, int]:
         """Bring the schema up to date (one migrator at a time); returns (from version, to version)."""
         asyncpg = _asyncpg()
-        raw = await asyncpg.connect(self._dsn, server_settings=self._server_settings())
+        try:
+            raw = await asyncpg.connect(self._dsn, server_settings=self._server_settings())
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {_safe(self.url)}: {exc}") from exc
         try:
             if self.schema:
                 await raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
@@ -242,6 +247,10 @@ class PostgresStore(SqlStore):
         await super()._finish_run(c, run_id, status, output, error, now)
         # tell API processes waiting on this run (GET /v1/runs/{id}?wait=) — delivered when this commits
         await c.execute("SELECT pg_notify(?, ?)", RUNS_CHANNEL, run_id)
+
+
+async def _no_reset(connection: Any) -> None:
+    return None
 
 
 def _safe(url: str) -> str:
