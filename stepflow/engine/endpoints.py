@@ -55,7 +55,8 @@ class EndpointCheckpoints:
                             source=f"durable endpoint {fn_id} at {url}")
         found = self.engine.functions.get_active(fn.id)
         if found is None or found[1].to_config() != fn.to_config():
-            await self.engine.register(fn)
+            # an endpoint served from a new domain or port is a new version of the same endpoint function
+            await self.engine.functions.register(fn, allow_app_change=True)
         version, fn = self.engine.functions.get_active(fn.id)
         now = now_ms()
         event = cp.get("event") or {}

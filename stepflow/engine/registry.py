@@ -20,14 +20,14 @@ class FunctionRegistry:
         self._active: dict[str, tuple[int, FunctionDef]] = {}
         self._versions: dict[tuple[str, int], FunctionDef] = {}
 
-    async def register(self, fn: FunctionDef) -> int:
+    async def register(self, fn: FunctionDef, *, allow_app_change: bool = False) -> int:
         """Store the definition (a new version if it changed) and make it active.
 
         Function ids are global: an id already active in another app is refused, rather than silently
         taking over that app's events.
         """
         current = self._active.get(fn.id)
-        if current is not None and current[1].app_id != fn.app_id:
+        if current is not None and current[1].app_id != fn.app_id and not allow_app_change:
             raise DefinitionError(f"the id is already used by app {current[1].app_id!r} "
                                   f"({current[1].source}); function ids must be unique across apps",
                                   source=fn.source, function=fn.id)

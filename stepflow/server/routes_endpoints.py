@@ -60,7 +60,9 @@ async def run_output(request: web.Request) -> web.StreamResponse:
             break
         if run is None:
             await asyncio.sleep(0.1)
-    if run is None or not run.status.is_terminal:
+    if run is None:
+        raise NotFoundError(f"run {run_id} does not exist (its endpoint never recorded it)")
+    if not run.status.is_terminal:
         response = json_response({"status": run.status.v1_name if run else "Queued", "run_id": run_id,
                                   "message": f"still running after {OUTPUT_WAIT_LIMIT:g}s; request this URL again"},
                                  status=202)
@@ -68,9 +70,9 @@ async def run_output(request: web.Request) -> web.StreamResponse:
         response.headers["X-Run-ID"] = run_id
         return response
     if run.status.value != "COMPLETED" or not isinstance(run.output, dict):
+        # end users get no stack or internal message (the sync path hides them too); the run keeps them
         failed = json_response({"error": {"code": "run_failed", "message": f"the request's run ended "
-                                          f"{run.status.v1_name}", "details": run.error}, "run_id": run_id},
-                               status=500)
+                                          f"{run.status.v1_name}"}, "run_id": run_id}, status=500)
         failed.headers["X-Run-ID"] = run_id
         return failed
     return replay(run.output, run_id)
