@@ -304,3 +304,27 @@ async def test_http_exceptions_and_identifiers_under_starlette(
     async with http.get(f"{api.url}/users/5") as resp:
         assert resp.status == 500  # refused: a path with identifiers needs an id
     assert calls["user"] == 0
+
+
+async def test_hooks_and_track_all_endpoints_under_starlette(server: RunningServer, asgi_factory: ApiFactory,
+                                                            http: aiohttp.ClientSession) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    async def plain(request: Request) -> Response:
+        return JSONResponse({"item": request.path_params["item_id"]})
+
+    api = await asgi_factory(server.url, [Route("/items/{item_id}", plain, methods=["GET"])],
+                             track_all_endpoints=True,
+                             before=[lambda request: seen.append(("before", request.url.path))],
+                             after=[lambda request, response: seen.append(("after", response.status_code))])
+    async with http.get(f"{api.url}/items/7") as resp:
+        assert resp.status == 200 and await resp.json() == {"item": "7"}
+        run_id = resp.headers["X-Run-ID"]
+    async with http.get(f"{api.url}/nowhere") as resp:
+        assert resp.status == 404 and "X-Run-ID" not in resp.headers  # unmatched paths are not endpoints
+    assert seen == [("before", "/items/7"), ("after", 200), ("before", "/nowhere"), ("after", 404)]
+    assert await api.provider.wait(10)
+    run = await server.client.get_run(run_id)
+    assert run["status"] == "Completed" and run["output"]["status_code"] == 200
+    assert json.loads(run["output"]["body"]) == {"item": "7"}
+    assert run["function_id"] == "GET-items-item_id"  # the route pattern, not one function per item

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+from types import SimpleNamespace
 import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from stepflow.endpoints.core import (
     release_idempotent,
 )
 from stepflow.errors import UnauthorizedError
+from stepflow.ids import new_ulid
 from stepflow.tokens import make_token
 
 Scope = MutableMapping[str, Any]
@@ -198,15 +200,33 @@ def make_asgi_middleware(provider: Provider) -> type:
                     return {"type": "http.request", "body": body, "more_body": False}
                 return await receive()
 
+            # track_all_endpoints: a plain (non-durable) request becomes a run too, recorded once it answered
+            tracked_run_id = new_ulid() if provider.track_all_endpoints and resume is None else None
+            captured: dict[str, Any] = {"status": None, "headers": [], "body": b""}
+            hook_request = _hook_request(scope, replay_receive) if (provider.before or provider.after) \
+                and resume is None else None
+            for hook in provider.before if resume is None else []:
+                hook(hook_request)
+
             async def send_with_run_id(message: Message) -> None:
-                if message["type"] == "http.response.start" and context.call is not None:
-                    message = dict(message, headers=[*message.get("headers", []),
-                                                     (b"x-run-id", context.call.run_id.encode())])
+                if message["type"] == "http.response.start":
+                    captured["status"], captured["headers"] = message["status"], list(message.get("headers", []))
+                    run_id = context.call.run_id if context.call is not None else (
+                        tracked_run_id if message["status"] not in UNTRACKED_STATUSES else None)
+                    if run_id:
+                        message = dict(message, headers=[*message.get("headers", []), (b"x-run-id", run_id.encode())])
+                elif message["type"] == "http.response.body" and len(captured["body"]) <= MAX_TRACKED_BODY:
+                    captured["body"] += message.get("body", b"")
                 await send(message)
 
             token = asgi_context.set(context)
             try:
                 await self.app(scope, replay_receive, send_with_run_id if resume is None else _discard(send))
+                if tracked_run_id and context.call is None and captured["status"] not in (None, *UNTRACKED_STATUSES):
+                    await _record_plain(provider, context, tracked_run_id, scope, captured)
+                for after in provider.after if resume is None else []:
+                    after(hook_request, SimpleNamespace(status_code=captured["status"],
+                                                        headers=_decode_headers(captured["headers"])))
             except EndpointResume as answer:
                 await _send_json(send, answer.reply.status, answer.reply.body, answer.reply.headers,
                                  run_id=context.call.run_id if context.call else None)
@@ -216,6 +236,44 @@ def make_asgi_middleware(provider: Provider) -> type:
                 asgi_context.reset(token)
 
     return StepflowEndpoints
+
+
+UNTRACKED_STATUSES = (404, 405)   # unmatched paths are not endpoints: no run for every probe
+MAX_TRACKED_BODY = 1024 * 1024
+
+
+def _hook_request(scope: Scope, receive: Receive) -> Any:
+    """What before/after hooks receive under ASGI: a Starlette Request (the scope itself if Starlette is absent)."""
+    try:
+        from starlette.requests import Request
+    except ImportError:  # pragma: no cover - a bare ASGI app
+        return scope
+    return Request(scope, receive)
+
+
+def _decode_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
+
+
+async def _record_plain(provider: Provider, context: AsgiRequestContext, run_id: str, scope: Scope,
+                        captured: dict[str, Any]) -> None:
+    """A tracked non-durable request: a run with no steps, its request and its response."""
+    path = context.info.path
+    for name, value in (scope.get("path_params") or {}).items():  # /items/7 is recorded as /items/{item_id}
+        path = path.replace(str(value), "{" + name + "}")
+    headers = {k: v for k, v in _decode_headers(captured["headers"]).items()
+               if k.lower() not in ("content-length", "date", "server")}
+    result: dict[str, Any] = {"status_code": captured["status"], "headers": headers}
+    try:
+        result["body"] = bytes(captured["body"]).decode()
+    except UnicodeDecodeError:
+        result["body"], result["body_encoding"] = base64.b64encode(bytes(captured["body"])).decode(), "base64"
+
+    async def answered(step: Any) -> dict[str, Any]:
+        return result
+
+    call = EndpointCall(provider, EndpointOptions(), f"{context.info.method} {path}", context.info, run_id=run_id)
+    await call.execute(answered, lambda recorded: recorded)
 
 
 def _discard(send: Send) -> Send:

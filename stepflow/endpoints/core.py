@@ -163,7 +163,8 @@ class EndpointCall:
     """One request to a durable handler (live) or one engine call resuming it (resume)."""
 
     def __init__(self, provider: Provider, options: EndpointOptions, fn_id: str, request: RequestInfo,
-                 resume: dict[str, Any] | None = None, idempotency: str | None = None) -> None:
+                 resume: dict[str, Any] | None = None, idempotency: str | None = None,
+                 run_id: str | None = None) -> None:
         self.provider = provider
         self.options = options
         self.fn_id = fn_id
@@ -171,7 +172,7 @@ class EndpointCall:
         self.resume = resume
         self.idempotency = idempotency
         self.omit_response_body = options.omit_response_body
-        self.run_id = str((resume or {}).get("ctx", {}).get("run_id") or new_ulid())
+        self.run_id = run_id or str((resume or {}).get("ctx", {}).get("run_id") or new_ulid())
         self.started_ms = int(time.time() * 1000)
         if resume is not None:
             # The run's duration runs from the original request, not from this resume call: the run id is a
