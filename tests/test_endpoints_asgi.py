@@ -26,18 +26,7 @@ from stepflow.endpoints.core import Provider
 from stepflow.engine import EngineConfig
 from stepflow.ids import new_ulid
 from stepflow.server import ServerSettings
-
-FAST = EngineConfig(backoff_base=0.01, backoff_max=0.2, poll_interval=0.1)
-
-
-@dataclass
-class Api:
-    url: str
-    provider: Provider
-
-
-ApiFactory = Callable[..., Awaitable[Api]]
-
+from endpoints_support import FAST, Api, ApiFactory, http, server  # noqa: F401 - shared fixtures
 
 @pytest.fixture
 async def asgi_factory() -> AsyncIterator[ApiFactory]:
@@ -65,17 +54,6 @@ async def asgi_factory() -> AsyncIterator[ApiFactory]:
         await provider.close()
         server.should_exit = True
         await asyncio.wait_for(task, 5)
-
-
-@pytest.fixture
-async def server(stepflow_factory: ServerFactory) -> RunningServer:
-    return await stepflow_factory(config=FAST)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-        yield session
 
 
 def checkout_route(calls: Counter[str], sleep: str = "300ms", **options: Any) -> Route:
