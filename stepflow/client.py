@@ -67,8 +67,12 @@ class Client:
                 if resp.status >= 400:
                     code, message = "http_error", raw.decode(errors="replace")[:500]
                     try:
-                        err = codec.loads(raw)["error"]
-                        code, message = err["code"], err["message"]
+                        document = codec.loads(raw)
+                        err = document["error"]
+                        if isinstance(err, str):  # the SDK-facing routes' shape: {"error": message, "code"}
+                            code, message = document.get("code", code), err
+                        else:
+                            code, message = err["code"], err["message"]
                     except (codec.JSONDecodeError, KeyError, TypeError):
                         pass
                     raise ApiError(resp.status, code, message)

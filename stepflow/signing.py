@@ -23,6 +23,30 @@ def _key_bytes(signing_key: str) -> bytes:
     return _PREFIX.sub("", signing_key).encode()
 
 
+def hash_signing_key(signing_key: str) -> str:
+    """The form in which the official SDKs send a signing key as a bearer token:
+    `signkey-<env>-` + hex SHA-256 of the hex-decoded key (a key that is not hex is hashed as text)."""
+    match = _PREFIX.match(signing_key)
+    prefix = match.group(0) if match else ""
+    raw = signing_key[len(prefix):]
+    try:
+        material = bytes.fromhex(raw)
+    except ValueError:
+        material = raw.encode()
+    return prefix + hashlib.sha256(material).hexdigest()
+
+
+def bearer_matches(token: str, signing_keys: list[str]) -> bool:
+    """Whether a bearer token is one of the keys, as given or in the SDKs' hashed form. Every key and form
+    is compared in constant time, so timing reveals neither which key matched nor how much of it."""
+    given = token.strip().encode()
+    found = False
+    for key in signing_keys:
+        for form in (key, hash_signing_key(key)):
+            found |= hmac.compare_digest(given, form.encode())
+    return found
+
+
 def sign(body: bytes, signing_key: str, at: float | None = None) -> str:
     t = int(time.time() if at is None else at)
     mac = hmac.new(_key_bytes(signing_key), body, hashlib.sha256)

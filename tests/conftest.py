@@ -74,6 +74,7 @@ class RunningServer:
     client: Client
     settings: ServerSettings
     db_path: Path
+    app: web.Application | None = None
 
     async def register(self, config: dict[str, Any]) -> int:
         return await self.engine.register(parse_function(config, source="test"))
@@ -103,7 +104,7 @@ async def stepflow_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
         client = Client(url, signing_key=settings.signing_keys[0] if settings.signing_keys else None,
                         event_key=settings.event_keys[0] if settings.event_keys else None)
         started.append((runner, engine, client))
-        return RunningServer(url=url, engine=engine, client=client, settings=settings, db_path=db)
+        return RunningServer(url=url, engine=engine, client=client, settings=settings, db_path=db, app=runner.app)
 
     yield start
     for runner, engine, client in reversed(started):

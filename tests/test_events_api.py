@@ -41,14 +41,24 @@ async def get(http: aiohttp.ClientSession, server: RunningServer, path: str) -> 
 
 
 def assert_error(status: int, body: Any, expected_status: int, *needles: str) -> None:
-    """An error is `{"error": {"code", "message"}}` with the right status, and its message names the problem."""
+    """An error of the event API is `{"error": message, "code", "status"}` — the shape the official Inngest
+    SDKs' clients parse — with the right status, and its message names the problem."""
     assert status == expected_status, body
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message"}, body
-    assert isinstance(body["error"]["code"], str) and body["error"]["code"]
-    message = body["error"]["message"]
+    assert set(body) == {"error", "code", "status"}, body
+    assert body["status"] == expected_status
+    assert isinstance(body["code"], str) and body["code"]
+    message = body["error"]
+    assert isinstance(message, str)
     for needle in needles:
         assert needle in message, f"{needle!r} not in {message!r}"
+
+
+def assert_rest_error(status: int, body: Any, expected_status: int, *needles: str) -> None:
+    """A REST API error keeps its documented `{"error": {"code", "message"}}`."""
+    assert status == expected_status, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    for needle in needles:
+        assert needle in body["error"]["message"], f"{needle!r} not in {body['error']['message']!r}"
 
 
 async def one_step_function(server: RunningServer, step_server: StepServer, *, event: str = "test/go",
@@ -229,7 +239,7 @@ async def test_bodies_that_are_not_json_get_400(stepflow: RunningServer, http: a
                                                 raw: bytes, needles: tuple[str, ...]) -> None:
     status, body = await post_events(http, stepflow, raw, raw=True)
     assert_error(status, body, 400, *needles)
-    assert body["error"]["code"] == "invalid_request"
+    assert body["code"] == "invalid_request"
 
 
 async def test_limits_are_inclusive(stepflow: RunningServer, http: aiohttp.ClientSession) -> None:
@@ -293,7 +303,7 @@ async def test_one_bad_event_rejects_the_whole_request_and_stores_nothing(
 
     for event in good:
         status, body = await get(http, stepflow, f"/v1/events/{event['id']}")
-        assert_error(status, body, 404, event["id"])
+        assert_rest_error(status, body, 404, event["id"])
         status, body = await get(http, stepflow, f"/v1/events/{event['id']}/runs")
         assert status == 404
     _, runs = await get(http, stepflow, "/v1/runs")
@@ -318,7 +328,7 @@ async def test_event_key_is_required_when_configured(stepflow_factory: ServerFac
     for wrong in ("wrong", "K", "k2", "dev"):
         status, body = await post_events(http, server, {"id": f"ev-{wrong}", "name": "test/go"}, key=wrong)
         assert_error(status, body, 401, "event key")
-        assert body["error"]["code"] == "unauthorized"
+        assert body["code"] == "unauthorized"
         status, _ = await get(http, server, f"/v1/events/ev-{wrong}")
         assert status == 404  # a refused event is not stored
 

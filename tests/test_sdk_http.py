@@ -23,7 +23,7 @@ from stepflow.sdk.serve import ServeOptions
 from stepflow.sdk.serve_aiohttp import add_routes
 from stepflow.sdk.serve_asgi import asgi_app
 from stepflow.server import ServerSettings
-from stepflow.server.routes_apps import sync_app
+from stepflow.server.routes_apps import SYNC_LOG_KEY, sync_app
 
 PATH = "/api/stepflow"
 Serve = Callable[..., Awaitable[str]]
@@ -128,7 +128,11 @@ async def test_dev_server_syncs_the_app_with_stepflow_dev_u(stepflow: RunningSer
     """`stepflow dev -u URL` PUTs the endpoint with X-Stepflow-Server; in dev mode the app registers there."""
     calls = Calls()
     url = await serve(csv_app(calls), ServeOptions(dev=True))   # no base_url: the header decides
-    assert await sync_app(url, stepflow.url, attempts=3, interval=0.1)
+    assert stepflow.app is not None
+    reports: list[str] = []
+    assert await sync_app(url, stepflow.url, stepflow.app[SYNC_LOG_KEY], reports.append, attempts=3,
+                          first_delay=0.1)
+    assert reports == ["synced app 'imports' at " + url + ": registered 1 function(s): process-csv-upload"]
     ids = await stepflow.client.send({"name": "imports/csv.uploaded", "data": {"rows": 10}})
     assert await stepflow.client.wait_for_output(ids[0], timeout=15) == {
         "status": "success", "processedItems": 10, "failedItems": 0}

@@ -162,7 +162,7 @@ def _parse_run_options(config: dict[str, Any], fail: Any) -> dict[str, Any]:
     if isinstance(raw_cancel, dict):
         raw_cancel = [raw_cancel]
     if not isinstance(raw_cancel, list):
-        raise fail("'cancel_on' must be a list of {\"event\": NAME, \"if\"?: CEL}")
+        raise fail("'cancel_on' must be a list of {\"event\": NAME, \"if\"?: CEL, \"timeout\"?: duration}")
     cancel_on = []
     for item in raw_cancel:
         if not isinstance(item, dict) or not isinstance(item.get("event"), str) or not item["event"]:
@@ -173,7 +173,16 @@ def _parse_run_options(config: dict[str, Any], fail: Any) -> dict[str, Any]:
                 Expression(expr)
             except ExpressionError as exc:
                 raise fail(f"'cancel_on' {item['event']!r}: {exc.message}") from exc
-        cancel_on.append(CancelOn(event=item["event"], expression=expr))
+        unknown = set(item) - {"event", "if", "timeout"}
+        if unknown:
+            raise fail(f"'cancel_on' {item['event']!r}: unknown field(s) {sorted(unknown)}")
+        timeout = None
+        if item.get("timeout") is not None:
+            try:
+                timeout = parse_duration(item["timeout"])
+            except ValueError as exc:
+                raise fail(f"'cancel_on' {item['event']!r}: 'timeout': {exc}") from exc
+        cancel_on.append(CancelOn(event=item["event"], expression=expr, timeout=timeout))
     out["cancel_on"] = tuple(cancel_on)
     if config.get("idempotency") is not None:
         try:

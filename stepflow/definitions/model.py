@@ -110,11 +110,14 @@ class CancelOn:
 
     event: str
     expression: str | None = None
+    timeout: float | None = None     # seconds after the run starts during which the event cancels it
 
     def to_config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"event": self.event}
         if self.expression is not None:
             out["if"] = self.expression
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
         return out
 
 

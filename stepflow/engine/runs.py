@@ -24,7 +24,8 @@ def new_run(fn: FunctionDef, version: int, event: dict[str, Any], now: int) -> N
             key = None  # the key cannot be computed for this event: no deduplication, rather than no run
         if key is not None:
             run.idempotency_key = key if isinstance(key, str) else repr(key)
-    run.pauses = [NewPause(run_id=run_id, step_id="", kind="cancel", event_name=c.event, expression=c.expression)
+    run.pauses = [NewPause(run_id=run_id, step_id="", kind="cancel", event_name=c.event, expression=c.expression,
+                           expires_at=now + int(c.timeout * 1000) if c.timeout is not None else None)
                   for c in fn.cancel_on]
     if fn.start_timeout is not None:
         run.start_timeout_ms = int(fn.start_timeout * 1000)

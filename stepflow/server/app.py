@@ -11,6 +11,7 @@ from aiohttp import web
 
 from stepflow import codec
 from stepflow.engine import Engine
+from stepflow.signing import bearer_matches
 from stepflow.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -48,8 +49,17 @@ def json_response(data: object, status: int = 200) -> web.Response:
     return web.Response(body=codec.dumps(data), status=status, content_type="application/json")
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
+def error_response(status: int, code: str, message: str, *, sdk_route: bool = False) -> web.Response:
+    if sdk_route:
+        # The routes the official Inngest SDKs call parse `error` as a string (their clients crash on an
+        # object); `code` and `status` ride along for everyone else.
+        return json_response({"error": message, "code": code, "status": status}, status=status)
     return json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def is_sdk_route(path: str) -> bool:
+    """Routes the official SDKs call: the event API and the sync."""
+    return path.startswith("/e/") or path == "/fn/register"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,16 +67,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as `{"error": {"code", "message"}}` with the right status — never a stack trace."""
+    """Every error leaves as `{"error": {"code", "message"}}` with the right status — never a stack trace. The
+    routes the SDKs call answer `{"error": message, "code", "status"}`, the shape their clients parse."""
+    sdk_route = is_sdk_route(request.path)
     try:
         return await handler(request)
     except StepflowError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, sdk_route=sdk_route)
     except web.HTTPRequestEntityTooLarge:
         # aiohttp's exception does not keep the limit it enforced; it is the server's configured one
         limit = request.app[SETTINGS_KEY].max_request_bytes
         return error_response(413, "payload_too_large",
-                              f"the request body is larger than the server's limit ({limit} bytes)")
+                              f"the request body is larger than the server's limit ({limit} bytes)",
+                              sdk_route=sdk_route)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -76,10 +89,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"no route for {request.method} {request.path}"
         elif exc.status == 405:
             message = f"{request.method} is not allowed on {request.path}"
-        return error_response(exc.status, code, message)
+        return error_response(exc.status, code, message, sdk_route=sdk_route)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "the server failed to handle this request; see its log")
+        return error_response(500, "internal_error", "the server failed to handle this request; see its log",
+                              sdk_route=sdk_route)
 
 
 def _key_matches(given: str, keys: list[str]) -> bool:
@@ -101,7 +115,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise UnauthorizedError("missing 'Authorization: Bearer <signing key>' header")
-        if not _key_matches(token.strip(), settings.signing_keys):
+        if not bearer_matches(token, settings.signing_keys):
             raise UnauthorizedError("the signing key is not valid for this server")
     return await handler(request)
 

@@ -4,72 +4,112 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from stepflow import codec
-from stepflow.definitions import parse_function
-from stepflow.errors import DefinitionError, InvalidRequestError, UnauthorizedError
-from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, _key_matches, json_response, read_body
+from stepflow.errors import InvalidRequestError, UnauthorizedError
+from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response, read_body
+from stepflow.server.sync import SyncLog, parse_sync
+from stepflow.signing import bearer_matches
 
 log = logging.getLogger("stepflow.server")
 SERVER_HEADER = "X-Stepflow-Server"
+SYNC_LOG_KEY: web.AppKey[SyncLog] = web.AppKey("sync_log", SyncLog)
 
 
 async def register_app(request: web.Request) -> web.Response:
+    """A sync: stepflow's own format or the official SDKs' SynchronizeRequest (see `stepflow.server.sync`)."""
     settings = request.app[SETTINGS_KEY]
     if settings.rest_auth_required:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not _key_matches(token.strip(), settings.signing_keys):
+        if scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError("registering functions needs 'Authorization: Bearer <signing key>'")
+        if not bearer_matches(token, settings.signing_keys):
+            raise UnauthorizedError("the signing key is not valid for this server: sync with the key the server "
+                                    "was started with (INNGEST_SIGNING_KEY / STEPFLOW_SIGNING_KEY)")
     try:
         payload = codec.loads(await read_body(request))
     except codec.JSONDecodeError as exc:
         raise InvalidRequestError(f"the request body is not JSON: {exc}") from exc
-    if not isinstance(payload, dict) or not isinstance(payload.get("functions"), list):
-        raise InvalidRequestError("expected {\"app_id\", \"url\", \"functions\": [...]}")
-    app_id = payload.get("app_id")
-    source = f"app {app_id} at {payload.get('url')}"
-    functions = []
-    for config in payload["functions"]:
-        fn = parse_function(config, source=source)  # DefinitionError → 400 naming the function and problem
-        if fn.app_id != app_id:
-            raise DefinitionError(f"belongs to app {fn.app_id!r}, not {app_id!r}", source=source, function=fn.id)
-        functions.append(fn)
+    sync = parse_sync(payload)
+    request.app[SYNC_LOG_KEY].add(sync)
     engine = request.app[ENGINE_KEY]
     registered: list[dict[str, Any]] = []
-    for fn in functions:
+    for fn in sync.functions:
         version = await engine.register(fn)
         registered.append({"id": fn.id, "version": version})
-    kept = {fn.id for fn in functions}
-    removed = [fid for fid in await engine.functions.deactivate_app(str(app_id), keep=kept)]
-    log.info("registered app %s: %s", app_id, ", ".join(f"{r['id']} v{r['version']}" for r in registered))
-    return json_response({"ok": True, "app_id": app_id, "functions": registered, "removed": removed})
+    kept = {fn.id for fn in sync.functions}
+    removed = [fid for fid in await engine.functions.deactivate_app(sync.app_id, keep=kept)]
+    log.info("registered app %s%s: %s", sync.app_id, f" ({sync.sdk})" if sync.sdk else "",
+             ", ".join(f"{r['id']} v{r['version']}" for r in registered) or "no functions")
+    # `ok`, `functions` and `removed` for stepflow's SDK and CLI; `status` and `modified` as the official SDKs'
+    # register response schema reads them.
+    return json_response({"ok": True, "status": 200, "modified": True, "app_id": sync.app_id,
+                          "functions": registered, "removed": removed})
 
 
-async def sync_app(url: str, server_url: str, *, attempts: int = 0, interval: float = 1.0) -> bool:
-    """Ask the SDK endpoint at `url` to register with us (PUT), retrying until it answers (attempts=0:
-    forever). Used by `stepflow dev -u URL`."""
+async def sync_app(url: str, server_url: str, sync_log: SyncLog, announce: Callable[[str], None] = log.warning,
+                   *, attempts: int = 0, first_delay: float = 1.0, max_delay: float = 30.0) -> bool:
+    """Ask the SDK endpoint at `url` to register with us (PUT), and report what really happened: the functions
+    it registered, or the error it answered. Retries with a doubling delay (up to `max_delay`) while the app
+    is unreachable or failing (attempts=0: until it works). Used by `stepflow dev -u URL`."""
     tried = 0
+    delay = first_delay
+    last_report = ""
     async with aiohttp.ClientSession() as session:
         while True:
             tried += 1
+            started = time.time()
+            report = ""
             try:
                 async with session.put(url, headers={SERVER_HEADER: server_url},
                                        timeout=aiohttp.ClientTimeout(total=30)) as resp:
                     text = await resp.text()
-                    if resp.status < 300:
-                        log.warning("synced app at %s", url)
-                        return True
-                    log.warning("sync with %s answered %s: %s", url, resp.status, text[:300])
-            except aiohttp.ClientError as exc:
-                if tried == 1:
-                    log.warning("app at %s not reachable yet (%s); retrying every %gs", url, exc, interval)
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                report = f"app at {url} is not reachable ({exc or type(exc).__name__})"
+            else:
+                received = sync_log.since(started)
+                if status < 300 and received:
+                    for record in received:
+                        ids = ", ".join(record.function_ids) or "none"
+                        announce(f"synced app {record.app_id!r} at {url}: registered "
+                                 f"{len(record.function_ids)} function(s): {ids}")
+                    return True
+                if status < 300:
+                    report = (f"app at {url} answered the sync ({status}) but registered nothing with this server; "
+                              f"is it pointed at {server_url} (INNGEST_BASE_URL / STEPFLOW_BASE_URL)? "
+                              f"It said: {_app_message(text)}")
+                else:
+                    report = f"sync of the app at {url} failed ({status}): {_app_message(text)}"
+            if report != last_report:
+                announce(f"{report}; retrying in {delay:g}s, then less often")
+                last_report = report
             if attempts and tried >= attempts:
                 return False
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
+            delay = min(max_delay, delay * 2)
+
+
+def _app_message(text: str) -> str:
+    """The error an SDK endpoint answered, as the person should read it."""
+    try:
+        document = codec.loads(text)
+    except codec.JSONDecodeError:
+        return text.strip()[:300] or "(empty answer)"
+    if isinstance(document, dict):
+        error = document.get("error")
+        if isinstance(error, dict):
+            error = error.get("message")
+        message = error or document.get("message")
+        if isinstance(message, str):
+            return message[:500]
+    return text.strip()[:300]
 
 
 async def list_functions(request: web.Request) -> web.Response:
@@ -81,5 +121,6 @@ async def list_functions(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    app[SYNC_LOG_KEY] = SyncLog()
     app.router.add_post("/fn/register", register_app)
     app.router.add_get("/v1/functions", list_functions)

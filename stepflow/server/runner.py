@@ -15,7 +15,7 @@ from stepflow.definitions import load_function_file
 from stepflow.engine import Engine, EngineConfig
 from stepflow.errors import DefinitionError
 from stepflow.server.app import ServerSettings, create_app
-from stepflow.server.routes_apps import sync_app
+from stepflow.server.routes_apps import SYNC_LOG_KEY, sync_app
 from stepflow.store import store_from_url
 
 log = logging.getLogger("stepflow.server")
@@ -73,7 +73,7 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
         if not options.settings.rest_auth_required:
             announce("  dev mode: no keys configured — the REST API and the event API accept any caller")
         server_url = f"http://{options.host}:{options.port}"
-        syncs = [asyncio.create_task(sync_app(url, server_url)) for url in options.app_urls]
+        syncs = [asyncio.create_task(sync_app(url, server_url, app[SYNC_LOG_KEY], announce)) for url in options.app_urls]
         for url in options.app_urls:
             announce(f"  app: {url} (syncing)")
         stop = asyncio.Event()

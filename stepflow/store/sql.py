@@ -298,6 +298,8 @@ class SqlStore:
         matched = False
         for row in rows:
             pause = Pause(*row)
+            if pause.kind == "cancel" and pause.expires_at is not None and pause.expires_at < ev.received_at:
+                continue  # a cancel_on with a timeout listens only that long
             if not self.pause_matcher(pause.expression, await self._run_event(c, pause.run_id), candidate):
                 continue
             await self._lock_run(c, pause.run_id)
@@ -532,10 +534,32 @@ class SqlStore:
                                 update.logs, job.run_id, job.step_id)
             if advance is not None:
                 await self._advance(c, job.run_id, advance, now)
+            if job.kind is not JobKind.RUN_TIMEOUT:
+                await self._fail_if_stalled(c, job, now)
             row = await c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", job.run_id)
             return run_record(row) if row else None
 
         return await self._transaction(body)
+
+    async def _fail_if_stalled(self, c: Conn, job: Job, now: int) -> None:
+        """The invariant that no run hangs silently, checked in the transaction that settles each job: after
+        it, a run that has not ended has something queued, leased, sleeping or waiting. A run left with
+        nothing would stay Running for ever; it fails instead, with an error saying so. (The decisions name
+        their own errors, e.g. an unknown op; this is the net under every path, including future ones.)"""
+        status = await c.fetchval("SELECT status FROM runs WHERE id=?", job.run_id)
+        if status is None or RunStatus(status).is_terminal:
+            return
+        busy = await c.fetchval("SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id=? AND kind != 'run_timeout') OR "
+                                "EXISTS (SELECT 1 FROM pauses WHERE run_id=? AND kind != 'cancel')",
+                                job.run_id, job.run_id)
+        if busy:
+            return
+        what = f"its {job.kind.value} job" + (f" for step {job.step_id!r}" if job.step_id else "")
+        await self._finish_run(c, job.run_id, RunStatus.FAILED, None, {
+            "code": "no_progress", "name": "NoProgress",
+            "message": f"the run had nothing scheduled, running, sleeping or waiting after {what} was settled, "
+                       "yet it had not finished; it is failed rather than left Running for ever. This is a bug: "
+                       "the answer that led here is recorded with the run's steps"}, now)
 
     async def advance_run(self, run_id: str, advance: AdvanceRun, now: int) -> RunRecord | None:
         """Apply a decision to a run outside any job (e.g. a durable endpoint's checkpoint), under its lock."""
