@@ -11,10 +11,10 @@ before the function replays, so no step is ever started twice by overlapping rep
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from stepflow import codec
+from stepflow import codec, protocol
 from stepflow.contract import StepResponse
 from stepflow.definitions import FunctionDef
 from stepflow.definitions.loader import _parse_runtime
@@ -25,6 +25,7 @@ from stepflow.errors import DefinitionError, ExpressionError, InvalidRequestErro
 from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid
+from stepflow.protocol import Op
 from stepflow.store.records import (
     Advance,
     EventRecord,
@@ -49,23 +50,27 @@ def memos(state: RunState) -> dict[str, Any]:
         if step.kind is None:
             continue
         if step.status is StepStatus.COMPLETED:
-            out[sid] = step.output if isinstance(step.output, dict) else {"data": step.output}
+            out[sid] = protocol.data_memo(step.output)
         elif step.status is StepStatus.FAILED:
-            out[sid] = {"error": step.error or {"name": "Error", "message": "step failed"}}
+            out[sid] = {"error": protocol.memo_error(step.error or {"name": "Error", "message": "step failed"})}
     return out
 
 
 def build_call_input(fn: FunctionDef, state: RunState, job_attempt: int, max_attempts: int,
-                     target: str | None, max_output_bytes: int | None = None) -> dict[str, Any]:
+                     target: str | None, max_output_bytes: int | None = None,
+                     version: int = protocol.SDK_CHOOSES_VERSION) -> dict[str, Any]:
     settled = sorted((s for s in state.steps.values() if s.kind is not None and s.seq > 0), key=lambda s: s.seq)
-    event = state.event or {}
-    ctx: dict[str, Any] = {"run_id": state.run.id, "function_id": fn.id, "app_id": fn.app_id,
-                           "attempt": job_attempt, "max_attempts": max_attempts, "step_id": target,
-                           "stack": {"stack": [s.step_id for s in settled]},
-                           "step_names": {s.step_id: s.name for s in settled if s.name}}
+    extra: dict[str, Any] = {"function_id": fn.id, "app_id": fn.app_id,
+                             "step_names": {s.step_id: s.name for s in settled if s.name}}
     if max_output_bytes is not None:
-        ctx["max_output_bytes"] = max_output_bytes  # so the SDK refuses an oversized step before going on
-    return {"event": event, "events": [event], "steps": memos(state), "ctx": ctx}
+        extra["max_output_bytes"] = max_output_bytes  # so the SDK refuses an oversized step before going on
+    steps = memos(state)
+    # The JS SDK waits for every memo listed in the stack (it hangs if one is missing): list each exactly once.
+    stack = [s.step_id for s in settled if s.step_id in steps]
+    stack += sorted(set(steps) - set(stack))
+    return protocol.call_input(event=state.event or {}, steps=steps, run_id=state.run.id,
+                               attempt=job_attempt, max_attempts=max_attempts, stack=stack,
+                               target=target, version=version, extra_ctx=extra)
 
 
 def build_remote_input(fn: FunctionDef, state: RunState, step_id: str, attempt: int, max_attempts: int,
@@ -109,12 +114,30 @@ def call_again_if_idle(state: RunState, decision: Advance, now: int, removed_pau
         decision.jobs.append(NewJob("", now, JobKind.CALL, step_row=False))
 
 
+class NoProgress(Exception):
+    """A call's answer moved the run nowhere (an op the engine does not know, a step planned again while it is
+    pending, a targeted step the SDK did not reach, a malformed op). It is an error of the attempt: recorded
+    and retried like a 5xx, so a run never waits for ever on an answer that changed nothing."""
+
+    def __init__(self, code: str, message: str, step_id: str | None = None, name: str | None = None) -> None:
+        super().__init__(message)
+        self.error = {"code": code, "name": "ProtocolError", "message": message}
+        self.step_id = step_id
+        self.name = name
+
+
 def advance_after_call(state: RunState, cc: CallContext, response: StepResponse | None,
                        error: dict[str, Any] | None, retryable: bool, retry_after: float | None) -> Advance:
     """Decide what follows one call of a code function."""
     now = cc.now
+    offending: tuple[str, str | None] | None = None
     if response is not None and response.status == 206:
-        return _apply_ops(state, cc, response.body)
+        try:
+            return _apply_ops(state, cc, response.body)
+        except NoProgress as exc:
+            response, error, retryable, retry_after = None, {**exc.error, "attempt": cc.attempt}, True, None
+            if exc.step_id is not None and exc.step_id != cc.target and exc.step_id not in state.busy_steps:
+                offending = (exc.step_id, exc.name)
     if response is not None and 200 <= response.status < 300:
         size = len(codec.dumps(response.body))
         if size > cc.max_output_bytes:
@@ -125,6 +148,8 @@ def advance_after_call(state: RunState, cc: CallContext, response: StepResponse 
         error = {"code": "function_error", "status": response.status, "attempt": cc.attempt}
         if isinstance(body, dict):
             error.update({k: body[k] for k in ("name", "message", "stack", "step_id", "cause") if k in body})
+            if isinstance(body.get("code"), str) and "code" not in error:
+                error["sdk_code"] = body["code"]
         else:
             error["message"] = f"the function answered status {response.status}: {str(body)[:500]}"
         error.setdefault("message", f"the function answered status {response.status}")
@@ -139,6 +164,9 @@ def advance_after_call(state: RunState, cc: CallContext, response: StepResponse 
         if cc.target:
             decision.steps.append(StepWrite(step_id=cc.target, status=StepStatus.SCHEDULED, error=error,
                                             attempts=cc.attempt + 1, scheduled_at=now + int(delay * 1000)))
+        elif offending is not None:  # the step the answer was about: its record shows why the run is retried
+            decision.steps.append(StepWrite(step_id=offending[0], status=StepStatus.SCHEDULED, error=error,
+                                            name=offending[1], scheduled_at=now + int(delay * 1000)))
         return decision
     if retryable:
         error["message"] += f" (gave up after {cc.max_attempts} attempts)"
@@ -152,36 +180,63 @@ def _too_large(what: str, size: int, cc: CallContext) -> dict[str, Any]:
                        "elsewhere and return a reference)"}
 
 
+# ops that report a step's outcome (as opposed to asking the engine to do something for the step)
+_OUTCOMES = {Op.STEP_RUN, Op.STEP_ERROR, Op.STEP_FAILED}
+
+
 def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
+    """Turn a 206 answer into a decision. Raises NoProgress when the answer changes nothing."""
     now = cc.now
     decision = Advance()
     if not isinstance(ops, list):
-        return Advance(finish=RunStatus.FAILED, error={
-            "code": "protocol_error", "message": f"a 206 answer must carry a list of ops, got {type(ops).__name__}"})
+        raise NoProgress("protocol_error", f"a 206 answer must carry a list of ops, got {type(ops).__name__}")
+    if not ops:
+        raise NoProgress("no_progress", "the SDK answered 206 with no op: nothing ran and nothing was planned"
+                         + (f" (the call targeted step {_step_name(state, cc.target)!r})" if cc.target else ""))
     wakes_function = False
+    progressed = False
+    stale: list[str] = []
     for op in ops:
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
-            return Advance(finish=RunStatus.FAILED, error={"code": "protocol_error",
-                                                           "message": f"malformed op {str(op)[:200]}"})
-        kind = op["op"]
-        if kind == "RunComplete":
+            raise NoProgress("protocol_error", f"malformed op {str(op)[:200]}: an op is an object with 'op'")
+        kind_raw = op["op"]
+        if kind_raw == Op.RUN_COMPLETE:
             size = len(codec.dumps(op.get("data")))
             if size > cc.max_output_bytes:
                 decision.finish, decision.error = RunStatus.FAILED, _too_large("the function's output", size, cc)
             else:
                 decision.finish, decision.output = RunStatus.COMPLETED, op.get("data")
+            progressed = True
             continue
         sid = op.get("id")
         if not isinstance(sid, str) or not sid:
-            return Advance(finish=RunStatus.FAILED, error={"code": "protocol_error",
-                                                           "message": f"op {kind} has no step id"})
+            raise NoProgress("protocol_error", f"op {kind_raw!r} has no step id")
         name = str(op.get("displayName") or op.get("name") or sid)
+        try:
+            kind = Op(kind_raw)
+        except ValueError:
+            raise NoProgress("unknown_op", f"the SDK answered {kind_raw!r} for step {name!r}, an op stepflow does "
+                             f"not know (known: {', '.join(o.value for o in Op)})", sid, name) from None
         opts = op.get("opts") or {}
+        if not isinstance(opts, dict):
+            raise NoProgress("protocol_error", f"op {kind_raw!r} for step {name!r}: 'opts' must be an object",
+                             sid, name)
         existing = state.steps.get(sid)
         if existing is not None and existing.status in (StepStatus.COMPLETED, StepStatus.FAILED):
-            continue  # reported again (e.g. by an overlapping call): it is stored already, once
-        pending = existing is not None and existing.status in (StepStatus.SCHEDULED, StepStatus.RUNNING)
-        if kind == "StepRun":
+            # reported again (e.g. by an overlapping call): it is stored already, once
+            stale.append(f"{kind_raw} for step {name!r}, which has {existing.status.value} already")
+            continue
+        if sid in state.busy_steps:
+            # already queued, sleeping or waiting: a second job would run it twice
+            stale.append(f"{kind_raw} for step {name!r}, which is already "
+                         f"{'planned' if existing is None else existing.status.value}")
+            continue
+        if cc.target is not None and kind in _OUTCOMES and sid != cc.target:
+            stale.append(f"{kind_raw} for step {name!r} in a call that targeted step "
+                         f"{_step_name(state, cc.target)!r}")
+            continue
+        progressed = True
+        if kind is Op.STEP_RUN:
             data = op.get("data")
             size = len(codec.dumps(data))
             attempt = _step_attempt(cc, sid, existing)
@@ -196,60 +251,24 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
             decision.steps.append(StepWrite(sid, StepStatus.COMPLETED, name=name, kind="run",
                                             output={"data": data}, ended_at=now, attempts=attempt + 1))
             wakes_function = True
-        elif kind == "StepError":
-            error = dict(op.get("error") or {})
-            error.setdefault("name", "Error")
-            error.setdefault("message", "")
-            attempt = _step_attempt(cc, sid, existing)
-            retriable = opts.get("retriable", True) is not False
-            retry_after = opts.get("retry_after_ms")
-            if retriable and attempt + 1 < cc.max_attempts:
-                delay = cc.backoff(attempt, retry_after / 1000 if retry_after is not None else None)
-                at = now + int(delay * 1000)
-                error["retry_in_ms"] = int(delay * 1000)
-                decision.steps.append(StepWrite(sid, StepStatus.SCHEDULED, name=name, kind="run", error=error,
-                                                attempts=attempt + 1, scheduled_at=at))
-                decision.jobs.append(NewJob("", at, JobKind.CALL, {"target": sid} if cc.target else None,
-                                            step_row=False, attempt=attempt + 1))
-            else:
-                if retriable:
-                    error["message"] += f" (gave up after {cc.max_attempts} attempts)"
-                decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="run", error=error,
-                                                attempts=attempt + 1, ended_at=now))
-                wakes_function = True
-        elif pending:
-            continue  # already planned, sleeping or waiting: nothing new to do
-        elif kind == "StepPlanned":
+        elif kind in (Op.STEP_ERROR, Op.STEP_FAILED):
+            wakes_function |= _step_error(cc, decision, sid, name, op, opts, existing, final=kind is Op.STEP_FAILED)
+        elif kind is Op.STEP_PLANNED:
             decision.jobs.append(NewJob(sid, now, JobKind.CALL, {"target": sid}, name=name, step_kind="run"))
-        elif kind == "Sleep":
-            until = now if cc.fast_forward else _sleep_until(op, opts, now)
-            decision.jobs.append(NewJob(sid, until, JobKind.SLEEP, name=name, step_kind="sleep"))
-        elif kind == "WaitForEvent":
-            event_name = opts.get("event") or op.get("name")
-            expression = opts.get("if")
-            if opts.get("match"):
-                field = str(opts["match"]).removeprefix("event.").removeprefix("async.")
-                match_expr = f"event.{field} == async.{field}"
-                expression = f"({expression}) && {match_expr}" if expression else match_expr
+        elif kind is Op.STEP_NOT_FOUND:
+            raise NoProgress("step_not_found", f"the SDK did not reach step {name!r} in a call that targeted it",
+                             sid, name)
+        elif kind is Op.SLEEP:
             try:
-                if expression is not None:
-                    Expression(expression)
-                expires = now + int(parse_duration(opts.get("timeout", "24h")) * 1000)
-            except (ExpressionError, ValueError) as exc:
-                decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="wait", ended_at=now,
-                                                error={"name": "InvalidWait", "message": str(exc)}))
-                wakes_function = True
-                continue
-            decision.steps.append(StepWrite(sid, StepStatus.SCHEDULED, name=name, kind="wait", scheduled_at=expires))
-            since = cc.call_started
-            if cc.fast_forward:
-                expires, since = now, state.run.created_at
-            decision.pauses.append(NewPause(run_id=state.run.id, step_id=sid, kind="event", event_name=event_name,
-                                            expression=expression, expires_at=expires, since=since))
-            decision.jobs.append(NewJob(sid, expires, JobKind.TIMEOUT, {"wait": "event"}, step_row=False))
-        elif kind == "InvokeFunction":
+                until = now if cc.fast_forward else _sleep_until(op, opts, now)
+            except ValueError as exc:
+                raise NoProgress("protocol_error", f"sleep {name!r}: {exc}", sid, name) from exc
+            decision.jobs.append(NewJob(sid, until, JobKind.SLEEP, name=name, step_kind="sleep"))
+        elif kind is Op.WAIT_FOR_EVENT:
+            wakes_function |= _wait_for_event(state, cc, decision, sid, name, op, opts)
+        elif kind is Op.INVOKE_FUNCTION:
             _invoke(state, cc, decision, sid, name, opts)
-        elif kind == "SendEvent":
+        elif kind is Op.SEND_EVENT:
             try:
                 ids = _send_events(cc, decision, opts.get("events") or [])
             except InvalidRequestError as exc:
@@ -259,7 +278,7 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
                 decision.steps.append(StepWrite(sid, StepStatus.COMPLETED, name=name, kind="send", ended_at=now,
                                                 output={"data": {"ids": ids}}))
             wakes_function = True
-        elif kind == "RunStep":
+        elif kind is Op.RUN_STEP:
             try:
                 spec = _parse_runtime(opts.get("runtime"), lambda p, step=name: DefinitionError(p, step=step))
             except DefinitionError as exc:
@@ -270,15 +289,82 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
             decision.jobs.append(NewJob(sid, now, JobKind.STEP, {"runtime": spec.to_config(),
                                                                  "data": opts.get("data")},
                                         name=name, step_kind="runstep"))
-        else:
-            return Advance(finish=RunStatus.FAILED, error={"code": "protocol_error",
-                                                           "message": f"unknown op {kind!r} for step {name!r}"})
+        else:  # AIGateway, Gateway: requests the server makes on the function's behalf
+            decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="gateway", ended_at=now, error={
+                "name": "UnsupportedStep", "message": f"step {name!r} is a {kind_raw} step (a request the server "
+                "makes for the function); stepflow does not make these: make the request inside step.run"}))
+            wakes_function = True
+    if not progressed:
+        raise NoProgress("no_progress", "the answer changed nothing: " + "; ".join(stale),
+                         cc.target, _step_name(state, cc.target) if cc.target else None)
     if decision.finish is not None:
         decision.jobs, decision.pauses = [], []
         return decision
-    if wakes_function or not ops:
+    if wakes_function:
         call_again_if_idle(state, decision, now)
     return decision
+
+
+def _step_name(state: RunState, sid: str | None) -> str:
+    step = state.steps.get(sid or "")
+    return step.name if step is not None and step.name else str(sid)
+
+
+def _step_error(cc: CallContext, decision: Advance, sid: str, name: str, op: dict[str, Any],
+                opts: dict[str, Any], existing: StepRecord | None, *, final: bool) -> bool:
+    """StepError: an attempt of the step failed (retried while attempts remain). StepFailed: the SDK says it was
+    the last one. True when the function must be called again (the failure is memoized)."""
+    now = cc.now
+    raw_error = op.get("error")
+    error = dict(raw_error) if isinstance(raw_error, dict) else {"message": str(raw_error or "")}
+    error.setdefault("name", "Error")
+    error.setdefault("message", "")
+    attempt = _step_attempt(cc, sid, existing)
+    retriable = not final and opts.get("retriable", True) is not False
+    retry_after = opts.get("retry_after_ms")
+    if retriable and attempt + 1 < cc.max_attempts:
+        delay = cc.backoff(attempt, retry_after / 1000 if isinstance(retry_after, (int, float)) else None)
+        at = now + int(delay * 1000)
+        error["retry_in_ms"] = int(delay * 1000)
+        decision.steps.append(StepWrite(sid, StepStatus.SCHEDULED, name=name, kind="run", error=error,
+                                        attempts=attempt + 1, scheduled_at=at))
+        decision.jobs.append(NewJob("", at, JobKind.CALL, {"target": sid} if cc.target else None,
+                                    step_row=False, attempt=attempt + 1))
+        return False
+    if retriable:
+        error["message"] += f" (gave up after {cc.max_attempts} attempts)"
+    decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="run", error=error,
+                                    attempts=attempt + 1, ended_at=now))
+    return True
+
+
+def _wait_for_event(state: RunState, cc: CallContext, decision: Advance, sid: str, name: str,
+                    op: dict[str, Any], opts: dict[str, Any]) -> bool:
+    now = cc.now
+    event_name = opts.get("event") or op.get("name")
+    expression = opts.get("if")
+    if opts.get("match"):
+        field = str(opts["match"]).removeprefix("event.").removeprefix("async.")
+        match_expr = f"event.{field} == async.{field}"
+        expression = f"({expression}) && {match_expr}" if expression else match_expr
+    try:
+        if not isinstance(event_name, str) or not event_name:
+            raise ValueError("no event name to wait for")
+        if expression is not None:
+            Expression(expression)
+        expires = now + int(parse_duration(opts.get("timeout") or "24h") * 1000)
+    except (ExpressionError, ValueError) as exc:
+        decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="wait", ended_at=now,
+                                        error={"name": "InvalidWait", "message": str(exc)}))
+        return True
+    decision.steps.append(StepWrite(sid, StepStatus.SCHEDULED, name=name, kind="wait", scheduled_at=expires))
+    since = cc.call_started
+    if cc.fast_forward:
+        expires, since = now, state.run.created_at
+    decision.pauses.append(NewPause(run_id=state.run.id, step_id=sid, kind="event", event_name=event_name,
+                                    expression=expression, expires_at=expires, since=since))
+    decision.jobs.append(NewJob(sid, expires, JobKind.TIMEOUT, {"wait": "event"}, step_row=False))
+    return False
 
 
 def _step_attempt(cc: CallContext, sid: str, existing: StepRecord | None) -> int:
@@ -297,13 +383,27 @@ def _step_attempt(cc: CallContext, sid: str, existing: StepRecord | None) -> int
 
 
 def _sleep_until(op: dict[str, Any], opts: dict[str, Any], now: int) -> int:
-    for candidate in (opts.get("until"), op.get("name")):
-        if isinstance(candidate, str):
-            try:
-                return int(datetime.fromisoformat(candidate.replace("Z", "+00:00")).timestamp() * 1000)
-            except ValueError:
-                pass
-    return now + int(parse_duration(opts.get("duration", 0)) * 1000)
+    """When a Sleep op ends. The SDKs say it three ways: `opts.duration` (stepflow), `name` as an ISO time
+    (the Python SDK, and sleepUntil), `name` as a duration such as "3s" (the JS SDK)."""
+    if opts.get("until") is not None or opts.get("duration") is not None:
+        if isinstance(opts.get("until"), str):
+            return _iso_ms(opts["until"])
+        return now + int(parse_duration(opts["duration"]) * 1000)
+    name = op.get("name")
+    if isinstance(name, str) and name:
+        try:
+            return _iso_ms(name)
+        except ValueError:
+            return now + int(parse_duration(name) * 1000)
+    raise ValueError("the Sleep op says neither how long (opts.duration, or a duration in 'name') nor until when "
+                     "(an ISO time in 'name')")
+
+
+def _iso_ms(text: str) -> int:
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
 
 
 def _invoke(state: RunState, cc: CallContext, decision: Advance, sid: str, name: str,

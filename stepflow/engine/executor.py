@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stepflow import codec
+from stepflow import codec, protocol
 from stepflow.contract import StepContext, StepResponse, build_input
 from stepflow.definitions import FunctionDef
 from stepflow.durations import parse_duration
@@ -56,6 +56,8 @@ class Executor:
         self.functions = functions
         self.runtimes = runtimes
         self.config = config
+        # the executor request version each function's SDK chose (X-Inngest-Req-Version of its answers)
+        self._request_versions: dict[str, int] = {}
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         return backoff_delay(attempt, self.config.backoff_base, self.config.backoff_max, retry_after)
@@ -211,11 +213,16 @@ class Executor:
             return None
         target = (job.payload or {}).get("target")
         max_attempts = fn.attempts_for("")
+        version = self._request_versions.get(fn.id, protocol.SDK_CHOOSES_VERSION)
         document = code.build_call_input(fn, state, job.attempt, max_attempts, target,
-                                         max_output_bytes=self.config.max_output_bytes)
+                                         max_output_bytes=self.config.max_output_bytes, version=version)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=target or "",
                           attempt=job.attempt, max_attempts=max_attempts)
         options = dict(fn.runtime.options)
+        if fn.runtime.type == "http":
+            # the official SDKs read the function and the targeted step from the query only
+            options["url"] = protocol.call_url(options["url"], fn.id, target)
+            options["headers"] = {**protocol.call_headers(version), **(options.get("headers") or {})}
         invocation = Invocation(input=codec.dumps(document), options=options, ctx=ctx,
                                 timeout=self._timeout_for(options), max_output_bytes=self.config.max_output_bytes,
                                 signing_key=self.config.signing_key, sdk_call=True, document=document)
@@ -226,6 +233,9 @@ class Executor:
                               backoff=self.backoff, fast_forward=self.config.fast_forward)
         if attempt.answer is not None:
             answer = attempt.answer
+            answered = protocol.answered_version(answer.headers)
+            if answered is not None:
+                self._request_versions[fn.id] = answered  # echoed from now on, as Inngest does
             response, error = answer.response, None
             retryable, retry_after = not answer.no_retry, answer.retry_after
         else:

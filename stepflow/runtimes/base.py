@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from datetime import UTC, datetime
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +33,7 @@ class StepAnswer:
     retry_after: float | None = None  # seconds, from a Retry-After header or equivalent
     logs: str | None = None           # what the step wrote besides its answer (e.g. container stderr)
     no_retry: bool = False            # X-Inngest-No-Retry: true
+    headers: dict[str, str] | None = None  # the answer's headers, names in lower case (http runtimes)
 
 
 class StepAttemptError(StepflowError):
@@ -56,7 +58,8 @@ class Runtime(Protocol):
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """`Retry-After` as seconds: either a number of seconds or an HTTP date."""
+    """`Retry-After` as seconds: a number of seconds, an HTTP date, or an ISO-8601 time (the official Python
+    SDK's RetryAfterError sends `2026-12-01T12:24:30.062Z`)."""
     if not value:
         return None
     value = value.strip()
@@ -67,7 +70,12 @@ def parse_retry_after(value: str | None) -> float | None:
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
-        return None
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - time.time())
 
 

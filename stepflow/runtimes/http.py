@@ -124,4 +124,4 @@ def _sdk_answer(http_status: int, headers: Any, raw: bytes) -> StepAnswer:
                                                    f"{snippet(raw)!r}") from exc
         body = snippet(raw)
     return StepAnswer(response=StepResponse(status=http_status, body=body), retry_after=retry_after,
-                      no_retry=no_retry)
+                      no_retry=no_retry, headers={k.lower(): v for k, v in headers.items()})

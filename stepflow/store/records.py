@@ -159,6 +159,7 @@ class RunState:
     steps: dict[str, StepRecord]
     pending_jobs: int = 0        # other jobs of this run still queued or running
     pending_pauses: int = 0      # waits (events, invoked runs) not yet resolved
+    busy_steps: frozenset[str] = frozenset()  # steps with a job queued or running, or a wait, right now
 
     def completed_outputs(self) -> dict[str, Any]:
         return {sid: s.output for sid, s in self.steps.items() if s.status is StepStatus.COMPLETED}

@@ -387,10 +387,11 @@ class SqlStore:
             payload = await c.fetchval("SELECT payload FROM events WHERE id=?", run.event_id)
             event = codec.unpack(bytes(payload)) if payload is not None else None
         steps = {r[1]: step_record(r) for r in await c.fetch(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id=?", run_id)}
-        pending_jobs = await c.fetchval("SELECT COUNT(*) FROM jobs WHERE run_id=? AND kind != 'run_timeout'", run_id)
-        pending_pauses = await c.fetchval("SELECT COUNT(*) FROM pauses WHERE run_id=? AND kind != 'cancel'", run_id)
-        return RunState(run=run, event=event, steps=steps, pending_jobs=int(pending_jobs),
-                        pending_pauses=int(pending_pauses))
+        jobs = await c.fetch("SELECT step_id FROM jobs WHERE run_id=? AND kind != 'run_timeout'", run_id)
+        pauses = await c.fetch("SELECT step_id FROM pauses WHERE run_id=? AND kind != 'cancel'", run_id)
+        busy = frozenset(row[0] for row in (*jobs, *pauses) if row[0])
+        return RunState(run=run, event=event, steps=steps, pending_jobs=len(jobs), pending_pauses=len(pauses),
+                        busy_steps=busy)
 
     # --- run control --------------------------------------------------------------------------------------
 
