@@ -11,6 +11,10 @@ from stepflow.store.records import EventRecord
 
 MAX_EVENT_BYTES = 512 * 1024
 MAX_EVENTS_PER_REQUEST = 5000
+# How deep `data` and `user` may nest. The event travels inside other documents (a call's Input, a wait's memo,
+# the failure event of a run) and JSON encoders stop at 254 levels: an event accepted deeper than this could
+# never be delivered, and its run would fail later for a reason the sender never sees.
+MAX_DATA_DEPTH = 100
 _EVENT_KEYS = {"id", "name", "data", "user", "ts", "v"}
 
 
@@ -62,8 +66,9 @@ def validate_event(item: Any, *, index: int | None, received_at: int,
     ts = item.get("ts")
     if ts is None:
         ts = received_at
-    elif not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
-        raise InvalidRequestError(f"{where}: 'ts' must be milliseconds since the epoch (an integer)")
+    elif not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts < 2 ** 63:
+        raise InvalidRequestError(f"{where}: 'ts' must be milliseconds since the epoch (an integer from 0 to "
+                                  "2^63-1)")
     v = item.get("v")
     if v is not None and not isinstance(v, str):
         raise InvalidRequestError(f"{where}: 'v' must be a string")
@@ -73,8 +78,32 @@ def validate_event(item: Any, *, index: int | None, received_at: int,
     elif not isinstance(event_id, str) or not is_valid_event_id(event_id):
         raise InvalidRequestError(f"{where}: 'id' must be 1-128 characters of letters, digits, '.', '_', ':' "
                                   "or '-'")
+    for field, value in (("data", data), ("user", user)):
+        if depth(value) > MAX_DATA_DEPTH:
+            raise InvalidRequestError(f"{where}: '{field}' nests deeper than {MAX_DATA_DEPTH} levels of objects "
+                                      "and arrays; flatten it (the event could not be delivered to a function)")
     if max_event_bytes is not None:
         size = len(codec.dumps(item))
         if size > max_event_bytes:
             raise PayloadTooLargeError(f"{where} is {size} bytes; the limit is {max_event_bytes} bytes per event")
     return EventRecord(id=event_id, name=name, data=data, ts=ts, received_at=received_at, user=user, v=v)
+
+
+def depth(value: Any) -> int:
+    """How many levels of objects and arrays `value` nests (0 for a scalar); iterative, so any depth is safe."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        level += 1
+        deepest = max(deepest, level)
+        if deepest > MAX_DATA_DEPTH:
+            return deepest  # enough to refuse; no need to walk the rest
+        stack.extend((child, level) for child in children)
+    return deepest

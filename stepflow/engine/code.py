@@ -158,7 +158,8 @@ def advance_after_call(state: RunState, cc: CallContext, response: StepResponse 
     if retryable and cc.attempt + 1 < cc.max_attempts:
         delay = cc.backoff(cc.attempt, retry_after)
         # a retried call keeps its target, and carries the attempt number the SDK will see
-        decision = Advance(jobs=[NewJob("", now + int(delay * 1000), JobKind.CALL,
+        # (a targeted call's job is filed under its step, so the step counts as pending while it waits)
+        decision = Advance(jobs=[NewJob(cc.target or "", now + int(delay * 1000), JobKind.CALL,
                                         {"target": cc.target} if cc.target else None, step_row=False,
                                         attempt=cc.attempt + 1)])
         if cc.target:
@@ -230,6 +231,10 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
             # already queued, sleeping or waiting: a second job would run it twice
             stale.append(f"{kind_raw} for step {name!r}, which is already "
                          f"{'planned' if existing is None else existing.status.value}")
+            continue
+        if cc.target is not None and sid == cc.target and kind is Op.STEP_PLANNED:
+            stale.append(f"StepPlanned for step {name!r}, the step this call targeted: the SDK did not run it "
+                         "(it reads the target from the call's ?stepId= query)")
             continue
         if cc.target is not None and kind in _OUTCOMES and sid != cc.target:
             stale.append(f"{kind_raw} for step {name!r} in a call that targeted step "
@@ -328,8 +333,8 @@ def _step_error(cc: CallContext, decision: Advance, sid: str, name: str, op: dic
         error["retry_in_ms"] = int(delay * 1000)
         decision.steps.append(StepWrite(sid, StepStatus.SCHEDULED, name=name, kind="run", error=error,
                                         attempts=attempt + 1, scheduled_at=at))
-        decision.jobs.append(NewJob("", at, JobKind.CALL, {"target": sid} if cc.target else None,
-                                    step_row=False, attempt=attempt + 1))
+        decision.jobs.append(NewJob(sid if cc.target else "", at, JobKind.CALL,
+                                    {"target": sid} if cc.target else None, step_row=False, attempt=attempt + 1))
         return False
     if retriable:
         error["message"] += f" (gave up after {cc.max_attempts} attempts)"

@@ -1,0 +1,212 @@
+"""Every answer an SDK can give moves the run or fails it with a named error — never a silent hang.
+
+A real HTTP server plays the SDK, answering scripted ops of the public protocol (as the official SDKs would),
+so each path is driven exactly: StepFailed, a step planned again while pending, an unknown op, an empty 206.
+The store's invariant (a run that has not ended always has something pending) is tested on the store itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from conftest import RunningServer, StepServer, make_store
+from stepflow import codec
+from stepflow.ids import now_ms
+from stepflow.store.records import Advance, EventRecord, NewJob, NewRun, RunStatus
+
+
+def h(step_id: str) -> str:
+    return hashlib.sha1(step_id.encode()).hexdigest()
+
+
+Answer = Callable[[dict[str, Any], web.Request], Awaitable[tuple[int, Any]]]
+
+
+async def code_function(server: RunningServer, step_server: StepServer, answer: Answer, *, retries: int = 1,
+                        fid: str = "fn") -> str:
+    """Register a code function served by `answer` (status, body); returns its route on the step server."""
+    async def handler(payload: dict[str, Any], request: web.Request) -> web.StreamResponse:
+        status, body = await answer(payload, request)
+        return web.json_response(body, status=status)
+
+    url = step_server.route(f"/{fid}", handler)
+    await server.register({"id": fid, "app_id": "scripted", "triggers": [{"event": f"test/{fid}"}],
+                           "runtime": {"type": "http", "url": url}, "retries": retries})
+    return f"/{fid}"
+
+
+async def start(server: RunningServer, fid: str = "fn") -> dict[str, Any]:
+    ids = await server.client.send({"name": f"test/{fid}", "data": {"n": 1}})
+    for _ in range(200):
+        runs = await server.client.get_event_runs(ids[0])
+        if runs:
+            return await server.client.wait_for_run(runs[0]["run_id"], timeout=30)
+        await __import__("asyncio").sleep(0.05)
+    raise AssertionError("no run started")
+
+
+async def test_calls_carry_the_public_input_and_query(stepflow: RunningServer, step_server: StepServer) -> None:
+    async def answer(payload: dict[str, Any], request: web.Request) -> tuple[int, Any]:
+        return 200, {"ok": True}
+
+    path = await code_function(stepflow, step_server, answer)
+    run = await start(stepflow)
+    assert run["status"] == "Completed" and run["output"] == {"ok": True}
+    payload = step_server.calls[path][0]
+    assert set(payload) >= {"event", "events", "steps", "ctx", "use_api", "version"}
+    assert payload["use_api"] is False and payload["steps"] == {} and payload["events"] == [payload["event"]]
+    ctx = payload["ctx"]
+    assert ctx["run_id"] == run["run_id"] and ctx["attempt"] == 0 and ctx["max_attempts"] == 2
+    assert ctx["disable_immediate_execution"] is False and ctx["use_api"] is False
+    assert ctx["stack"] == {"stack": [], "current": 0} and ctx["step_id"] == "step"
+    assert "fn_id" not in ctx  # it would switch the JS SDK v4 to Inngest Cloud's checkpoint API
+    assert isinstance(payload["event"]["ts"], int) and payload["event"]["data"] == {"n": 1}
+
+
+async def test_step_failed_memoizes_the_error_and_calls_the_function_again(
+        stepflow: RunningServer, step_server: StepServer) -> None:
+    async def answer(payload: dict[str, Any], request: web.Request) -> tuple[int, Any]:
+        memo = payload["steps"].get(h("charge"))
+        if memo is None:
+            return 206, [{"op": "StepFailed", "id": h("charge"), "name": "charge", "displayName": "charge",
+                          "error": {"name": "ValueError", "message": "card declined", "stack": "Traceback…"}}]
+        return 200, {"caught": memo["error"], "stack": payload["ctx"]["stack"]}
+
+    await code_function(stepflow, step_server, answer)
+    run = await start(stepflow)
+    assert run["status"] == "Completed", run
+    assert run["output"]["caught"]["name"] == "ValueError"
+    assert run["output"]["caught"]["message"] == "card declined"
+    assert run["output"]["stack"] == {"stack": [h("charge")], "current": 1}
+    steps = await stepflow.client.get_run_steps(run["run_id"])
+    assert [(s["status"], s["attempts"], s["error"]["message"]) for s in steps] == [("failed", 1, "card declined")]
+
+
+async def test_an_unknown_op_is_an_attempt_error_and_fails_the_run_naming_it(
+        stepflow: RunningServer, step_server: StepServer) -> None:
+    async def answer(payload: dict[str, Any], request: web.Request) -> tuple[int, Any]:
+        return 206, [{"op": "Foo", "id": h("x"), "name": "x", "displayName": "x"}]
+
+    path = await code_function(stepflow, step_server, answer, retries=2)
+    run = await start(stepflow)
+    assert run["status"] == "Failed", run
+    assert run["error"]["code"] == "unknown_op"
+    assert "the SDK answered 'Foo' for step 'x'" in run["error"]["message"]
+    assert "gave up after 3 attempts" in run["error"]["message"]
+    assert [c["ctx"]["attempt"] for c in step_server.calls[path]] == [0, 1, 2]  # retried like a 5xx
+
+
+async def test_a_step_planned_again_while_pending_is_retried_then_fails(
+        stepflow: RunningServer, step_server: StepServer) -> None:
+    """An SDK that does not read `?stepId=` re-plans the parallel steps on every targeted call."""
+    async def answer(payload: dict[str, Any], request: web.Request) -> tuple[int, Any]:
+        return 206, [{"op": "StepPlanned", "id": h(s), "name": s, "displayName": s} for s in ("a", "b")]
+
+    path = await code_function(stepflow, step_server, answer, retries=1)
+    run = await start(stepflow)
+    assert run["status"] == "Failed", run
+    assert run["error"]["code"] == "no_progress"
+    assert "the step this call targeted: the SDK did not run it" in run["error"]["message"]
+    targets = [request_target(c) for c in step_server.calls[path]]
+    assert targets[0] == "step" and set(targets[1:]) <= {h("a"), h("b")}
+    assert len(targets) <= 1 + 2 * 2  # each planned step's call at most twice (retries=1): no endless loop
+    steps = await stepflow.client.get_run_steps(run["run_id"])
+    assert any((s["error"] or {}).get("code") == "no_progress" for s in steps), steps
+
+
+def request_target(payload: dict[str, Any]) -> str:
+    return str(payload["ctx"]["step_id"])
+
+
+async def test_a_targeted_call_is_addressed_by_the_query(stepflow: RunningServer, step_server: StepServer) -> None:
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def answer(payload: dict[str, Any], request: web.Request) -> tuple[int, Any]:
+        target = request.query.get("stepId")
+        seen.append((request.query.get("fnId"), target))
+        if target in (h("a"), h("b")):
+            return 206, [{"op": "StepRun", "id": target, "name": "x", "data": target[:4]}]
+        if len(payload["steps"]) == 2:
+            return 200, sorted(memo["data"] for memo in payload["steps"].values())
+        return 206, [{"op": "StepPlanned", "id": h(s), "name": s, "displayName": s} for s in ("a", "b")]
+
+    await code_function(stepflow, step_server, answer)
+    run = await start(stepflow)
+    assert run["status"] == "Completed" and run["output"] == sorted([h("a")[:4], h("b")[:4]])
+    assert seen[0] == ("fn", "step") and sorted(t for _, t in seen[1:3]) == sorted([h("a"), h("b")])
+    assert seen[3] == ("fn", "step") and len(seen) == 4
+
+
+async def test_an_empty_answer_is_no_progress(stepflow: RunningServer, step_server: StepServer) -> None:
+    async def answer(payload: dict[str, Any], request: web.Request) -> tuple[int, Any]:
+        return 206, []
+
+    await code_function(stepflow, step_server, answer, retries=0)
+    run = await start(stepflow)
+    assert run["status"] == "Failed" and run["error"]["code"] == "no_progress"
+    assert "206 with no op" in run["error"]["message"]
+
+
+async def test_sleep_durations_in_the_name_are_honoured(stepflow: RunningServer, step_server: StepServer) -> None:
+    """The JS SDK writes a sleep's duration in the op's name ("1s") with empty opts."""
+    async def answer(payload: dict[str, Any], request: web.Request) -> tuple[int, Any]:
+        if h("nap") not in payload["steps"]:
+            return 206, [{"op": "Sleep", "id": h("nap"), "name": "1s", "displayName": "nap", "opts": {}}]
+        return 200, "awake"
+
+    await code_function(stepflow, step_server, answer)
+    run = await start(stepflow)
+    assert run["status"] == "Completed" and run["output"] == "awake"
+    steps = await stepflow.client.get_run_steps(run["run_id"])
+    nap = steps[0]
+    assert nap["status"] == "completed"
+    slept = _ms(nap["ended_at"]) - _ms(run["run_started_at"])
+    assert slept >= 950, f"the sleep lasted {slept} ms, not 1 s"
+
+
+def _ms(iso: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+async def test_events_nested_too_deep_to_deliver_are_refused(stepflow: RunningServer) -> None:
+    data: dict[str, Any] = {}
+    cursor = data
+    for _ in range(252):
+        cursor["a"] = {}
+        cursor = cursor["a"]
+    async with aiohttp.ClientSession() as http, http.post(f"{stepflow.url}/e/dev", data=codec.dumps(
+            {"name": "test/deep", "data": data})) as resp:
+        assert resp.status == 400
+        body = await resp.json()
+    assert "nests deeper than 100 levels" in body["error"] and body["code"] == "invalid_request"
+    assert (await stepflow.client._request("GET", "/v1/runs"))["data"] == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_the_store_fails_a_run_left_with_nothing_pending(tmp_path: Path, backend: str) -> None:
+    """The net under every path: a settled job that leaves a Running run with nothing queued, leased,
+    sleeping or waiting fails the run in the same transaction, with an error saying so."""
+    store = await make_store(tmp_path, "stall", backend)
+    await store.open()
+    try:
+        now = now_ms()
+        event = EventRecord(id="e1", name="test/e", data={}, ts=now, received_at=now)
+        run_id = "01RUN000000000000000000001"
+        await store.ingest_events([event], lambda ev: [NewRun(run_id=run_id, function_id="f", function_version=1,
+                                                              app_id="a", jobs=[NewJob("s", now)])])
+        [job] = await store.claim_jobs("w1", 10, 10_000, now)
+        run = await store.settle_job(job, None, lambda state: Advance(), now + 1)  # decides nothing
+        assert run is not None and run.status is RunStatus.FAILED
+        assert run.error is not None and run.error["code"] == "no_progress"
+        assert "its step job for step 's'" in run.error["message"]
+    finally:
+        await store.close()
