@@ -35,9 +35,10 @@ from typing import Any
 
 import orjson
 
-from stepflow.contract import StepContext
+from stepflow.protocol.contract import StepContext
 from stepflow.kit.lambda_zip import build_zip
 from stepflow.runtimes.aws_lambda import LambdaRuntime
+from stepflow.protocol.answers import interpret
 from stepflow.runtimes.base import Invocation
 
 STEP = '''import time
@@ -161,7 +162,7 @@ async def bench_local_lambda(endpoint: str, server_pid: int, args: argparse.Name
     inv = invocation(endpoint)
 
     async def call() -> None:
-        answer = await runtime.invoke(inv)
+        answer = interpret(await runtime.invoke(inv), sdk_call=False, max_output_bytes=inv.max_output_bytes)
         assert answer.response.status == 200 and answer.response.body == EXPECTED, answer.response
 
     async def hold() -> None:

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 import stepflow
-from stepflow.contract import StepContext
+from stepflow.protocol.contract import StepContext
 from stepflow.engine import EngineConfig
-from stepflow.runtimes.base import Invocation, StepAttemptError
+from stepflow.protocol.answers import StepAnswer, StepAttemptError, interpret
+from stepflow.runtimes.base import Invocation
 from stepflow.runtimes.docker import ARGV_LIMIT, DockerRuntime, parse_stdout
 from stepflow.runtimes.docker_api import DockerClient, DockerUnavailable
 
@@ -51,6 +52,11 @@ def sh(script: str, **extra: Any) -> dict[str, Any]:
     return {"type": "docker", "image": BUSYBOX, "command": ["sh", "-c", script, "step"], **extra}
 
 
+async def deliver(runtime: Any, inv: Invocation) -> StepAnswer:
+    """One attempt as the executor makes it: the driver delivers, the protocol interprets."""
+    return interpret(await runtime.invoke(inv), sdk_call=inv.sdk_call, max_output_bytes=inv.max_output_bytes)
+
+
 def invocation(options: dict[str, Any], payload: bytes = b'{"event":{}}', timeout: float = 30.0,
                limit: int = 1024 * 1024) -> Invocation:
     ctx = StepContext(run_id="01TEST", function_id="f", app_id="a", step_id="s", attempt=0, max_attempts=1)
@@ -81,7 +87,7 @@ def test_stdout_is_the_last_json_line_else_the_whole() -> None:
 
 
 async def test_input_is_argv1_and_stdout_is_the_response(runtime: DockerRuntime) -> None:
-    answer = await runtime.invoke(invocation(sh('echo "diag" >&2; echo "{\\"status\\":201,\\"body\\":$1}"'),
+    answer = await deliver(runtime, invocation(sh('echo "diag" >&2; echo "{\\"status\\":201,\\"body\\":$1}"'),
                                              b'{"event":{"data":{"n":7}}}'))
     assert answer.response.status == 201
     assert answer.response.body == {"event": {"data": {"n": 7}}}
@@ -90,32 +96,32 @@ async def test_input_is_argv1_and_stdout_is_the_response(runtime: DockerRuntime)
 
 
 async def test_exit_codes_without_a_status(runtime: DockerRuntime) -> None:
-    ok = await runtime.invoke(invocation(sh('echo "{\\"rows\\": 3}"')))
+    ok = await deliver(runtime, invocation(sh('echo "{\\"rows\\": 3}"')))
     assert (ok.response.status, ok.response.body) == (200, {"rows": 3})
-    failed = await runtime.invoke(invocation(sh("echo boom >&2; exit 7")))
+    failed = await deliver(runtime, invocation(sh("echo boom >&2; exit 7")))
     assert failed.response.status == 500
     assert failed.response.body["exit_code"] == 7 and "boom" in failed.response.body["stderr"]
-    bare = await runtime.invoke(invocation(sh('echo "{\\"partial\\": true}"; exit 2')))
+    bare = await deliver(runtime, invocation(sh('echo "{\\"partial\\": true}"; exit 2')))
     assert bare.response.status == 500 and bare.response.body["partial"] is True
 
 
 async def test_garbage_stdout_is_a_bad_response_with_a_snippet(runtime: DockerRuntime) -> None:
     with pytest.raises(StepAttemptError) as info:
-        await runtime.invoke(invocation(sh("echo 'this is not json at all'")))
+        await deliver(runtime, invocation(sh("echo 'this is not json at all'")))
     assert info.value.code == "bad_response" and info.value.retryable
     assert "this is not json" in info.value.message
 
 
 async def test_output_over_the_limit_is_refused_not_truncated(runtime: DockerRuntime) -> None:
     with pytest.raises(StepAttemptError) as info:
-        await runtime.invoke(invocation(sh("head -c 3000 /dev/zero | tr '\\0' x"), limit=2000))
+        await deliver(runtime, invocation(sh("head -c 3000 /dev/zero | tr '\\0' x"), limit=2000))
     assert info.value.code == "output_too_large" and not info.value.retryable
     assert info.value.details["size"] == 3000
 
 
 async def test_timeout_kills_and_removes_the_container(runtime: DockerRuntime) -> None:
     with pytest.raises(StepAttemptError) as info:
-        await runtime.invoke(invocation(sh("sleep 30"), timeout=0.5))
+        await deliver(runtime, invocation(sh("sleep 30"), timeout=0.5))
     assert info.value.code == "timeout" and info.value.retryable
     assert await containers_left() == []
 
@@ -123,18 +129,18 @@ async def test_timeout_kills_and_removes_the_container(runtime: DockerRuntime) -
 async def test_oom_kill_is_reported(runtime: DockerRuntime) -> None:
     with pytest.raises(StepAttemptError) as info:
         # python allocates far past the 16 MiB limit
-        await runtime.invoke(invocation({"type": "docker", "image": PYTHON, "memory": "16m",
+        await deliver(runtime, invocation({"type": "docker", "image": PYTHON, "memory": "16m",
                                          "command": ["python3", "-c", "x = bytearray(200 * 1024 * 1024)"]}))
     assert info.value.code == "oom_killed" and not info.value.retryable
 
 
 async def test_networking_is_off_unless_asked(runtime: DockerRuntime) -> None:
-    answer = await runtime.invoke(invocation(sh('n=$(ls /sys/class/net | wc -l); echo "{\\"ifaces\\": $n}"')))
+    answer = await deliver(runtime, invocation(sh('n=$(ls /sys/class/net | wc -l); echo "{\\"ifaces\\": $n}"')))
     assert answer.response.body == {"ifaces": 1}  # only the loopback
 
 
 async def test_env_and_limits_reach_the_container(runtime: DockerRuntime) -> None:
-    answer = await runtime.invoke(invocation(sh('echo "{\\"greeting\\": \\"$GREETING\\"}"', env={"GREETING": "hi"},
+    answer = await deliver(runtime, invocation(sh('echo "{\\"greeting\\": \\"$GREETING\\"}"', env={"GREETING": "hi"},
                                                 memory="64m", cpus=0.5, pids=32)))
     assert answer.response.body == {"greeting": "hi"}
 
@@ -143,13 +149,13 @@ async def test_large_input_goes_through_a_file(runtime: DockerRuntime) -> None:
     payload = b'{"event":{"data":{"blob":"' + b"y" * (ARGV_LIMIT + 5000) + b'"}}}'
     script = ('case "$1" in @*) f="${1#@}";; *) exit 9;; esac; '
               'n=$(wc -c < "$f"); echo "{\\"size\\": $n, \\"env\\": \\"$STEPFLOW_INPUT_FILE\\"}"')
-    answer = await runtime.invoke(invocation(sh(script), payload))
+    answer = await deliver(runtime, invocation(sh(script), payload))
     assert answer.response.body == {"size": len(payload), "env": "/stepflow/input.json"}
 
 
 async def test_missing_image_is_not_retried(runtime: DockerRuntime) -> None:
     with pytest.raises(StepAttemptError) as info:
-        await runtime.invoke(invocation({"type": "docker", "image": "stepflow-test/does-not-exist:1"}))
+        await deliver(runtime, invocation({"type": "docker", "image": "stepflow-test/does-not-exist:1"}))
     assert info.value.code == "image_not_found" and not info.value.retryable
 
 

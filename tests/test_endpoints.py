@@ -23,7 +23,8 @@ import pytest
 from aiohttp import web
 from conftest import RunningServer, ServerFactory, free_port
 
-from stepflow import NonRetriableError, codec, endpoints, signing
+from stepflow import NonRetriableError, codec, endpoints
+from stepflow.protocol import signing
 from stepflow.endpoints.checkpointer import Checkpointer
 from stepflow.endpoints.core import Provider
 from stepflow.engine import Engine, EngineConfig

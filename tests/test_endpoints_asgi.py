@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stepflow import codec, endpoints, signing
+from stepflow import codec, endpoints
+from stepflow.protocol import signing
 from stepflow.endpoints.core import Provider
 from stepflow.engine import EngineConfig
 from stepflow.ids import new_ulid

@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 from conftest import RunningServer, ServerFactory, StepServer, free_port, workflow_config
 
-from stepflow import signing
-from stepflow.contract import canonical_json
+from stepflow.protocol import signing
+from stepflow.protocol.contract import canonical_json
 from stepflow.engine import EngineConfig
 from stepflow.errors import UnauthorizedError
-from stepflow.runtimes.base import parse_retry_after
+from stepflow.protocol.answers import parse_retry_after
 
 MiB = 1024 * 1024
 
@@ -491,8 +491,13 @@ async def test_retry_after_is_honoured_beyond_the_backoff_cap(stepflow: RunningS
 def test_parse_retry_after() -> None:
     assert parse_retry_after("1") == 1.0
     assert parse_retry_after(" 2.5 ") == 2.5
-    assert parse_retry_after("-3") == 0.0
+    # a negative or non-finite number is no valid Retry-After: ignored (normal backoff), not "retry at once"
+    assert parse_retry_after("-3") is None and parse_retry_after("-5") is None
+    assert parse_retry_after("nan") is None and parse_retry_after("inf") is None
     assert parse_retry_after("soon") is None
+    # the official Python SDK's RetryAfterError: an ISO-8601 time
+    soon = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 30)) + ".000Z"
+    assert 25 <= (parse_retry_after(soon) or 0) <= 30
     assert parse_retry_after(None) is None and parse_retry_after("") is None
     in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
     assert 55 <= (parse_retry_after(in_a_minute) or 0) <= 60

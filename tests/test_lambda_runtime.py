@@ -15,12 +15,13 @@ import pytest
 from aiohttp import web
 
 import stepflow
-from stepflow.contract import StepContext
+from stepflow.protocol.contract import StepContext
 from stepflow.engine import EngineConfig
 from stepflow.kit.lambda_zip import build_zip
 from stepflow.lambda_local import LocalLambda
 from stepflow.runtimes.aws_lambda import MAX_SYNC_PAYLOAD, LambdaRuntime
-from stepflow.runtimes.base import Invocation, StepAttemptError
+from stepflow.protocol.answers import StepAttemptError, interpret
+from stepflow.runtimes.base import Invocation
 
 HANDLERS = textwrap.dedent('''
     import json, os, time
@@ -95,7 +96,8 @@ def invocation(endpoint: str, function: str, document: Any, **options: Any) -> I
 async def call(endpoint: str, function: str, document: Any, **options: Any) -> Any:
     runtime = LambdaRuntime()
     try:
-        return await runtime.invoke(invocation(endpoint, function, document, **options))
+        inv = invocation(endpoint, function, document, **options)
+        return interpret(await runtime.invoke(inv), sdk_call=inv.sdk_call, max_output_bytes=inv.max_output_bytes)
     finally:
         await runtime.close()
 

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-
 from conftest import RunningServer, StepServer, make_store
+
 from stepflow import codec
 from stepflow.ids import now_ms
 from stepflow.store.records import Advance, EventRecord, NewJob, NewRun, RunStatus
@@ -174,7 +174,7 @@ async def test_sleep_durations_in_the_name_are_honoured(stepflow: RunningServer,
 def _ms(iso: str) -> int:
     from datetime import datetime
 
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 async def test_events_nested_too_deep_to_deliver_are_refused(stepflow: RunningServer) -> None:

@@ -18,7 +18,8 @@ from conftest import RunningServer, ServerFactory, free_port
 from test_sdk_support import Calls, first_run
 
 import stepflow as sf
-from stepflow import Context, EngineConfig, NonRetriableError, RetryAfterError, StepError, codec, signing
+from stepflow import Context, EngineConfig, NonRetriableError, RetryAfterError, StepError, codec
+from stepflow.protocol import signing
 from stepflow.sdk.serve import ServeOptions
 from stepflow.sdk.serve_aiohttp import add_routes
 from stepflow.sdk.serve_asgi import asgi_app

@@ -18,7 +18,7 @@ import os
 import aiohttp
 from aiohttp import web
 
-from stepflow import signing
+from stepflow.protocol import signing
 
 SIGNING_KEY = os.environ.get("STEPFLOW_SIGNING_KEY")  # set it and every request's signature is checked
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from stepflow import codec, signing
+from stepflow import codec
 from stepflow.endpoints.core import (
     REDIRECT,
     TOKEN,
@@ -25,6 +25,8 @@ from stepflow.endpoints.core import (
     release_idempotent,
 )
 from stepflow.errors import DefinitionError, UnauthorizedError
+from stepflow.protocol import signing
+from stepflow.protocol.wire import NO_RETRY_HEADER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPTIONS_ATTR = "__stepflow_endpoint__"
@@ -172,15 +174,15 @@ async def _resume(provider: Provider, request: web.Request) -> web.StreamRespons
     original = blank.clone(method=method, rel_url=f"{path}?{query}" if query else path)
     raw = str(data.get("body") or "")
     # the handler reads the original request's body (when it was recorded), not the engine's Input
-    original._read_bytes = base64.b64decode(raw) if data.get("body_encoding") == "base64" else raw.encode()  # noqa: SLF001
+    original._read_bytes = base64.b64decode(raw) if data.get("body_encoding") == "base64" else raw.encode()
     match = await request.app.router.resolve(original)
     handler = match.handler
     options: EndpointOptions | None = getattr(handler, OPTIONS_ATTR, None)
     user = getattr(handler, USER_ATTR, None)
     if options is None or user is None:
         return web.json_response({"name": "EndpointNotFound", "message": f"no durable handler for {method} {path}"},
-                                 status=404, headers={"X-Inngest-No-Retry": "true"})
-    original._match_info = match  # noqa: SLF001 - route parameters for the handler
+                                 status=404, headers={NO_RETRY_HEADER: "true"})
+    original._match_info = match
     info = RequestInfo(method=method, path=path, domain=provider.app_id, ip="", content_type="", query=query,
                        body=b"")
     call = EndpointCall(provider, options, str(data.get("fn") or f"{method} {path}"), info, resume=document)

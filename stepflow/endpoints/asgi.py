@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import base64
 import contextvars
-from types import SimpleNamespace
 import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
-from stepflow import codec, signing
+from stepflow import codec
 from stepflow.endpoints.core import (
     REDIRECT,
     TOKEN,
@@ -35,6 +35,7 @@ from stepflow.endpoints.core import (
 )
 from stepflow.errors import UnauthorizedError
 from stepflow.ids import new_ulid
+from stepflow.protocol import signing
 from stepflow.tokens import make_token
 
 Scope = MutableMapping[str, Any]

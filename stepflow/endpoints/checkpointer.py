@@ -111,7 +111,7 @@ class Checkpointer:
         try:
             await asyncio.wait_for(drained(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def close(self) -> None:

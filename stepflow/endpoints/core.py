@@ -21,20 +21,21 @@ from typing import Any
 
 from ulid import ULID
 
+from stepflow.endpoints.checkpointer import Checkpointer
 from stepflow.engine.endpoints import RESUME_HEADER
 from stepflow.ids import new_ulid
+from stepflow.protocol.wire import Op
 from stepflow.sdk.app import FunctionSpec
 from stepflow.sdk.execution import Execution, SdkResponse, error_body
 from stepflow.sdk.steps import StepTools
 from stepflow.tokens import make_token
-from stepflow.endpoints.checkpointer import Checkpointer
 
 log = logging.getLogger("stepflow.endpoints")
 REDIRECT = "redirect"
 TOKEN = "token"
 AsyncResponse = str | Callable[..., Any]  # "redirect" | "token" | fn(request, run_id, token) -> response
 
-current_call: contextvars.ContextVar["EndpointCall | None"] = contextvars.ContextVar("stepflow_endpoint",
+current_call: contextvars.ContextVar[EndpointCall | None] = contextvars.ContextVar("stepflow_endpoint",
                                                                                      default=None)
 
 
@@ -222,19 +223,19 @@ class EndpointCall:
 
         reply = await Execution(spec, document, inline_budget=math.inf, on_step=step_done).run()
         ops = reply.body if reply.status == 206 and isinstance(reply.body, list) else []
-        if reply.status == 200 or (ops and ops[-1].get("op") == "RunComplete"):
+        if reply.status == 200 or (ops and ops[-1].get("op") == Op.RUN_COMPLETE):
             output = reply.body if reply.status == 200 else ops[-1].get("data")
             await checkpointer.put({"op": "response", "run_id": self.run_id,
                                     "result": self.result(output, store_body=not self.omit_response_body)})
             return Final(response=keep.get("response"), result=output)
-        if reply.status == 206 and "error" in keep and not any(op.get("op") != "StepRun" for op in ops):
+        if reply.status == 206 and "error" in keep and not any(op.get("op") != Op.STEP_RUN for op in ops):
             # The handler itself raised after some steps ran inline (no sleep, wait or failing step left for
             # the engine): that is the request's answer, as when it raises before any step. Handing the run
             # to the engine would answer the caller with a redirect while the engine re-ran the raising
             # handler through all its retries.
             reply = SdkResponse(500, error_body(keep["error"]))
         elif reply.status == 206:
-            pending = [op for op in ops if op.get("op") != "StepRun"]
+            pending = [op for op in ops if op.get("op") != Op.STEP_RUN]
             await checkpointer.put({"op": "async", "run_id": self.run_id, "ops": pending,
                                     "started_at": self.started_ms})
             return GoneAsync(run_id=self.run_id, token=make_token(self.run_id, self.provider.signing_key))

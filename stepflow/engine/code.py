@@ -14,8 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from stepflow import codec, protocol
-from stepflow.contract import StepResponse
+from stepflow import codec
 from stepflow.definitions import FunctionDef
 from stepflow.definitions.loader import _parse_runtime
 from stepflow.durations import parse_duration
@@ -25,7 +24,8 @@ from stepflow.errors import DefinitionError, ExpressionError, InvalidRequestErro
 from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid
-from stepflow.protocol import Op
+from stepflow.protocol import Op, wire
+from stepflow.protocol.contract import StepResponse
 from stepflow.store.records import (
     Advance,
     EventRecord,
@@ -50,15 +50,15 @@ def memos(state: RunState) -> dict[str, Any]:
         if step.kind is None:
             continue
         if step.status is StepStatus.COMPLETED:
-            out[sid] = protocol.data_memo(step.output)
+            out[sid] = wire.data_memo(step.output)
         elif step.status is StepStatus.FAILED:
-            out[sid] = {"error": protocol.memo_error(step.error or {"name": "Error", "message": "step failed"})}
+            out[sid] = {"error": wire.memo_error(step.error or {"name": "Error", "message": "step failed"})}
     return out
 
 
 def build_call_input(fn: FunctionDef, state: RunState, job_attempt: int, max_attempts: int,
                      target: str | None, max_output_bytes: int | None = None,
-                     version: int = protocol.SDK_CHOOSES_VERSION) -> dict[str, Any]:
+                     version: int = wire.SDK_CHOOSES_VERSION) -> dict[str, Any]:
     settled = sorted((s for s in state.steps.values() if s.kind is not None and s.seq > 0), key=lambda s: s.seq)
     extra: dict[str, Any] = {"function_id": fn.id, "app_id": fn.app_id,
                              "step_names": {s.step_id: s.name for s in settled if s.name}}
@@ -68,7 +68,7 @@ def build_call_input(fn: FunctionDef, state: RunState, job_attempt: int, max_att
     # The JS SDK waits for every memo listed in the stack (it hangs if one is missing): list each exactly once.
     stack = [s.step_id for s in settled if s.step_id in steps]
     stack += sorted(set(steps) - set(stack))
-    return protocol.call_input(event=state.event or {}, steps=steps, run_id=state.run.id,
+    return wire.call_input(event=state.event or {}, steps=steps, run_id=state.run.id,
                                attempt=job_attempt, max_attempts=max_attempts, stack=stack,
                                target=target, version=version, extra_ctx=extra)
 
@@ -405,7 +405,7 @@ def _sleep_until(op: dict[str, Any], opts: dict[str, Any], now: int) -> int:
 
 
 def _iso_ms(text: str) -> int:
-    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    when = datetime.fromisoformat(text)
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from stepflow.contract import DEFAULT_MAX_OUTPUT_BYTES
+from stepflow.protocol.contract import DEFAULT_MAX_OUTPUT_BYTES
 
 
 @dataclass(slots=True)

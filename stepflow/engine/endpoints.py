@@ -22,6 +22,7 @@ from stepflow.engine.runs import new_run
 from stepflow.errors import InvalidRequestError
 from stepflow.ids import is_ulid, now_ms
 from stepflow.store.records import Advance, EventRecord, RunState, RunStatus, StepStatus, StepWrite
+from stepflow.protocol.wire import Op
 
 RESUME_HEADER = "X-Stepflow-Resume"
 REQUEST_EVENT = "http/request"
@@ -72,7 +73,7 @@ class EndpointCheckpoints:
         now = now_ms()
         writes = [StepWrite(str(op["id"]), StepStatus.COMPLETED, name=str(op.get("displayName") or op["id"]),
                             kind="run", output={"data": op.get("data")}, ended_at=now, attempts=1)
-                  for op in cp.get("steps") or [] if isinstance(op, dict) and op.get("op") == "StepRun"]
+                  for op in cp.get("steps") or [] if isinstance(op, dict) and op.get("op") == Op.STEP_RUN]
 
         def advance(state: RunState) -> Advance:
             done = {sid for sid, s in state.steps.items() if s.status is StepStatus.COMPLETED}
@@ -116,7 +117,7 @@ class EndpointCheckpoints:
 
 
 def _ops_response(ops: list[Any]) -> Any:
-    from stepflow.contract import StepResponse
+    from stepflow.protocol.contract import StepResponse
 
     return StepResponse(status=206, body=ops)
 

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stepflow import codec, protocol
-from stepflow.contract import StepContext, StepResponse, build_input
+from stepflow import codec
 from stepflow.definitions import FunctionDef
 from stepflow.durations import parse_duration
 from stepflow.engine import code
@@ -23,7 +22,10 @@ from stepflow.engine.planner import advance_workflow
 from stepflow.engine.registry import FunctionRegistry
 from stepflow.engine.retry import backoff_delay
 from stepflow.ids import now_ms
-from stepflow.runtimes.base import Invocation, RuntimeRegistry, StepAnswer, StepAttemptError
+from stepflow.protocol import wire
+from stepflow.protocol.answers import StepAnswer, StepAttemptError, interpret
+from stepflow.protocol.contract import StepContext, StepResponse, build_input
+from stepflow.runtimes.base import Invocation, RuntimeRegistry
 from stepflow.store.base import Store
 from stepflow.store.records import (
     Advance,
@@ -88,7 +90,9 @@ class Executor:
     async def _attempt(self, runtime_type: str, invocation: Invocation) -> Attempt:
         started = now_ms()
         try:
-            answer: StepAnswer | None = await self.runtimes.get(runtime_type).invoke(invocation)
+            delivery = await self.runtimes.get(runtime_type).invoke(invocation)
+            answer: StepAnswer | None = interpret(delivery, sdk_call=invocation.sdk_call,
+                                                  max_output_bytes=invocation.max_output_bytes)
             failure: StepAttemptError | None = None
         except StepAttemptError as exc:
             answer, failure = None, exc
@@ -135,7 +139,7 @@ class Executor:
                 return "ok", answer.response, None
             error: dict[str, Any] = {"code": "step_error", "status": status, "attempt": job.attempt,
                                      "duration_ms": duration, "message": f"the step answered status {status}",
-                                     "body": answer.response.body}
+                                     "body": answer.response.body, **answer.details}
             retryable = status >= 500 and not answer.no_retry
             if 400 <= status < 500:
                 error["message"] += " (4xx: not retried)"
@@ -213,7 +217,7 @@ class Executor:
             return None
         target = (job.payload or {}).get("target")
         max_attempts = fn.attempts_for("")
-        version = self._request_versions.get(fn.id, protocol.SDK_CHOOSES_VERSION)
+        version = self._request_versions.get(fn.id, wire.SDK_CHOOSES_VERSION)
         document = code.build_call_input(fn, state, job.attempt, max_attempts, target,
                                          max_output_bytes=self.config.max_output_bytes, version=version)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=target or "",
@@ -221,8 +225,8 @@ class Executor:
         options = dict(fn.runtime.options)
         if fn.runtime.type == "http":
             # the official SDKs read the function and the targeted step from the query only
-            options["url"] = protocol.call_url(options["url"], fn.id, target)
-            options["headers"] = {**protocol.call_headers(version), **(options.get("headers") or {})}
+            options["url"] = wire.call_url(options["url"], fn.id, target)
+            options["headers"] = {**wire.call_headers(version), **(options.get("headers") or {})}
         invocation = Invocation(input=codec.dumps(document), options=options, ctx=ctx,
                                 timeout=self._timeout_for(options), max_output_bytes=self.config.max_output_bytes,
                                 signing_key=self.config.signing_key, sdk_call=True, document=document)
@@ -233,7 +237,7 @@ class Executor:
                               backoff=self.backoff, fast_forward=self.config.fast_forward)
         if attempt.answer is not None:
             answer = attempt.answer
-            answered = protocol.answered_version(answer.headers)
+            answered = wire.answered_version(answer.headers)
             if answered is not None:
                 self._request_versions[fn.id] = answered  # echoed from now on, as Inngest does
             response, error = answer.response, None

@@ -1,6 +1,7 @@
 """Runtimes: how a step is reached. One driver per runtime behind the `Runtime` protocol."""
 
-from stepflow.runtimes.base import Invocation, Runtime, RuntimeRegistry, StepAnswer, StepAttemptError
+from stepflow.protocol.answers import Delivery, StepAttemptError
+from stepflow.runtimes.base import Invocation, Runtime, RuntimeRegistry
 
 
 def default_runtimes() -> list[Runtime]:
@@ -13,4 +14,4 @@ def default_runtimes() -> list[Runtime]:
     return [HttpRuntime(), InProcessRuntime(), DockerRuntime(), LambdaRuntime()]
 
 
-__all__ = ["Invocation", "Runtime", "RuntimeRegistry", "StepAnswer", "StepAttemptError", "default_runtimes"]
+__all__ = ["Delivery", "Invocation", "Runtime", "RuntimeRegistry", "StepAttemptError", "default_runtimes"]

@@ -23,8 +23,9 @@ from urllib.parse import quote
 import aiohttp
 
 from stepflow import codec
-from stepflow.contract import MalformedResponse, StepResponse, interpret_document, snippet
-from stepflow.runtimes.base import Invocation, StepAnswer, StepAttemptError
+from stepflow.protocol.answers import Delivery, StepAttemptError
+from stepflow.protocol.contract import snippet
+from stepflow.runtimes.base import Invocation
 
 MAX_SYNC_PAYLOAD = 6 * 1024 * 1024  # Lambda's limit for a synchronous invocation's request and response
 
@@ -107,7 +108,7 @@ class LambdaRuntime:
         SigV4Auth(credentials.get_frozen_credentials(), "lambda", region).add_auth(request)
         return url, dict(request.headers.items())
 
-    async def invoke(self, invocation: Invocation) -> StepAnswer:
+    async def invoke(self, invocation: Invocation) -> Delivery:
         size = len(invocation.input)
         if size > MAX_SYNC_PAYLOAD:
             raise StepAttemptError("input_too_large", f"the Input is {size} bytes; Lambda accepts at most "
@@ -116,12 +117,11 @@ class LambdaRuntime:
         url, headers = self._signed_request(invocation)
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-        limit = invocation.max_output_bytes if not invocation.sdk_call else MAX_SYNC_PAYLOAD
         try:
             async with self._session.post(url, data=invocation.input, headers=headers,
                                           timeout=aiohttp.ClientTimeout(total=invocation.timeout)) as resp:
-                raw = await _read_up_to(resp, max(limit, MAX_SYNC_PAYLOAD) + 1)
-                return self._answer(resp.status, resp.headers, raw, invocation, limit)
+                raw = await _read_up_to(resp, MAX_SYNC_PAYLOAD + 1)
+                return self._delivery(resp.status, resp.headers, raw, invocation)
         except StepAttemptError:
             raise
         except TimeoutError as exc:
@@ -131,7 +131,9 @@ class LambdaRuntime:
                                    f"{exc}") from exc
 
     @staticmethod
-    def _answer(status: int, headers: Any, raw: bytes, invocation: Invocation, limit: int) -> StepAnswer:
+    def _delivery(status: int, headers: Any, raw: bytes, invocation: Invocation) -> Delivery:
+        """The function's payload. An error of the Lambda service (throttling, access denied) is no answer;
+        an error of the function (X-Amz-Function-Error) is a 500 answer from the step."""
         function = invocation.options["function"]
         if status >= 300:
             kind = headers.get("x-amzn-ErrorType", "").split(":")[0]
@@ -148,29 +150,19 @@ class LambdaRuntime:
                 raise StepAttemptError("lambda_service_error", detail)
             raise StepAttemptError("lambda_error", detail, retryable=False,
                                    details={"status": status, "error_type": kind})
-        if len(raw) > limit:
-            raise StepAttemptError("output_too_large", f"the Lambda function returned more than {limit} bytes; "
-                                   "return less data (e.g. store large results elsewhere and return a reference)",
-                                   retryable=False, details={"limit": limit})
-        try:
-            payload = codec.loads(raw) if raw.strip() else None
-        except codec.JSONDecodeError as exc:
-            raise StepAttemptError("bad_response", f"the Lambda function's answer is not JSON: {snippet(raw)!r}") \
-                from exc
         if headers.get("X-Amz-Function-Error"):
+            try:
+                payload = codec.loads(raw) if raw.strip() else None
+            except codec.JSONDecodeError:
+                payload = snippet(raw)
             error = payload if isinstance(payload, dict) else {"errorMessage": str(payload)}
             if error.get("errorType") == "Function.ResponseSizeTooLarge":  # would be too large every time
                 raise StepAttemptError("output_too_large", f"the Lambda function's answer exceeded Lambda's "
                                        f"{MAX_SYNC_PAYLOAD}-byte limit: {error.get('errorMessage')}",
                                        retryable=False)
-            return StepAnswer(response=StepResponse(500, {
-                "error": "function_error", "errorType": error.get("errorType"),
-                "errorMessage": error.get("errorMessage"), "stackTrace": error.get("stackTrace")}))
-        if invocation.sdk_call and isinstance(payload, dict) and "status" in payload:
-            hdrs = payload.get("headers") or {}
-            return StepAnswer(response=StepResponse(int(payload["status"]), payload.get("body")),
-                              no_retry=str(hdrs.get("X-Inngest-No-Retry", "")).lower() == "true")
-        try:
-            return StepAnswer(response=interpret_document(payload))
-        except MalformedResponse as exc:
-            raise StepAttemptError("bad_response", str(exc), retryable=exc.retryable) from exc
+            return Delivery(document={"error": "function_error", "errorType": error.get("errorType"),
+                                      "errorMessage": error.get("errorMessage"),
+                                      "stackTrace": error.get("stackTrace")},
+                            size=len(raw), default_status=500)
+        # the payload is the answer; the transport's 200 says only that Lambda ran the function
+        return Delivery(body=raw, truncated=len(raw) > MAX_SYNC_PAYLOAD)

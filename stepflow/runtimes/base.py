@@ -1,16 +1,14 @@
-"""The Runtime protocol. A driver delivers the Input to a step and brings back its answer; the executor alone
-decides what the answer means (store, retry, fail), so every runtime follows the same rules."""
+"""The Runtime protocol. A driver delivers the Input to a step and brings back what it answered, as bytes
+(`Delivery`); `stepflow.protocol.answers.interpret` alone decides what an answer means and the executor what
+follows (store, retry, fail), so every runtime follows the same rules."""
 
 from __future__ import annotations
 
-import email.utils
-import time
-from datetime import UTC, datetime
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from stepflow.contract import StepContext, StepResponse
-from stepflow.errors import StepflowError
+from stepflow.protocol.answers import Delivery, StepAttemptError
+from stepflow.protocol.contract import StepContext
 
 
 @dataclass(slots=True)
@@ -27,26 +25,6 @@ class Invocation:
     document: dict[str, Any] | None = None  # the Input, decoded, for runtimes in this process
 
 
-@dataclass(slots=True)
-class StepAnswer:
-    response: StepResponse
-    retry_after: float | None = None  # seconds, from a Retry-After header or equivalent
-    logs: str | None = None           # what the step wrote besides its answer (e.g. container stderr)
-    no_retry: bool = False            # X-Inngest-No-Retry: true
-    headers: dict[str, str] | None = None  # the answer's headers, names in lower case (http runtimes)
-
-
-class StepAttemptError(StepflowError):
-    """An attempt produced no usable answer. `retryable` says whether trying again may help."""
-
-    def __init__(self, code: str, message: str, *, retryable: bool = True, logs: str | None = None,
-                 details: dict[str, Any] | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retryable = retryable
-        self.logs = logs
-        self.details = details or {}
-
-
 class Runtime(Protocol):
     type: str
 
@@ -54,29 +32,7 @@ class Runtime(Protocol):
 
     async def close(self) -> None: ...
 
-    async def invoke(self, invocation: Invocation) -> StepAnswer: ...
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """`Retry-After` as seconds: a number of seconds, an HTTP date, or an ISO-8601 time (the official Python
-    SDK's RetryAfterError sends `2026-12-01T12:24:30.062Z`)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - time.time())
+    async def invoke(self, invocation: Invocation) -> Delivery: ...
 
 
 @dataclass(slots=True)

@@ -24,8 +24,9 @@ import socket
 from typing import Any
 
 from stepflow import codec
-from stepflow.contract import MalformedResponse, StepResponse, interpret_document, snippet
-from stepflow.runtimes.base import Invocation, StepAnswer, StepAttemptError
+from stepflow.protocol.answers import Delivery, StepAttemptError, read_limit
+from stepflow.protocol.contract import MalformedResponse, snippet
+from stepflow.runtimes.base import Invocation
 from stepflow.runtimes.docker_api import DockerClient, DockerError, DockerUnavailable
 
 log = logging.getLogger("stepflow.runtimes.docker")
@@ -132,7 +133,7 @@ class DockerRuntime:
             config["User"] = opts["user"]
         return config
 
-    async def invoke(self, invocation: Invocation) -> StepAnswer:
+    async def invoke(self, invocation: Invocation) -> Delivery:
         image = invocation.options["image"]
         big = len(invocation.input) > ARGV_LIMIT
         argument = f"@{INPUT_FILE}" if big else invocation.input.decode()
@@ -168,7 +169,7 @@ class DockerRuntime:
                                    f"failed: {exc.message}", retryable=False) from exc
         return await self._client.create(config)
 
-    async def _run(self, container_id: str, invocation: Invocation, big: bool) -> StepAnswer:
+    async def _run(self, container_id: str, invocation: Invocation, big: bool) -> Delivery:
         client = self._client
         if big:
             await client.put_file(container_id, INPUT_FILE, invocation.input)
@@ -182,7 +183,8 @@ class DockerRuntime:
             exit_code = -1
         # an OOM kill shows as exit code 137 (SIGKILL); only then is the inspect round trip worth paying
         oom = exit_code == 137 and bool(((await client.inspect(container_id)).get("State") or {}).get("OOMKilled"))
-        stdout, stdout_size, stderr = await client.logs(container_id, invocation.max_output_bytes, STDERR_KEEP)
+        limit = read_limit(sdk_call=invocation.sdk_call, max_output_bytes=invocation.max_output_bytes)
+        stdout, stdout_size, stderr = await client.logs(container_id, limit, STDERR_KEEP)
         logs = stderr.decode(errors="replace") or None
         tail = (logs or "")[-2000:]
         if timed_out:
@@ -192,33 +194,25 @@ class DockerRuntime:
             raise StepAttemptError("oom_killed", f"the container was killed for exceeding its memory limit "
                                    f"({invocation.options.get('memory')}); raise `memory` or use less",
                                    retryable=False, logs=logs, details={"exit_code": exit_code})
-        if stdout_size > invocation.max_output_bytes:
-            raise StepAttemptError(
-                "output_too_large", f"the step printed {stdout_size} bytes to stdout; the limit is "
-                f"{invocation.max_output_bytes} bytes. Return less data (e.g. store large results elsewhere and "
-                "return a reference)", retryable=False, logs=logs,
-                details={"size": stdout_size, "limit": invocation.max_output_bytes})
-        default_status = 200 if exit_code == 0 else 500
+        details = {"exit_code": exit_code} if exit_code != 0 else {}
+        if stdout_size > limit:
+            return Delivery(size=stdout_size, logs=logs, details=details)  # refused unread: too large
         if not stdout.strip():
-            if exit_code == 0:
-                return StepAnswer(response=StepResponse(200, None), logs=logs)
-            return StepAnswer(response=StepResponse(500, {"error": f"the container exited with code {exit_code}",
-                                                          "exit_code": exit_code, "stderr": tail}), logs=logs)
+            document: Any = None
+            if exit_code != 0:
+                document = {"error": f"the container exited with code {exit_code}", "exit_code": exit_code,
+                            "stderr": tail}
+            return Delivery(document=document, size=stdout_size, logs=logs, details=details,
+                            default_status=200 if exit_code == 0 else 500)
         try:
             document = parse_stdout(stdout)
-            if invocation.sdk_call and isinstance(document, dict) and "status" in document:
-                status = int(document["status"])
-                headers = document.get("headers") or {}
-                return StepAnswer(response=StepResponse(status, document.get("body")), logs=logs,
-                                  no_retry=str(headers.get("X-Inngest-No-Retry", "")).lower() == "true")
-            response = interpret_document(document, default_status)
-        except (MalformedResponse, ValueError, TypeError) as exc:
+        except MalformedResponse as exc:
             raise StepAttemptError("bad_response", f"{exc} (exit code {exit_code})", logs=logs,
-                                   retryable=getattr(exc, "retryable", True),
                                    details={"exit_code": exit_code}) from exc
-        if response.status >= 500 and exit_code != 0 and isinstance(response.body, dict):
-            response.body.setdefault("exit_code", exit_code)
-        return StepAnswer(response=response, logs=logs)
+        if exit_code != 0 and isinstance(document, dict) and "status" not in document:
+            document.setdefault("exit_code", exit_code)
+        return Delivery(document=document, size=stdout_size, logs=logs, details=details,
+                        default_status=200 if exit_code == 0 else 500)
 
 
 def _alive(pid: int) -> bool:

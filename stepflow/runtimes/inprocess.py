@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from stepflow import codec
-from stepflow.contract import MalformedResponse, StepResponse, interpret_document
-from stepflow.runtimes.base import Invocation, StepAnswer, StepAttemptError, parse_retry_after
+from stepflow.protocol.answers import Delivery, StepAttemptError
+from stepflow.runtimes.base import Invocation
 
 
 class InProcessRuntime:
@@ -50,7 +50,7 @@ class InProcessRuntime:
         self._handlers[name] = handler
         return handler  # type: ignore[no-any-return]
 
-    async def invoke(self, invocation: Invocation) -> StepAnswer:
+    async def invoke(self, invocation: Invocation) -> Delivery:
         handler = self._resolve(invocation.options["handler"])
         document = invocation.document if invocation.document is not None else codec.loads(invocation.input)
         try:
@@ -65,28 +65,8 @@ class InProcessRuntime:
         except Exception as exc:
             raise StepAttemptError("handler_error", f"{type(exc).__name__}: {exc}",
                                    details={"stack": traceback.format_exc(limit=20)}) from exc
-        if invocation.sdk_call:
-            return _sdk_answer(result)
-        try:
-            response = interpret_document(result)
-        except MalformedResponse as exc:
-            raise StepAttemptError("bad_response", str(exc), retryable=exc.retryable) from exc
-        size = len(codec.dumps(response.body))
-        if size > invocation.max_output_bytes:
-            raise StepAttemptError("output_too_large",
-                                   f"the step returned {size} bytes; the limit is {invocation.max_output_bytes} "
-                                   "bytes", retryable=False, details={"size": size,
-                                                                       "limit": invocation.max_output_bytes})
-        return StepAnswer(response=response)
-
-
-def _sdk_answer(result: Any) -> StepAnswer:
-    """An SDK handler answers with `{status, body, headers}` (or an object with those attributes), taken as is."""
-    if isinstance(result, dict):
-        status, body, headers = result.get("status", 200), result.get("body"), result.get("headers") or {}
-    else:
-        status, body, headers = getattr(result, "status", 200), getattr(result, "body", None), \
-            getattr(result, "headers", None) or {}
-    return StepAnswer(response=StepResponse(status=int(status), body=body),
-                      retry_after=parse_retry_after(headers.get("Retry-After")),
-                      no_retry=str(headers.get("X-Inngest-No-Retry", "")).lower() == "true")
+        if invocation.sdk_call and not isinstance(result, dict):
+            # an SDK handler may answer with an object that has status/body/headers (e.g. SdkResponse)
+            result = {"status": getattr(result, "status", 200), "body": getattr(result, "body", None),
+                      "headers": getattr(result, "headers", None) or {}}
+        return Delivery(document=result)

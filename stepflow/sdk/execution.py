@@ -21,15 +21,16 @@ the engine records them in one transaction before it calls again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from stepflow import codec
-from stepflow.contract import DEFAULT_MAX_OUTPUT_BYTES
+from stepflow.protocol.contract import DEFAULT_MAX_OUTPUT_BYTES
+from stepflow.protocol.wire import NO_RETRY_HEADER, RETRY_AFTER_HEADER, Op
 from stepflow.sdk.context import Context, Event, ReplaySafeLogger
 from stepflow.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepflow.sdk.serialization import encode, to_json_value
@@ -156,13 +157,13 @@ class Execution:
                 error = output_too_large(step.display, len(encoded), self._max_output_bytes)
                 op["opts"] = {"retriable": False}
         if error is not None:
-            op.update(op="StepError", error=error)
+            op.update(op=Op.STEP_ERROR, error=error)
             self._ops.append(op)
             if self._step_done is not None:
                 self._step_done.set_result(False)
             await asyncio.Event().wait()
         data = codec.loads(encoded)
-        op.update(op="StepRun", data=data)
+        op.update(op=Op.STEP_RUN, data=data)
         self._ops.append(op)
         if self._on_step is not None:
             self._on_step(op)  # e.g. a durable endpoint checkpoints it in the background, right away
@@ -186,11 +187,11 @@ class Execution:
                 if self._target is not None:
                     # A call for one planned parallel step: run it (if reached) and report only it.
                     step = next((f for f in found if f.hashed == self._target), None)
-                    if step is not None and step.op == "StepRun":
+                    if step is not None and step.op == Op.STEP_RUN:
                         await self._execute_inline(step, task)
                     break
                 self._check_determinism(found)
-                if len(found) == 1 and found[0].op == "StepRun" and time.monotonic() - started < self._budget:
+                if len(found) == 1 and found[0].op == Op.STEP_RUN and time.monotonic() - started < self._budget:
                     if await self._execute_inline(found[0], task):
                         continue
                     break
@@ -198,7 +199,7 @@ class Execution:
                 break
         except NonDeterminismError as exc:
             task.cancel()
-            return SdkResponse(400, error_body(exc), {"X-Inngest-No-Retry": "true"})
+            return SdkResponse(400, error_body(exc), {NO_RETRY_HEADER: "true"})
         finally:
             if not task.done():
                 task.cancel()
@@ -250,17 +251,17 @@ class Execution:
                 output = to_json_value(task.result())
             except TypeError as error:
                 # Not storable: a retry would return the same kind of value, so fail now, naming the problem.
-                return SdkResponse(400, error_body(error), {"X-Inngest-No-Retry": "true"})
+                return SdkResponse(400, error_body(error), {NO_RETRY_HEADER: "true"})
             if self._ops:
-                return SdkResponse(206, [*self._ops, {"op": "RunComplete", "data": output}])
+                return SdkResponse(206, [*self._ops, {"op": Op.RUN_COMPLETE, "data": output}])
             return SdkResponse(200, output)
         if self._ops:
             # record what ran first; the next call replays them and meets the error again
             return SdkResponse(206, self._ops)
         if isinstance(exc, (NonRetriableError, StepError, NonDeterminismError)):
-            return SdkResponse(400, error_body(exc), {"X-Inngest-No-Retry": "true"})
+            return SdkResponse(400, error_body(exc), {NO_RETRY_HEADER: "true"})
         headers = {}
         if isinstance(exc, RetryAfterError):
             # whole seconds on the wire: round up, so the retry never comes earlier than asked
-            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+            headers[RETRY_AFTER_HEADER] = str(max(1, math.ceil(exc.retry_after)))
         return SdkResponse(500, error_body(exc), headers)

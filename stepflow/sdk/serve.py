@@ -17,12 +17,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from stepflow import codec, signing
+from stepflow import codec
 from stepflow.errors import UnauthorizedError
+from stepflow.protocol import signing
+from stepflow.protocol.wire import STEPFLOW_SERVER_HEADER as SERVER_HEADER
 from stepflow.sdk.app import App
 
 log = logging.getLogger("stepflow.sdk")
-SERVER_HEADER = "X-Stepflow-Server"
 
 
 @dataclass(slots=True)

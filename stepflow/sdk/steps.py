@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepflow.durations import parse_duration
+from stepflow.protocol.wire import Op, hash_step_id
 from stepflow.sdk.context import Event
 from stepflow.sdk.errors import InvalidStepUsage, StepError
 from stepflow.sdk.serialization import decode_as, return_annotation, to_json_value
@@ -33,10 +33,6 @@ def inside_step() -> bool:
     return _INSIDE_STEP.get()
 
 
-def hash_step_id(step_id: str) -> str:
-    """The wire id of a step: SHA-1 of the user's id, as the public SDK protocol does."""
-    return hashlib.sha1(step_id.encode()).hexdigest()
-
 
 @dataclass(slots=True)
 class FoundStep:
@@ -52,7 +48,7 @@ class FoundStep:
 
     def to_op(self) -> dict[str, Any]:
         """How this step is reported when it is not executed in this call."""
-        op = "StepPlanned" if self.op == "StepRun" else self.op
+        op = "StepPlanned" if self.op == Op.STEP_RUN else self.op
         out: dict[str, Any] = {"op": op, "id": self.hashed, "displayName": self.display,
                                "name": self.name or self.display}
         if self.opts:
@@ -115,7 +111,7 @@ class StepTools:
                 _INSIDE_STEP.reset(token)
             return result
 
-        return await self._x.report(FoundStep(hashed, display, "StepRun", run=execute))  # type: ignore[no-any-return]
+        return await self._x.report(FoundStep(hashed, display, Op.STEP_RUN, run=execute))  # type: ignore[no-any-return]
 
     async def sleep(self, step_id: str, duration: str | float | timedelta) -> None:
         """Pause the run durably for `duration` ("10s", "2h", a timedelta, or seconds)."""
@@ -123,7 +119,7 @@ class StepTools:
         if self._replay(hashed, display)[0]:
             return
         until = datetime.now(UTC) + timedelta(seconds=parse_duration(duration))
-        await self._x.report(FoundStep(hashed, display, "Sleep", name=until.isoformat(),
+        await self._x.report(FoundStep(hashed, display, Op.SLEEP, name=until.isoformat(),
                                        opts={"duration": _duration_str(duration), "until": until.isoformat()}))
         return
 
@@ -133,7 +129,7 @@ class StepTools:
         if self._replay(hashed, display)[0]:
             return
         when = until if until.tzinfo else until.replace(tzinfo=UTC)
-        await self._x.report(FoundStep(hashed, display, "Sleep", name=when.isoformat(),
+        await self._x.report(FoundStep(hashed, display, Op.SLEEP, name=when.isoformat(),
                                        opts={"until": when.isoformat()}))
         return
 
@@ -154,7 +150,7 @@ class StepTools:
             opts["if"] = if_
         if match is not None:
             opts["match"] = match
-        await self._x.report(FoundStep(hashed, display, "WaitForEvent", name=event, opts=opts))
+        await self._x.report(FoundStep(hashed, display, Op.WAIT_FOR_EVENT, name=event, opts=opts))
         return None  # pragma: no cover - report() never returns for a new wait
 
     async def invoke(self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
@@ -173,7 +169,7 @@ class StepTools:
                                 "payload": {"data": to_json_value(data or {}), "user": user}}
         if timeout is not None:
             opts["timeout"] = _duration_str(timeout)
-        return await self._x.report(FoundStep(hashed, display, "InvokeFunction", opts=opts))
+        return await self._x.report(FoundStep(hashed, display, Op.INVOKE_FUNCTION, opts=opts))
 
     async def send_event(self, step_id: str, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
         """Send events from the function, exactly once; returns their ids."""
@@ -183,7 +179,7 @@ class StepTools:
             return list(value["ids"] if isinstance(value, dict) else value)
         items = events if isinstance(events, list) else [events]
         opts = {"events": [to_json_value(e.to_dict() if isinstance(e, Event) else e) for e in items]}
-        result = await self._x.report(FoundStep(hashed, display, "SendEvent", opts=opts))
+        result = await self._x.report(FoundStep(hashed, display, Op.SEND_EVENT, opts=opts))
         return list(result["ids"])
 
     async def remote(self, step_id: str, *, runtime: dict[str, Any], data: Any = None) -> Any:
@@ -198,7 +194,7 @@ class StepTools:
         opts: dict[str, Any] = {"runtime": runtime}
         if data is not None:
             opts["data"] = to_json_value(data)
-        return await self._x.report(FoundStep(hashed, display, "RunStep", opts=opts))
+        return await self._x.report(FoundStep(hashed, display, Op.RUN_STEP, opts=opts))
 
     async def http(self, step_id: str, *, url: str, headers: dict[str, str] | None = None,
                    timeout: str | None = None, data: Any = None) -> Any:

@@ -11,7 +11,6 @@ from aiohttp import web
 
 from stepflow import codec
 from stepflow.engine import Engine
-from stepflow.signing import bearer_matches
 from stepflow.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -19,6 +18,7 @@ from stepflow.errors import (
     StepflowError,
     UnauthorizedError,
 )
+from stepflow.protocol.signing import bearer_matches
 
 log = logging.getLogger("stepflow.server")
 

@@ -13,12 +13,13 @@ from aiohttp import web
 
 from stepflow import codec
 from stepflow.errors import InvalidRequestError, UnauthorizedError
+from stepflow.protocol.signing import bearer_matches
+from stepflow.protocol.wire import STEPFLOW_SERVER_HEADER as SERVER_HEADER
 from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response, read_body
 from stepflow.server.sync import SyncLog, parse_sync
-from stepflow.signing import bearer_matches
 
 log = logging.getLogger("stepflow.server")
-SERVER_HEADER = "X-Stepflow-Server"
+
 SYNC_LOG_KEY: web.AppKey[SyncLog] = web.AppKey("sync_log", SyncLog)
 
 

@@ -13,8 +13,9 @@ import re
 import time
 
 from stepflow.errors import UnauthorizedError
+from stepflow.protocol.wire import SIGNATURE_HEADER
 
-SIGNATURE_HEADER = "X-Inngest-Signature"
+__all__ = ["DEFAULT_MAX_AGE", "SIGNATURE_HEADER", "bearer_matches", "hash_signing_key", "sign", "verify"]
 DEFAULT_MAX_AGE = 300.0  # seconds a signature stays acceptable; protects against replays
 _PREFIX = re.compile(r"^signkey-\w+-")
 
