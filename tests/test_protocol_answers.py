@@ -210,3 +210,87 @@ async def test_the_store_fails_a_run_left_with_nothing_pending(tmp_path: Path, b
         assert "its step job for step 's'" in run.error["message"]
     finally:
         await store.close()
+
+
+async def test_retry_after_on_a_206_step_error_is_honoured(stepflow: RunningServer, step_server: StepServer) -> None:
+    """The JS SDKs answer a step's RetryAfterError with `206 [StepError]` and a `Retry-After` header."""
+    arrivals: list[float] = []
+
+    async def handler(payload: dict[str, Any], request: web.Request) -> web.StreamResponse:
+        import time
+
+        if h("flaky") in payload["steps"]:
+            return web.json_response(payload["steps"][h("flaky")]["data"])
+        arrivals.append(time.monotonic())
+        if len(arrivals) == 1:
+            return web.json_response([{"op": "StepError", "id": h("flaky"), "name": "flaky", "displayName": "flaky",
+                                       "error": {"name": "RetryAfterError", "message": "later"}}],
+                                     status=206, headers={"Retry-After": "1"})
+        return web.json_response([{"op": "StepRun", "id": h("flaky"), "name": "flaky", "data": "done"}], status=206)
+
+    url = step_server.route("/ra", handler)
+    await stepflow.register({"id": "ra", "app_id": "scripted", "triggers": [{"event": "test/ra"}],
+                             "runtime": {"type": "http", "url": url}, "retries": 2})
+    run = await start(stepflow, "ra")
+    assert run["status"] == "Completed" and run["output"] == "done"
+    assert arrivals[1] - arrivals[0] >= 0.95, "retried before the step's Retry-After"
+
+
+@pytest.mark.parametrize("form", ["raw", "js-hash", "python-hash", "fallback"])
+async def test_a_sync_is_accepted_with_every_form_of_the_signing_key(stepflow_factory: Any, form: str) -> None:
+    from stepflow.protocol.signing import hash_signing_key
+    from stepflow.server import ServerSettings
+
+    key, fallback = "signkey-test-" + "ab" * 32, "signkey-test-" + "cd" * 32
+    server = await stepflow_factory(settings=ServerSettings(signing_keys=[key, fallback], event_keys=["e"]))
+    token = {"raw": key, "js-hash": hash_signing_key(key), "python-hash": hash_signing_key(key).split("-")[-1],
+             "fallback": hash_signing_key(fallback)}[form]
+    sync = {"appname": "py-app", "deploy_type": "ping", "framework": "fast_api", "sdk": "py:v0.5.19", "v": "0.1",
+            "url": "http://127.0.0.1:9/api/inngest",
+            "functions": [{"id": "py-app-hello", "name": "hello", "triggers": [{"event": "app/hello"}],
+                           "steps": {"step": {"id": "step", "name": "step", "retries": {"attempts": 1},
+                                              "runtime": {"type": "http", "url": "http://127.0.0.1:9/api/inngest"
+                                                          "?fnId=py-app-hello&stepId=step"}}}}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.url}/fn/register", json=sync,
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["functions"] == [{"id": "py-app-hello", "version": 1}]
+        async with http.post(f"{server.url}/fn/register", json=sync,
+                             headers={"Authorization": f"Bearer {token[:-2]}00"}) as resp:
+            assert resp.status == 401
+            body = await resp.json()
+    # the shape the SDKs parse: `error` is a string
+    assert body["code"] == "unauthorized" and "signing key is not valid" in body["error"]
+    [fn] = (await server.client._request("GET", "/v1/functions"))["data"]
+    assert fn["app_id"] == "py-app" and fn["triggers"] == [{"event": "app/hello"}]
+    stored = await server.engine.functions.get("py-app-hello", 1)
+    assert stored.retries.attempts == 2  # Inngest's retries: 1 is one retry, two attempts in all
+
+
+async def test_a_sync_that_sets_an_option_not_carried_out_is_refused_naming_it(stepflow: RunningServer) -> None:
+    sync = {"appName": "js-app", "framework": "express", "url": "http://127.0.0.1:9/api/inngest",
+            "functions": [{"id": "js-app-limited", "name": "limited", "triggers": [{"event": "app/x"}],
+                           "concurrency": [{"limit": 5, "key": "event.data.user"}],
+                           "steps": {"step": {"id": "step", "name": "step",
+                                              "runtime": {"type": "http", "url": "http://127.0.0.1:9/x"}}}}]}
+    async with aiohttp.ClientSession() as http, http.post(f"{stepflow.url}/fn/register", json=sync) as resp:
+        assert resp.status == 400
+        body = await resp.json()
+    assert "'concurrency' (concurrency limits)" in body["error"] and "js-app-limited" in body["error"]
+    assert (await stepflow.client._request("GET", "/v1/functions"))["data"] == []
+
+
+def test_a_streamed_sdk_answer_is_unwrapped() -> None:
+    """INNGEST_STREAMING: 201 at once, whitespace while the function runs, then the real answer's envelope."""
+    from stepflow.protocol.answers import Delivery, interpret
+
+    ops = [{"op": "StepRun", "id": h("a"), "name": "a", "data": 1}]
+    raw = b"    " + codec.dumps({"status": 206, "headers": {"X-Inngest-No-Retry": "false"},
+                                 "body": codec.dumps(ops).decode()})
+    answer = interpret(Delivery(body=raw, status=201), sdk_call=True, max_output_bytes=1024)
+    assert (answer.response.status, answer.response.body) == (206, ops)
+    failed = interpret(Delivery(body=b" " + codec.dumps({"status": 500, "headers": {"Retry-After": "2"},
+                                                         "body": '{"name": "Error", "message": "x"}'}),
+                                status=201), sdk_call=True, max_output_bytes=1024)
+    assert failed.response.status == 500 and failed.response.body["message"] == "x" and failed.retry_after == 2.0

@@ -133,7 +133,7 @@ def advance_after_call(state: RunState, cc: CallContext, response: StepResponse 
     offending: tuple[str, str | None] | None = None
     if response is not None and response.status == 206:
         try:
-            return _apply_ops(state, cc, response.body)
+            return _apply_ops(state, cc, response.body, retry_after)
         except NoProgress as exc:
             response, error, retryable, retry_after = None, {**exc.error, "attempt": cc.attempt}, True, None
             if exc.step_id is not None and exc.step_id != cc.target and exc.step_id not in state.busy_steps:
@@ -170,8 +170,12 @@ def advance_after_call(state: RunState, cc: CallContext, response: StepResponse 
                                             name=offending[1], scheduled_at=now + int(delay * 1000)))
         return decision
     if retryable:
-        error["message"] += f" (gave up after {cc.max_attempts} attempts)"
+        error["message"] += f" (gave up after {_attempts(cc.max_attempts)})"
     return Advance(finish=RunStatus.FAILED, error=error)
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt{'s' if count != 1 else ''}"
 
 
 def _too_large(what: str, size: int, cc: CallContext) -> dict[str, Any]:
@@ -185,7 +189,7 @@ def _too_large(what: str, size: int, cc: CallContext) -> dict[str, Any]:
 _OUTCOMES = {Op.STEP_RUN, Op.STEP_ERROR, Op.STEP_FAILED}
 
 
-def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
+def _apply_ops(state: RunState, cc: CallContext, ops: Any, retry_after: float | None = None) -> Advance:
     """Turn a 206 answer into a decision. Raises NoProgress when the answer changes nothing."""
     now = cc.now
     decision = Advance()
@@ -257,7 +261,8 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any) -> Advance:
                                             output={"data": data}, ended_at=now, attempts=attempt + 1))
             wakes_function = True
         elif kind in (Op.STEP_ERROR, Op.STEP_FAILED):
-            wakes_function |= _step_error(cc, decision, sid, name, op, opts, existing, final=kind is Op.STEP_FAILED)
+            wakes_function |= _step_error(cc, decision, sid, name, op, opts, existing, final=kind is Op.STEP_FAILED,
+                                          retry_after=retry_after)
         elif kind is Op.STEP_PLANNED:
             decision.jobs.append(NewJob(sid, now, JobKind.CALL, {"target": sid}, name=name, step_kind="run"))
         elif kind is Op.STEP_NOT_FOUND:
@@ -316,7 +321,8 @@ def _step_name(state: RunState, sid: str | None) -> str:
 
 
 def _step_error(cc: CallContext, decision: Advance, sid: str, name: str, op: dict[str, Any],
-                opts: dict[str, Any], existing: StepRecord | None, *, final: bool) -> bool:
+                opts: dict[str, Any], existing: StepRecord | None, *, final: bool,
+                retry_after: float | None = None) -> bool:
     """StepError: an attempt of the step failed (retried while attempts remain). StepFailed: the SDK says it was
     the last one. True when the function must be called again (the failure is memoized)."""
     now = cc.now
@@ -326,9 +332,12 @@ def _step_error(cc: CallContext, decision: Advance, sid: str, name: str, op: dic
     error.setdefault("message", "")
     attempt = _step_attempt(cc, sid, existing)
     retriable = not final and opts.get("retriable", True) is not False
-    retry_after = opts.get("retry_after_ms")
+    # when to retry: stepflow's SDK says it in the op; the JS SDK in the answer's Retry-After header
+    retry_after_ms = opts.get("retry_after_ms")
+    if isinstance(retry_after_ms, (int, float)) and not isinstance(retry_after_ms, bool):
+        retry_after = retry_after_ms / 1000
     if retriable and attempt + 1 < cc.max_attempts:
-        delay = cc.backoff(attempt, retry_after / 1000 if isinstance(retry_after, (int, float)) else None)
+        delay = cc.backoff(attempt, retry_after)
         at = now + int(delay * 1000)
         error["retry_in_ms"] = int(delay * 1000)
         decision.steps.append(StepWrite(sid, StepStatus.SCHEDULED, name=name, kind="run", error=error,
@@ -337,7 +346,7 @@ def _step_error(cc: CallContext, decision: Advance, sid: str, name: str, op: dic
                                     {"target": sid} if cc.target else None, step_row=False, attempt=attempt + 1))
         return False
     if retriable:
-        error["message"] += f" (gave up after {cc.max_attempts} attempts)"
+        error["message"] += f" (gave up after {_attempts(cc.max_attempts)})"
     decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="run", error=error,
                                     attempts=attempt + 1, ended_at=now))
     return True

@@ -106,6 +106,16 @@ def interpret(delivery: Delivery, *, sdk_call: bool, max_output_bytes: int) -> S
         if size > limit:
             raise too_large(size, limit, logs=delivery.logs)
     if sdk_call:
+        if transport == 201 and isinstance(document, dict) and "status" in document:
+            # streamed (INNGEST_STREAMING): the SDK answered 201 at once, kept the connection alive with
+            # whitespace, and ended with {"status", "headers", "body": <the answer, JSON-encoded>}
+            body = document.get("body")
+            if isinstance(body, str):
+                try:
+                    body = codec.loads(body) if body.strip() else None
+                except codec.JSONDecodeError:
+                    pass
+            document, transport = {**document, "body": body}, None
         if transport is not None:
             return _answer(StepResponse(transport, document), headers, delivery)
         if isinstance(document, dict) and "status" in document:

@@ -25,8 +25,9 @@ def _key_bytes(signing_key: str) -> bytes:
 
 
 def hash_signing_key(signing_key: str) -> str:
-    """The form in which the official SDKs send a signing key as a bearer token:
-    `signkey-<env>-` + hex SHA-256 of the hex-decoded key (a key that is not hex is hashed as text)."""
+    """The form in which the official JS SDKs send a signing key as a bearer token: `signkey-<env>-` + hex
+    SHA-256 of the hex-decoded key (a key that is not hex is hashed as text). The Python SDK sends the hash
+    without the prefix."""
     match = _PREFIX.match(signing_key)
     prefix = match.group(0) if match else ""
     raw = signing_key[len(prefix):]
@@ -43,7 +44,10 @@ def bearer_matches(token: str, signing_keys: list[str]) -> bool:
     given = token.strip().encode()
     found = False
     for key in signing_keys:
-        for form in (key, hash_signing_key(key)):
+        hashed = hash_signing_key(key)
+        # the JS SDKs keep the `signkey-<env>-` prefix on the hash; the Python SDK sends the bare hash
+        bare = _PREFIX.sub("", hashed)
+        for form in (key, hashed, bare):
             found |= hmac.compare_digest(given, form.encode())
     return found
 

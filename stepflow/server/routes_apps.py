@@ -82,7 +82,10 @@ async def sync_app(url: str, server_url: str, sync_log: SyncLog, announce: Calla
                         announce(f"synced app {record.app_id!r} at {url}: registered "
                                  f"{len(record.function_ids)} function(s): {ids}")
                     return True
-                if status < 300:
+                if status < 300 and _app_error(text):
+                    # the official Python SDK answers 200 with the server's refusal in the body
+                    report = f"sync of the app at {url} failed: {_app_error(text)}"
+                elif status < 300:
                     report = (f"app at {url} answered the sync ({status}) but registered nothing with this server; "
                               f"is it pointed at {server_url} (INNGEST_BASE_URL / STEPFLOW_BASE_URL)? "
                               f"It said: {_app_message(text)}")
@@ -95,6 +98,17 @@ async def sync_app(url: str, server_url: str, sync_log: SyncLog, announce: Calla
                 return False
             await asyncio.sleep(delay)
             delay = min(max_delay, delay * 2)
+
+
+def _app_error(text: str) -> str | None:
+    """The error in a sync answer's body, if it carries one."""
+    try:
+        document = codec.loads(text)
+    except codec.JSONDecodeError:
+        return None
+    if isinstance(document, dict) and document.get("error"):
+        return _app_message(text)
+    return None
 
 
 def _app_message(text: str) -> str:

@@ -106,7 +106,8 @@ def inngest_function_config(raw: Any, app_id: str, source: str) -> dict[str, Any
 
     if not isinstance(fid, str) or not fid:
         raise fail("a function has no 'id'")
-    present = {key for key, value in raw.items() if value is not None}
+    # An SDK may send an option empty (the Python SDK's on_failure function has `"concurrency": []`): unset.
+    present = {key for key, value in raw.items() if value is not None and value != [] and value != {}}
     refused = sorted(present & set(_NOT_YET))
     if refused:
         what = ", ".join(f"'{key}' ({_NOT_YET[key]})" for key in refused)
