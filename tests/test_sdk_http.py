@@ -139,6 +139,40 @@ async def test_dev_server_syncs_the_app_with_stepflow_dev_u(stepflow: RunningSer
         "status": "success", "processedItems": 10, "failedItems": 0}
 
 
+async def test_dev_u_reports_the_error_an_app_answered_and_backs_off(stepflow: RunningServer) -> None:
+    """An app that answers its PUT with the server's refusal (as the official Python SDK does, with 200) or an
+    error status is reported with that error — once, not every second — and retried with a growing delay."""
+    import time
+
+    puts: list[float] = []
+
+    async def refused(request: web.Request) -> web.Response:
+        puts.append(time.monotonic())
+        return web.json_response({"error": "app py-app, function 'x': sets 'concurrency'"}, status=200)
+
+    app = web.Application()
+    app.router.add_put("/api/inngest", refused)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}/api/inngest"
+    try:
+        assert stepflow.app is not None
+        reports: list[str] = []
+        assert not await sync_app(url, stepflow.url, stepflow.app[SYNC_LOG_KEY], reports.append, attempts=3,
+                                  first_delay=0.1)
+        assert reports == [f"sync of the app at {url} failed: app py-app, function 'x': sets 'concurrency'; "
+                           "retrying in 0.1s, then less often"]
+        assert len(puts) == 3 and puts[2] - puts[1] >= 1.8 * (puts[1] - puts[0]) > 0  # the delay doubles
+    finally:
+        await runner.cleanup()
+    reports.clear()
+    assert not await sync_app("http://127.0.0.1:9/api/inngest", stepflow.url, stepflow.app[SYNC_LOG_KEY],
+                              reports.append, attempts=2, first_delay=0.05)
+    assert len(reports) == 1 and reports[0].startswith("app at http://127.0.0.1:9/api/inngest is not reachable")
+
+
 async def test_sync_outside_dev_mode_ignores_the_server_header(stepflow: RunningServer, serve: Serve) -> None:
     """Outside dev mode a PUT cannot redirect the app (and its signing key) to another server."""
     url = await serve(csv_app(Calls()), ServeOptions(dev=False, signing_key="k"))
