@@ -8,7 +8,8 @@ variables (INNGEST_DEV, INNGEST_BASE_URL, INNGEST_SIGNING_KEY, INNGEST_EVENT_KEY
 
 - test_sync_*: each of the three ways an app gets synced (a PUT as the Inngest server sends it, a bare
   `curl -X PUT`, `stepflow dev|serve -u URL`) registers every function, on a fresh server.
-- the scenarios (a)–(l) and the cross-SDK invokes, on one server + apps per (sdk, mode), synced with `-u`.
+- the scenarios (a)–(p) and the cross-SDK invokes, on one server + apps per (sdk, mode), synced with `-u`
+  ((n), wrong keys, only against the keyed `stepflow serve`).
 
 Store: SQLite, or PostgreSQL (a fresh schema per server) with STEPFLOW_TEST_BACKEND=postgres, as conftest does.
 Setup: ./scripts/inngest-sdk-setup (npm ci in the JS app dirs, pip SDK deps). Without it the tests of a missing
@@ -23,6 +24,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -36,10 +38,12 @@ from inngest_support import (
     STEPFLOW_APP_ID,
     STEPFLOW_BIN,
     STEPFLOW_FUNCTIONS,
+    TERMINAL,
     HttpError,
     Stack,
     free_port,
     http,
+    http_raw,
     js_ready,
     make_signing_key,
     python_sdk_ready,
@@ -402,6 +406,133 @@ def test_l_cron_trigger(sf: Stack) -> None:
     run = completed()[0]
     assert isinstance(run["output"]["tick"], int)
     assert sf.count("cron", "tick") >= 1
+
+
+def test_m_on_failure_handler(sf: Stack) -> None:
+    """retries 0, the function throws: the run fails once, stepflow emits `inngest/function.failed`, and the
+    SDK's onFailure / on_failure handler (registered as "<app>-fails-notify-failure") runs on it."""
+    need(sf, "fails-notify", "fails-notify-failure")
+    tok = token()
+    run = sf.finish(sf.send(sf.ev("fails-notify"), {"token": tok}))
+    assert run["status"] == "Failed", run
+    assert f"exploded on purpose: {tok}" in error_text(run), run.get("error")
+    assert sf.count(tok, "fails-notify") == 1, "retries 0 means one attempt"
+    handler_fn = sf.fn_id("fails-notify-failure")
+
+    def handler_runs() -> list[dict[str, Any]]:
+        rows = sf.api("GET", f"/v1/runs?function_id={handler_fn}&limit=200")["data"]
+        return [r for r in rows if (r.get("output") or {}).get("token") == tok]
+
+    assert wait_until(lambda: any(r["status"] in TERMINAL for r in handler_runs()), 15, 0.2), (
+        f"no ended run of {handler_fn} for this failure within 15 s (on-failure count "
+        f"{sf.count(tok, 'on-failure')}); its runs: {sf.api('GET', f'/v1/runs?function_id={handler_fn}')['data'][:5]}")
+    [handler] = handler_runs()
+    assert handler["status"] == "Completed", (handler, sf.steps(handler["run_id"]))
+    out = handler["output"]
+    assert out["event_name"] == "inngest/function.failed", out
+    assert out["function_id"] == sf.fn_id("fails-notify"), out
+    assert out["run_id"] == run["run_id"], out
+    assert f"exploded on purpose: {tok}" in str(out["message"]), out
+    assert out["original_event"] == sf.ev("fails-notify"), out
+    assert sf.count(tok, "on-failure") == 1
+    # the event stepflow emitted, as the handler's run shows it
+    if handler.get("event_id"):
+        event = sf.api("GET", f"/v1/events/{handler['event_id']}")["data"]
+        assert event["name"] == "inngest/function.failed"
+        assert event["data"]["function_id"] == sf.fn_id("fails-notify")
+        assert event["data"]["run_id"] == run["run_id"]
+        assert event["data"]["event"]["data"] == {"token": tok}
+
+
+WRONG_SIGNING_KEY_TEXT = "the signing key is not valid for this server"
+WRONG_EVENT_KEY_TEXT = "unknown event key"
+
+
+def test_n_wrong_signing_key_sync_is_refused(sf: Stack) -> None:
+    """An app started with a wrong INNGEST_SIGNING_KEY syncs (PUT): stepflow refuses its /fn/register, nothing is
+    registered, and the SDK passes stepflow's message on without crashing."""
+    if sf.mode != "serve":
+        pytest.skip("keys are checked by the keyed `stepflow serve` only")
+    bad_app = f"{sf.app_id}-badkey"
+    proc, url = sf.start_sdk_app_variant("badkey", bad_app, INNGEST_SIGNING_KEY=make_signing_key())
+    try:
+        status, body = http_raw("PUT", url, timeout=60)
+        time.sleep(0.3)                                  # let the app write its log
+        app_log = proc.tail()
+        alive = proc.popen.poll() is None
+    finally:
+        proc.stop()
+    answer = f"PUT {url} -> {status}: {body}"
+    print(answer)
+    assert WRONG_SIGNING_KEY_TEXT in body, answer
+    if sf.sdk == "python":
+        # the Python SDK answers the PUT 200 with the server's body, whatever the server answered
+        assert status == 200, answer
+        assert WRONG_SIGNING_KEY_TEXT in str(json.loads(body).get("error")), answer
+    else:
+        assert status >= 400, answer
+    registered = sf.registered()
+    assert not [f for f in registered if f.startswith(bad_app + "-")], f"registered with a wrong key: {answer}"
+    assert sf.fn_id("three-steps") in registered
+    assert alive, f"the app exited after the refused sync:\n{app_log}"
+    assert "ValidationError" not in app_log and "ValidationError" not in body, app_log
+
+
+def test_n_wrong_event_key_send_raises_the_sdk_error(sf: Stack) -> None:
+    """inngest.send / client.send with a wrong INNGEST_EVENT_KEY, from inside the SDK's own client: the SDK
+    raises its normal error with stepflow's message (Python: SendEventsError, not a pydantic ValidationError)."""
+    if sf.mode != "serve":
+        pytest.skip("keys are checked by the keyed `stepflow serve` only")
+    name = sf.ev("send-test")
+
+    def send_test(key: str) -> dict[str, Any]:
+        query = urllib.parse.urlencode({"key": key, "name": name})
+        return dict(http("GET", f"{sf.app_url}/send-test?{query}", timeout=60))
+
+    good = send_test(sf.event_key)                       # the right key: sent
+    assert good["ok"] is True, good
+    assert isinstance(good["ids"], list) and len(good["ids"]) == 1, good
+    event = sf.api("GET", f"/v1/events/{good['ids'][0]}")["data"]
+    assert event["name"] == name and event["data"] == {"via": "send-test"}
+    bad = send_test("wrong-" + token())
+    print(f"send with a wrong event key: {bad}")
+    assert bad["ok"] is False, f"an event was accepted with a wrong event key: {bad}"
+    assert WRONG_EVENT_KEY_TEXT in bad["message"], bad
+    if sf.sdk == "python":
+        assert bad["error_class"] == "SendEventsError", bad
+        assert "ValidationError" not in bad["mro"], bad
+    else:
+        assert bad["is_error"] is True, bad
+    assert "ValidationError" not in bad["message"], bad
+
+
+def test_o_sleep_until(sf: Stack) -> None:
+    need(sf, "sleep-until")
+    tok = token()
+    sent = int(time.time() * 1000)
+    until = sent + 2000
+    run = sf.finish(sf.send(sf.ev("sleep-until"), {"token": tok, "until": until}), timeout=30)
+    assert run["status"] == "Completed", (run, sf.steps(run["run_id"]))
+    out = run["output"]
+    assert out["until"] == until
+    assert out["after"] >= until - 50, f"woke {until - out['after']} ms before the time asked for"
+    assert out["after"] - sent >= 1900, f"sleepUntil 2 s ahead lasted {out['after'] - sent} ms"
+    assert out["after"] - sent < 15000
+    assert ts(run["ended_at"]) * 1000 >= until - 50
+    assert sf.count(tok, "after") == 1
+
+
+def test_p_step_fails_once_then_succeeds(sf: Stack) -> None:
+    need(sf, "flaky-once")
+    tok = token()
+    run = sf.finish(sf.send(sf.ev("flaky-once"), {"token": tok}))
+    assert run["status"] == "Completed", (run, sf.steps(run["run_id"]))
+    assert run["output"] == {"value": "ok on attempt 2"}
+    assert sf.count(tok, "flaky") == 2
+    step = sf.step_named(run["run_id"], "flaky")
+    assert step is not None, f"no step record for 'flaky': {sf.steps(run['run_id'])}"
+    assert step["attempts"] == 2 and step["status"] == "completed", step
+    assert step["output"] == "ok on attempt 2", step
 
 
 def test_cross_inngest_sdk_invokes_stepflow_function(sf: Stack) -> None:

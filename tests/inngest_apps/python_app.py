@@ -254,7 +254,7 @@ async def fails_notify(ctx: inngest.Context) -> str:
 async def sleep_until(ctx: inngest.Context) -> dict[str, Any]:
     t = ctx.event.data["token"]
     until = ctx.event.data["until"]
-    await ctx.step.sleep_until("nap-until", datetime.datetime.fromtimestamp(until / 1000, tz=datetime.timezone.utc))
+    await ctx.step.sleep_until("nap-until", datetime.datetime.fromtimestamp(until / 1000, tz=datetime.UTC))
 
     def after() -> int:
         hit(t, "after")
