@@ -294,3 +294,19 @@ def test_a_streamed_sdk_answer_is_unwrapped() -> None:
                                                          "body": '{"name": "Error", "message": "x"}'}),
                                 status=201), sdk_call=True, max_output_bytes=1024)
     assert failed.response.status == 500 and failed.response.body["message"] == "x" and failed.retry_after == 2.0
+
+
+async def test_ops_asking_for_what_stepflow_does_not_provide_fail_the_step_saying_so(
+        stepflow: RunningServer, step_server: StepServer) -> None:
+    async def answer(payload: dict[str, Any], request: web.Request) -> tuple[int, Any]:
+        memo = payload["steps"].get(h("ask-model"))
+        if memo is None:
+            return 206, [{"op": "AIGateway", "id": h("ask-model"), "name": "ask-model", "displayName": "ask-model",
+                          "opts": {"url": "https://api.example/v1/chat", "body": {}}}]
+        return 200, {"caught": memo["error"]["message"]}
+
+    await code_function(stepflow, step_server, answer)
+    run = await start(stepflow)
+    assert run["status"] == "Completed", run
+    assert "step 'ask-model' is a AIGateway step, which stepflow does not support" in run["output"]["caught"]
+    assert "call it inside step.run" in run["output"]["caught"]

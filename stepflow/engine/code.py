@@ -24,7 +24,8 @@ from stepflow.errors import DefinitionError, ExpressionError, InvalidRequestErro
 from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid
-from stepflow.protocol import Op, wire
+from stepflow.protocol import wire
+from stepflow.protocol.wire import UNSUPPORTED_OPS, Op
 from stepflow.protocol.contract import StepResponse
 from stepflow.store.records import (
     Advance,
@@ -213,6 +214,9 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any, retry_after: float | 
                 decision.finish, decision.output = RunStatus.COMPLETED, op.get("data")
             progressed = True
             continue
+        if kind_raw == Op.DISCOVERY_REQUEST:
+            wakes_function = progressed = True  # the SDK asks to be called again to go on
+            continue
         sid = op.get("id")
         if not isinstance(sid, str) or not sid:
             raise NoProgress("protocol_error", f"op {kind_raw!r} has no step id")
@@ -245,7 +249,7 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any, retry_after: float | 
                          f"{_step_name(state, cc.target)!r}")
             continue
         progressed = True
-        if kind is Op.STEP_RUN:
+        if kind in (Op.STEP_RUN, Op.STEP):
             data = op.get("data")
             size = len(codec.dumps(data))
             attempt = _step_attempt(cc, sid, existing)
@@ -299,10 +303,11 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any, retry_after: float | 
             decision.jobs.append(NewJob(sid, now, JobKind.STEP, {"runtime": spec.to_config(),
                                                                  "data": opts.get("data")},
                                         name=name, step_kind="runstep"))
-        else:  # AIGateway, Gateway: requests the server makes on the function's behalf
-            decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="gateway", ended_at=now, error={
-                "name": "UnsupportedStep", "message": f"step {name!r} is a {kind_raw} step (a request the server "
-                "makes for the function); stepflow does not make these: make the request inside step.run"}))
+        else:  # requests for something the server would do on the function's behalf (UNSUPPORTED_OPS)
+            decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="unsupported", ended_at=now,
+                                            error={"name": "UnsupportedStep",
+                                                   "message": f"step {name!r} is a {kind_raw} step, which stepflow "
+                                                              f"does not support: {UNSUPPORTED_OPS[kind]}"}))
             wakes_function = True
     if not progressed:
         raise NoProgress("no_progress", "the answer changed nothing: " + "; ".join(stale),

@@ -54,6 +54,23 @@ class Op(StrEnum):
     RUN_STEP = "RunStep"              # stepflow: run this step on another runtime (`opts.runtime`)
     AI_GATEWAY = "AIGateway"          # official SDKs: an inference request made by the server
     GATEWAY = "Gateway"               # official SDKs: an HTTP request made by the server
+    WAIT_FOR_SIGNAL = "WaitForSignal"  # JS SDK v4: wait for a signal sent through Inngest's API
+    DEFER_ADD = "DeferAdd"            # JS SDK v4: work deferred past the run
+    DEFER_ABORT = "DeferAbort"
+    DISCOVERY_REQUEST = "DiscoveryRequest"  # JS SDK checkpointing: call the function again to go on
+    STEP = "Step"                     # the JS SDK's legacy (executor v0) name of StepRun
+
+
+# Ops of the official SDKs asking the server for something stepflow does not provide: the step fails with a
+# message saying what to do instead, and the function sees it as a failed step (it may catch it).
+UNSUPPORTED_OPS = {
+    Op.AI_GATEWAY: "step.ai.infer asks the server to call the model; call it inside step.run",
+    Op.GATEWAY: "step.fetch asks the server to make the request; make it inside step.run",
+    Op.WAIT_FOR_SIGNAL: "step.waitForSignal needs Inngest's signal API; wait for an event instead "
+                        "(step.waitForEvent)",
+    Op.DEFER_ADD: "deferred steps are not supported; run the work in a step or send an event",
+    Op.DEFER_ABORT: "deferred steps are not supported; run the work in a step or send an event",
+}
 
 
 # --- step ids and memos --------------------------------------------------------------------------------------
