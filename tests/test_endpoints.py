@@ -594,10 +594,15 @@ async def test_a_handler_that_raises_answers_500_and_the_run_records_it(
         assert body["error"]["code"] == "internal_error"
         assert "Traceback" not in json.dumps(body) and "secret-detail" not in json.dumps(body)  # not for callers
         run = await stored_run(server, api, run_id)
+        assert run["status"] == "Failed"  # the caller got a clean 500; the run says what happened
+        assert run["error"]["code"] == "endpoint_error" and run["error"]["name"] == "ValueError"
+        assert f"secret-detail {path}" in run["error"]["message"]
         assert run["output"]["status_code"] == 500
         assert run["output"]["error"]["name"] == "ValueError"
         assert f"secret-detail {path}" in run["output"]["error"]["message"]
     assert calls["load"] == 1
+    failed = (await server.client.list_runs(status="Failed"))["data"]
+    assert {r["function_id"] for r in failed} >= {"broken-early", "broken-late"}
 
 
 # --- resume security ------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepflow.definitions import parse_function
+from stepflow.definitions import FunctionDef, parse_function
 from stepflow.engine import code
 from stepflow.engine.runs import new_run
-from stepflow.errors import InvalidRequestError
+from stepflow.errors import ConflictError, InvalidRequestError
 from stepflow.ids import is_ulid, now_ms
 from stepflow.store.records import Advance, EventRecord, RunState, RunStatus, StepStatus, StepWrite
 from stepflow.protocol.wire import Op
@@ -31,18 +31,23 @@ REQUEST_EVENT = "http/request"
 class EndpointCheckpoints:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
+        # an explicit table, not getattr: a checkpoint's `op` must never reach an arbitrary attribute
+        self._handlers = {"run": self._run, "steps": self._steps, "async": self._async, "response": self._response}
 
     async def apply(self, checkpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results = []
         for checkpoint in checkpoints:
             if not isinstance(checkpoint, dict) or "op" not in checkpoint:
                 raise InvalidRequestError("each checkpoint needs an 'op' (run, steps, async or response)")
-            run_id = str(checkpoint.get("run_id", ""))
-            if not is_ulid(run_id):
-                raise InvalidRequestError(f"checkpoint {checkpoint['op']!r}: 'run_id' must be a ULID")
-            handler = getattr(self, f"_{checkpoint['op']}", None)
+            op = checkpoint["op"]
+            handler = self._handlers.get(op) if isinstance(op, str) else None
             if handler is None:
-                raise InvalidRequestError(f"unknown checkpoint op {checkpoint['op']!r}")
+                raise InvalidRequestError(f"unknown checkpoint op {str(op)[:100]!r}; expected one of "
+                                          f"{', '.join(sorted(self._handlers))}")
+            run_id = checkpoint.get("run_id")
+            if not isinstance(run_id, str) or not is_ulid(run_id):
+                raise InvalidRequestError(f"checkpoint {op!r}: 'run_id' must be a ULID")
+            _check_fields(op, checkpoint)
             results.append(await handler(run_id.upper(), checkpoint))
         self.engine.wake()
         return results
@@ -55,9 +60,15 @@ class EndpointCheckpoints:
                              "runtime": {"type": "http", "url": url, "headers": {RESUME_HEADER: "1"}}},
                             source=f"durable endpoint {fn_id} at {url}")
         found = self.engine.functions.get_active(fn.id)
+        if found is not None and not is_endpoint_function(found[1]):
+            # A checkpoint names a function id; it must not take over a workflow or an SDK app's function of
+            # the same id (its triggers would be dropped and its events would start nothing).
+            raise ConflictError(f"function {fn.id!r} is a {found[1].kind} function of app {found[1].app_id!r} "
+                                f"({found[1].source}), not a durable endpoint: give the endpoint another id")
         if found is None or found[1].to_config() != fn.to_config():
-            # an endpoint served from a new domain or port is a new version of the same endpoint function
-            await self.engine.functions.register(fn, allow_app_change=True)
+            # an endpoint served from a new domain or port is a new version of the same endpoint function; one
+            # of another app is refused by the registry, as two SDK apps sharing an id are
+            await self.engine.functions.register(fn)
         version, fn = self.engine.functions.get_active(fn.id)
         now = now_ms()
         event = cp.get("event") or {}
@@ -107,13 +118,55 @@ class EndpointCheckpoints:
     async def _response(self, run_id: str, cp: dict[str, Any]) -> dict[str, Any]:
         result = cp.get("result") or {}
 
+        error = result.get("error")
+
         def advance(state: RunState) -> Advance:
             if state.run.status.is_terminal:
                 return Advance()
+            if error is not None:
+                # the handler raised: its caller got a clean 500; the run is Failed, with the error
+                detail = error if isinstance(error, dict) else {"message": str(error)}
+                return Advance(finish=RunStatus.FAILED, output=result,
+                               error={"code": "endpoint_error", **{k: v for k, v in detail.items() if k != "code"}})
             return Advance(finish=RunStatus.COMPLETED, output=result)
 
         run = await self.engine.store.advance_run(run_id, advance, now_ms())
         return {"op": "response", "run_id": run_id, "known": run is not None}
+
+
+# each checkpoint's fields and the JSON types they must have (None: may be absent or null)
+_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "run": {"fn_id": (str,), "app_id": (str,), "url": (str,), "method": (str, type(None)),
+            "event": (dict, type(None)), "idempotency": (str, type(None)), "started_at": (int, type(None))},
+    "steps": {"steps": (list,)},
+    "async": {"ops": (list, type(None)), "attempt": (int, type(None)), "started_at": (int, type(None))},
+    "response": {"result": (dict,)},
+}
+_TYPE_NAMES = {str: "a string", int: "a whole number", dict: "an object", list: "a list", type(None): "null"}
+
+
+def _check_fields(op: str, checkpoint: dict[str, Any]) -> None:
+    """Refuse a malformed checkpoint whole, with a message naming the field (never a 500 later)."""
+    for field, types in _FIELDS[op].items():
+        value = checkpoint.get(field)
+        if not isinstance(value, types) or isinstance(value, bool):
+            wanted = " or ".join(_TYPE_NAMES[t] for t in types)
+            raise InvalidRequestError(f"checkpoint {op!r}: '{field}' must be {wanted}, got {type(value).__name__}")
+    if op == "steps":
+        for i, item in enumerate(checkpoint["steps"]):
+            if not isinstance(item, dict) or not isinstance(item.get("op"), str):
+                raise InvalidRequestError(f"checkpoint 'steps': step #{i + 1} must be an op object with 'op'")
+            if item["op"] == Op.STEP_RUN and (not isinstance(item.get("id"), str) or not item["id"]):
+                raise InvalidRequestError(f"checkpoint 'steps': StepRun #{i + 1} has no 'id'")
+    if op == "async":
+        for i, item in enumerate(checkpoint.get("ops") or []):
+            if not isinstance(item, dict):
+                raise InvalidRequestError(f"checkpoint 'async': op #{i + 1} must be an object")
+
+
+def is_endpoint_function(fn: FunctionDef) -> bool:
+    """Durable endpoints are code functions called back with the resume header."""
+    return fn.runtime is not None and RESUME_HEADER in (fn.runtime.options.get("headers") or {})
 
 
 def _ops_response(ops: list[Any]) -> Any:
