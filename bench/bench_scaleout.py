@@ -71,8 +71,8 @@ sys.path.insert(0, str(HERE))
 from bench_core import Child, free_port, pct
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SIGNING_KEY = "bench-signing-key"
-EVENT_KEY = "bench-event-key"
+SIGNING_KEY = "signkey-bench-" + "7e" * 32  # as strong as `stepflow serve` requires
+EVENT_KEY = "bench-event-key-" + "3c" * 8
 EVENT = "bench/scaleout"
 LONG_POLL = "30s"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"

@@ -1,19 +1,23 @@
-"""Running SDK apps embedded: the engine and the functions in one process, no server, no HTTP.
+"""Running SDK apps and workflow functions embedded: the engine and the functions in one process, no server.
 
     async with stepflow.Engine(app, store="sqlite:///stepflow.db") as engine:
         ids = await engine.send({"name": "imports/csv.uploaded", "data": {...}})
         output = await engine.wait_for_output(ids[0], timeout=60)
 
+    async with stepflow.Engine(SqliteStore("embed.db")) as engine:    # a Store positionally works too
+        await engine.register(stepflow.workflow(...))
+
 The same durability as the server: runs, steps and timers live in the store, and a restarted process picks
-up where the previous one stopped. This module is the glue between the SDK and the engine; neither imports
-the other.
+up where the previous one stopped. `stepflow.server.create_app(engine, settings)` serves the event and REST
+APIs of an embedded engine. This module is the glue between the SDK and the engine; neither imports the
+other (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 from stepflow.definitions import FunctionDef, parse_function
 from stepflow.engine import Engine as CoreEngine
@@ -29,6 +33,12 @@ from stepflow.store.base import Store
 from stepflow.store.records import RunStatus
 
 
+def _is_store(item: object) -> TypeGuard[Store]:
+    # `Store` is a typing.Protocol (not runtime-checkable): recognise one by the calls the engine makes first
+    names = ("open", "close", "ingest_events", "claim_jobs")
+    return all(callable(getattr(item, name, None)) for name in names)
+
+
 def inprocess_runtime_for(app: App, function_id: str) -> dict[str, Any]:
     return {"type": "inprocess", "handler": f"{app.id}:{function_id}"}
 
@@ -41,17 +51,39 @@ def _sdk_handler(app: App, function_id: str) -> Any:
 
 
 class Engine:
-    """An embedded engine for SDK apps (and workflow functions), with the client's calls."""
+    """An embedded engine for SDK apps and workflow functions, with the client's calls.
 
-    def __init__(self, *apps: App, store: str | Store | None = "sqlite:///.stepflow/stepflow.db",
+    Positional arguments are SDK `App`s, workflow functions (`FunctionDef`, from `stepflow.workflow`) and at
+    most one `Store`; `store=` takes a store or a URL instead (default: SQLite `.stepflow/stepflow.db`).
+    The client's calls (`get_run`, `wait_for_run`, …) answer the REST API's v1 dicts.
+    """
+
+    def __init__(self, *items: App | FunctionDef | Store, store: str | Store | None = None,
                  config: EngineConfig | None = None, functions: list[FunctionDef] | None = None,
                  environment_id: str = "embedded") -> None:
-        self.apps = list(apps)
-        self._store = store_from_url(store) if isinstance(store, str) or store is None else store
+        apps: list[App] = []
+        defs: list[FunctionDef] = list(functions or [])
+        given: list[Store] = []
+        for item in items:
+            if isinstance(item, App):
+                apps.append(item)
+            elif isinstance(item, FunctionDef):
+                defs.append(item)
+            elif _is_store(item):
+                given.append(item)
+            else:
+                raise TypeError(f"stepflow.Engine() takes SDK apps (stepflow.App), workflow functions "
+                                f"(stepflow.workflow(...)) and one store (e.g. SqliteStore(path)); got "
+                                f"{type(item).__name__}: {item!r}")
+        if len(given) > 1 or (given and store is not None):
+            raise TypeError("stepflow.Engine() takes one store: give it positionally or as store=, not both")
+        chosen: str | Store | None = given[0] if given else store
+        self.apps = apps
+        self._store = store_from_url(chosen) if isinstance(chosen, str) or chosen is None else chosen
         self._inprocess = InProcessRuntime()
         runtimes = [self._inprocess, *(r for r in default_runtimes() if r.type != "inprocess")]
         self.core = CoreEngine(self._store, config or EngineConfig(), runtimes=runtimes)
-        self._functions = list(functions or [])
+        self._functions = defs
         self._environment_id = environment_id
         self._started = False
 
@@ -68,6 +100,18 @@ class Engine:
         for fn in self._functions:
             await self.core.register(fn)
         self._started = True
+
+    async def register(self, fn: FunctionDef) -> int | None:
+        """Register a workflow function (`stepflow.workflow(...)`, `parse_function`, a loaded file). On a
+        started engine it is stored at once and its version returned (a changed definition is a new version);
+        before `start()` it is registered at start, and None is returned."""
+        if not isinstance(fn, FunctionDef):
+            raise TypeError(f"register() takes a workflow function (stepflow.workflow(...)), got "
+                            f"{type(fn).__name__}; SDK apps go to stepflow.Engine(app) or add_app(app)")
+        if not self._started:
+            self._functions.append(fn)
+            return None
+        return await self.core.register(fn)
 
     async def add_app(self, app: App) -> None:
         for spec in app.functions.values():

@@ -81,6 +81,13 @@ class PayloadTooLargeError(InvalidRequestError):
     status = 413
 
 
+class RequestTimeoutError(InvalidRequestError):
+    """The caller did not send its request in time (408)."""
+
+    code = "request_timeout"
+    status = 408
+
+
 class UnauthorizedError(StepflowError):
     code = "unauthorized"
     status = 401
@@ -103,6 +110,21 @@ class StoreError(StepflowError):
     """The durable store failed or is in a state the code cannot work with."""
 
     code = "store_error"
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached or cannot take writes right now (PostgreSQL down or restarting, a broken
+    connection, a SQLite file on a full or failing disk). Nothing was changed by the failed operation, or its
+    outcome is unknown to this process; trying again later is the remedy (503)."""
+
+    code = "store_unavailable"
+    status = 503
+
+
+class StoreFullError(StoreUnavailableError):
+    """The disk holding the database is full: reads still work, writes fail until space is freed (503)."""
+
+    code = "store_full"
 
 
 class SchemaVersionError(StoreError):

@@ -55,6 +55,11 @@ def validate_event(item: Any, *, index: int | None, received_at: int,
         raise InvalidRequestError(f"{where}: 'name' is required and must be a non-empty string")
     if len(name) > 256:
         raise InvalidRequestError(f"{where}: 'name' is longer than 256 characters")
+    control = next((ch for ch in name if ord(ch) < 32 or 127 <= ord(ch) < 160), None)
+    if control is not None:
+        # refused on every store alike (PostgreSQL cannot store U+0000 in text; SQLite would)
+        raise InvalidRequestError(f"{where}: 'name' contains the control character U+{ord(control):04X}; event "
+                                  "names are printable text")
     data = item.get("data", {})
     if data is None:
         data = {}

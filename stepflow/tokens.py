@@ -25,12 +25,12 @@ def make_token(run_id: str, key: str | None, ttl: float = DEFAULT_TTL, now: floa
 def check_token(token: str, run_id: str, keys: list[str], now: float | None = None) -> str | None:
     """None if valid for this run, else the reason it is not."""
     expires_text, _, mac = token.partition(".")
-    if not expires_text.isdigit() or not mac:
+    if not (expires_text.isascii() and expires_text.isdigit()) or not mac:
         return "malformed token"
     if int(expires_text) < (time.time() if now is None else now):
         return "the token has expired"
     for key in keys or [DEV_KEY]:
         expected = hmac.new(key.encode(), f"{run_id}.{expires_text}".encode(), hashlib.sha256).hexdigest()
-        if hmac.compare_digest(expected, mac):
+        if hmac.compare_digest(expected.encode(), mac.encode()):
             return None
     return "the token is not valid for this run"

@@ -17,6 +17,7 @@ from aiohttp import web
 from stepflow import Client, parse_function
 from stepflow.engine import Engine, EngineConfig
 from stepflow.server import ServerSettings, create_app
+from stepflow.server.http_protocol import StepflowAppRunner
 from stepflow.store import SqliteStore, Store
 
 
@@ -96,7 +97,8 @@ async def stepflow_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
         store = SqliteStore(db) if db_path is not None else await make_store(tmp_path, f"stepflow-{len(started)}")
         engine = Engine(store, config)
         await engine.start()
-        runner = web.AppRunner(create_app(engine, settings), access_log=None)
+        runner = StepflowAppRunner(create_app(engine, settings), access_log=None,
+                                   header_timeout=settings.header_timeout)
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -28,6 +28,8 @@ from conftest import free_port
 from stepflow.cli.main import main
 
 STEPFLOW = Path(sys.executable).parent / "stepflow"
+SK = "signkey-test-" + "5f" * 32   # production-strength keys, as `stepflow serve` requires
+EK = "evt-" + "a1" * 16
 ULID_LINE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 
@@ -363,21 +365,37 @@ def test_serve_refuses_to_start_without_keys(tmp_path: Path) -> None:
     assert not db.exists()  # it stopped before touching anything
 
 
+@pytest.mark.parametrize(("signing_key", "event_key", "needles"), [
+    ("   ", EK, ("signing key is empty or only whitespace", "openssl rand -hex 32")),
+    (SK + " ", EK, ("signing key contains whitespace",)),
+    ("signkey-prod-" + "ab" * 10, EK, ("signing key is 20 characters (not counting a signkey-<env>- prefix)",
+                                       "at least 32")),
+    (SK, "short", ("event key is 5 characters", "at least 16")),
+    (SK, SK, ("the event key is the signing key", "different secret")),
+], ids=["whitespace-only", "whitespace", "short-signing", "short-event", "same"])
+def test_serve_refuses_weak_keys_saying_what_to_do(tmp_path: Path, signing_key: str, event_key: str,
+                                                    needles: tuple[str, ...]) -> None:
+    db = tmp_path / "serve.db"
+    assert_clean_failure(cli("serve", "--port", str(free_port()), "--db", str(db), "--signing-key", signing_key,
+                             "--event-key", event_key), *needles)
+    assert not db.exists()
+
+
 def test_serve_with_keys_requires_them(tmp_path: Path, workflow_file: Path) -> None:
-    with server_process("serve", tmp_path, "-f", str(workflow_file), "--signing-key", "sk",
-                        "--event-key", "ek") as served:
+    with server_process("serve", tmp_path, "-f", str(workflow_file), "--signing-key", SK,
+                        "--event-key", EK) as served:
         assert "dev mode" not in served.log.read_text()
         refused = cli("send", "math/add", "--data", '{"a": 1, "b": 2}', "--url", served.url, "--event-key", "wrong")
         assert_clean_failure(refused, "401", "event key")
-        sent = cli("send", "math/add", "--data", '{"a": 1, "b": 2}', "--url", served.url, "--event-key", "ek")
+        sent = cli("send", "math/add", "--data", '{"a": 1, "b": 2}', "--url", served.url, "--event-key", EK)
         assert sent.returncode == 0, sent.stderr
         event_id = sent.stdout.strip()
         assert_clean_failure(cli("runs", event_id, "--url", served.url), "401", "signing key")
         assert_clean_failure(cli("runs", event_id, "--url", served.url, "--signing-key", "bad"), "401")
-        listed = cli("runs", event_id, "--json", "--url", served.url, "--signing-key", "sk")
+        listed = cli("runs", event_id, "--json", "--url", served.url, "--signing-key", SK)
         assert listed.returncode == 0, listed.stderr
         [run] = json.loads(listed.stdout)
-        waited = cli("run", run["run_id"], "--wait", "--json", "--url", served.url, "--signing-key", "sk")
+        waited = cli("run", run["run_id"], "--wait", "--json", "--url", served.url, "--signing-key", SK)
         assert json.loads(waited.stdout)["output"] == {"sum": 3}
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 import stepflow
 from stepflow.engine import EngineConfig
 from stepflow.engine.scheduler import CRON_EVENT, next_tick
@@ -16,6 +18,22 @@ def test_next_tick_respects_the_time_zone_prefix() -> None:
     base = 1768462200000
     assert next_tick("TZ=Europe/Paris 0 9 * * *", base) == 1768464000000
     assert next_tick("0 9 * * *", base) == 1768467600000  # 09:00 UTC
+
+
+def test_six_fields_put_the_seconds_first() -> None:
+    """Quartz and Spring order: second minute hour day month weekday."""
+    base = 1768462200000  # 2026-01-15 07:30:00 UTC
+    assert next_tick("*/20 * * * * *", base) == base + 20_000          # every 20 seconds
+    assert next_tick("30 * * * * *", base) == base + 30_000            # at second 30 of every minute
+    assert next_tick("0 45 7 * * *", base) == base + 15 * 60_000       # 07:45:00
+    assert next_tick("*/5 * * * *", base) == base + 5 * 60_000         # five fields: minutes, as ever
+
+
+@pytest.mark.parametrize("schedule", ["* * * * * * *", "* * * *", "61 * * * * *"])
+def test_other_field_counts_and_bad_seconds_are_refused(schedule: str) -> None:
+    with pytest.raises(stepflow.DefinitionError, match="6 with seconds first"):
+        stepflow.workflow("bad-cron", triggers=[stepflow.cron(schedule)],
+                          steps={"s": {"runtime": {"type": "inprocess", "handler": "json:dumps"}}})
 
 
 async def test_a_cron_function_runs_every_tick(tmp_path: Path) -> None:

@@ -636,7 +636,8 @@ async def test_signed_resume_calls_and_forged_ones(
                 "steps": {}, "ctx": {"run_id": new_ulid(), "function_id": "checkout", "attempt": 0}}
     body = codec.dumps(document)
     headers = {"X-Stepflow-Resume": "1", "Content-Type": "application/json"}
-    for signature in [None, signing.sign(body, "wrong-key"), "t=1&s=00", signing.sign(body + b" ", "k")]:
+    for signature in [None, signing.sign(body, "wrong-key"), "t=1&s=00", signing.sign(body + b" ", "k"),
+                      "t=\u00b2&s=00", f"t={int(time.time())}&s=\u00e9"]:
         sent = {**headers, signing.SIGNATURE_HEADER: signature} if signature else headers
         async with http.post(f"{api.url}/checkout", data=body, headers=sent) as resp:
             assert resp.status == 401, signature
@@ -649,6 +650,16 @@ async def test_signed_resume_calls_and_forged_ones(
         ops = await resp.json()
         assert [op["op"] for op in ops] == ["StepRun", "StepRun", "Sleep"]
     assert calls == {"handler": 3, "charge": 2, "receipt": 1}
+    # a correctly signed call whose body is not an Input is refused cleanly, and runs nothing
+    for bad in (b"not json", b"[1, 2]", codec.dumps({"event": {"data": {"body": 7}}})):
+        async with http.post(f"{api.url}/checkout", data=bad,
+                             headers={**headers, signing.SIGNATURE_HEADER: signing.sign(bad, "k")}) as resp:
+            assert resp.status == 400 and resp.headers["X-Inngest-No-Retry"] == "true", bad
+            assert (await resp.json())["name"] == "InvalidResume"
+    assert calls == {"handler": 3, "charge": 2, "receipt": 1}
+    # an output token whose expiry is not an ASCII number is refused as any bad token
+    async with http.get(f"{server.url}/v1/runs/{run_id}/output", params={"token": "\u00b2\u00b2.abc"}) as resp:
+        assert resp.status == 401 and (await resp.json())["error"]["code"] == "unauthorized"
 
 
 async def test_outside_dev_mode_a_signing_key_is_required() -> None:

@@ -245,13 +245,20 @@ async def test_signed_resume_under_starlette(stepflow_factory: ServerFactory, as
                                                            "path": "/checkout", "body": '{"amount": 1}'}},
                 "steps": {}, "ctx": {"run_id": new_ulid(), "function_id": "checkout-asgi", "attempt": 0}}
     body = codec.dumps(document)
-    for signature in [None, signing.sign(body, "wrong"), signing.sign(body + b"x", "k")]:
+    for signature in [None, signing.sign(body, "wrong"), signing.sign(body + b"x", "k"), "t=\u00b2&s=00"]:
         headers = {"X-Stepflow-Resume": "1", "Content-Type": "application/json"}
         if signature:
             headers[signing.SIGNATURE_HEADER] = signature
         async with http.post(f"{api.url}/checkout", data=body, headers=headers) as resp:
             assert resp.status == 401
             assert (await resp.json())["error"]["code"] == "unauthorized"
+    # correctly signed, but not an Input: a clean 400 that the engine does not retry
+    for bad in (b"not json", codec.dumps({"event": {"data": {"method": 5}}})):
+        headers = {"X-Stepflow-Resume": "1", "Content-Type": "application/json",
+                   signing.SIGNATURE_HEADER: signing.sign(bad, "k")}
+        async with http.post(f"{api.url}/checkout", data=bad, headers=headers) as resp:
+            assert resp.status == 400 and resp.headers["x-inngest-no-retry"] == "true"
+            assert (await resp.json())["name"] == "InvalidResume"
     assert calls == {"handler": 2, "charge": 1, "receipt": 1}
 
 

@@ -191,6 +191,11 @@ async def test_a_duplicate_id_in_one_request_does_not_borrow_the_other_events_tr
 # --- validation: every rejection is a clear JSON error, and nothing is stored -----------------------------
 
 BIG = "x" * (512 * 1024)
+DEEP: dict[str, Any] = {}
+_cursor = DEEP
+for _ in range(150):
+    _cursor["a"] = {}
+    _cursor = _cursor["a"]
 
 
 @pytest.mark.parametrize(("body", "status", "needles"), [
@@ -215,10 +220,16 @@ BIG = "x" * (512 * 1024)
     ({"name": "test/go", "data": {"blob": BIG}}, 413, ("bytes", "limit", str(512 * 1024))),
     ([{"name": "test/go"}, {"name": "test/go", "data": {"blob": BIG}}], 413, ("event #1", str(512 * 1024))),
     ([{"name": "test/go"}] * 5001, 413, ("5001", "5000")),
+    ({"name": "test/\u0000go"}, 400, ("'name' contains the control character U+0000",)),
+    ({"name": "test/go\n"}, 400, ("U+000A",)),
+    ({"name": "test/go", "ts": 2 ** 63}, 400, ("'ts'", "2^63-1")),
+    ({"name": "test/go", "data": DEEP}, 400, ("'data' nests deeper than 100 levels",)),
+    ({"name": "test/go", "user": DEEP}, 400, ("'user' nests deeper than 100 levels",)),
 ], ids=["no-name", "empty-name", "blank-name", "name-not-string", "data-list", "data-string", "data-number",
         "unknown-field", "user-not-object", "ts-string", "ts-negative", "id-number", "id-bad-chars",
         "v-number", "not-an-object", "empty-array", "array-item-not-object", "array-item-no-name",
-        "event-too-large", "array-event-too-large", "too-many-events"])
+        "event-too-large", "array-event-too-large", "too-many-events", "name-nul", "name-newline", "ts-2-63",
+        "data-too-deep", "user-too-deep"])
 async def test_invalid_events_are_rejected_with_a_message_naming_the_problem(
         stepflow: RunningServer, http: aiohttp.ClientSession, body: Any, status: int,
         needles: tuple[str, ...]) -> None:
@@ -234,7 +245,8 @@ async def test_invalid_events_are_rejected_with_a_message_naming_the_problem(
     (b"{\"name\": \"test/go\"", ("not valid JSON",)),
     (b"name=test/go", ("not valid JSON",)),
     (b"{\"name\": \"test/go\", \"data\": {\"n\": 1e400}}", ("not valid JSON",)),
-], ids=["empty", "whitespace", "truncated", "form-encoded", "infinite-number"])
+    (b"{\"name\": \"test/go\", \"ts\": 36893488147419103237}", ("'ts'", "2^63-1")),
+], ids=["empty", "whitespace", "truncated", "form-encoded", "infinite-number", "integer-beyond-64-bits"])
 async def test_bodies_that_are_not_json_get_400(stepflow: RunningServer, http: aiohttp.ClientSession,
                                                 raw: bytes, needles: tuple[str, ...]) -> None:
     status, body = await post_events(http, stepflow, raw, raw=True)

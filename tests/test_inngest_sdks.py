@@ -240,7 +240,7 @@ def test_sync(sdk: str, mode: str, how: str, tmp_path: Path) -> None:
         assert {listed[f]["app_id"] for f in expected} == {st.app_id}
         assert {listed[f]["kind"] for f in expected} == {"code"}
         assert listed[st.fn_id("three-steps")]["triggers"] == [{"event": st.ev("three-steps")}]
-        assert listed[st.fn_id("cron-tick")]["triggers"] == [{"cron": "* * * * * */2"}]
+        assert listed[st.fn_id("cron-tick")]["triggers"] == [{"cron": "*/2 * * * * *"}]
         # a sync again (a redeploy) changes nothing: same functions, same versions
         problem = put_sync(st, st.serve_url, "curl")
         assert problem is None, problem
@@ -396,7 +396,7 @@ def test_k_cancel_on_event(sf: Stack) -> None:
 def test_l_cron_trigger(sf: Stack) -> None:
     need(sf, "cron-tick")
     fn = sf.fn_id("cron-tick")
-    assert sf.functions[fn]["triggers"] == [{"cron": "* * * * * */2"}]
+    assert sf.functions[fn]["triggers"] == [{"cron": "*/2 * * * * *"}]
 
     def completed() -> list[dict[str, Any]]:
         return list(sf.api("GET", f"/v1/runs?function_id={fn}&status=Completed")["data"])

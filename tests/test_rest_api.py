@@ -480,11 +480,12 @@ async def test_v2_runs_validate_against_the_inngest_run_schema(api: Api, stepflo
     await declare(stepflow, step_server, "list", {"s": answer([1, 2, 3])})
     await declare(stepflow, step_server, "number", {"s": answer(42)})
     await declare(stepflow, step_server, "nothing", {"s": answer(None)})
+    await declare(stepflow, step_server, "looks-wrapped", {"s": answer({"value": 42})})
     await declare(stepflow, step_server, "fails", {"s": answer({"why": "bad input"}, 422)})
     await declare(stepflow, step_server, "slow", {"s": answer({}, delay=0.3), "t": answer({})})
 
     runs: dict[str, tuple[str, str]] = {}
-    for fn in ("obj", "text", "list", "number", "nothing", "fails", "slow"):
+    for fn in ("obj", "text", "list", "number", "nothing", "looks-wrapped", "fails", "slow"):
         runs[fn] = await start(stepflow, f"test/{fn}")
     await until(lambda: step_called(step_server, "/slow/s"))
     status, _ = await api.call("DELETE", f"/v1/runs/{runs['slow'][1]}")
@@ -510,6 +511,8 @@ async def test_v2_runs_validate_against_the_inngest_run_schema(api: Api, stepflo
     assert seen["text"]["output"] == {"value": "done"}
     assert seen["list"]["output"] == {"value": [1, 2, 3]}
     assert seen["number"]["output"] == {"value": 42}
+    # ...and an object whose only key is `value` is wrapped too: one key `value` always means "a wrapper"
+    assert seen["looks-wrapped"]["output"] == {"value": {"value": 42}}
     assert seen["nothing"]["status"] == "COMPLETED" and "output" not in seen["nothing"]
     assert seen["fails"]["status"] == "FAILED" and "output" not in seen["fails"]
     assert seen["slow"]["status"] == "CANCELLED"

@@ -20,6 +20,9 @@ import pytest
 
 from conftest import POSTGRES_URL, free_port
 
+SK = "signkey-test-" + "5f" * 32   # production-strength keys, as `stepflow serve` requires
+EK = "evt-" + "a1" * 16
+
 RUNS = 2000
 WORKER_CONCURRENCY = 16
 HERE = Path(__file__).resolve().parent
@@ -46,13 +49,13 @@ async def test_kill_9_of_a_worker_loses_nothing(tmp_path: Path) -> None:
            "STEPFLOW_LEASE_SECONDS": "3"}
     port = free_port()
     api = subprocess.Popen([stepflow_bin, "serve", "--no-workers", "--db", url, "--port", str(port), "-f", str(workflow),
-                            "--signing-key", "sk", "--event-key", "ek"], env=env, stdout=subprocess.DEVNULL,
+                            "--signing-key", SK, "--event-key", EK], env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
     workers = [subprocess.Popen([stepflow_bin, "worker", "--db", url, "--concurrency", str(WORKER_CONCURRENCY)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]
     base = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession(headers={"Authorization": "Bearer sk"}) as http:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {SK}"}) as http:
             for _ in range(100):
                 try:
                     async with http.get(f"{base}/health") as resp:
@@ -62,7 +65,7 @@ async def test_kill_9_of_a_worker_loses_nothing(tmp_path: Path) -> None:
                     await asyncio.sleep(0.1)
             for start in range(0, RUNS, 250):
                 batch = [{"name": "crash/go", "data": {"n": i}} for i in range(start, start + 250)]
-                async with http.post(f"{base}/e/ek", json=batch) as resp:
+                async with http.post(f"{base}/e/{EK}", json=batch) as resp:
                     assert resp.status == 200, await resp.text()
 
             async def completed() -> int:

@@ -261,6 +261,8 @@ def counting_app(calls: Calls) -> sf.App:
     "stale",
     "wrong-key",
     "other-body",
+    "t=\u00b2&s=deadbeef",        # a non-ASCII digit as the time
+    "t=1700000000&s=\u00e9\u00e9",  # a non-ASCII signature
 ])
 async def test_endpoint_outside_dev_mode_refuses_unsigned_bad_or_stale_calls(serve: Serve,
                                                                             header: str | None) -> None:
@@ -280,6 +282,27 @@ async def test_endpoint_outside_dev_mode_refuses_unsigned_bad_or_stale_calls(ser
     assert status == 401
     assert answer["error"]["code"] == "unauthorized"
     assert calls["plain"] == 0   # nothing ran
+
+
+@pytest.mark.parametrize(("document", "needle"), [
+    ({"event": [], "steps": {}, "ctx": {}}, "'event' must be an object"),
+    ({"event": {"name": "t/go"}, "steps": [], "ctx": {}}, "'steps' must be an object"),
+    ({"event": {"name": "t/go"}, "steps": {}, "ctx": "x"}, "'ctx' must be an object"),
+    ({"event": {"name": "t/go"}, "steps": {}, "ctx": {"attempt": "x"}}, "'ctx.attempt' has the wrong type"),
+    ({"event": {"name": "t/go"}, "steps": {}, "ctx": {"stack": {"stack": [1]}}}, "'ctx.stack' must list step ids"),
+    ({"event": {"name": "t/go"}, "events": [1], "steps": {}, "ctx": {}}, "'events' must be a list of objects"),
+], ids=["event", "steps", "ctx", "attempt", "stack", "events"])
+async def test_a_signed_call_with_wrong_input_types_is_a_400(serve: Serve, document: dict[str, Any],
+                                                             needle: str) -> None:
+    calls = Calls()
+    key = "signkey-prod-abc123"
+    url = await serve(counting_app(calls), ServeOptions(signing_key=key, dev=False))
+    body = codec.dumps(document)
+    status, answer, headers = await post(f"{url}?fnId=plain", {}, {"X-Inngest-Signature": signing.sign(body, key)},
+                                         raw=body)
+    assert status == 400 and headers.get("X-Inngest-No-Retry") == "true", answer
+    assert answer["name"] == "InvalidInput" and needle in answer["message"]
+    assert calls["plain"] == 0
 
 
 async def test_endpoint_outside_dev_mode_runs_correctly_signed_calls(serve: Serve) -> None:

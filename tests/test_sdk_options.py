@@ -38,7 +38,7 @@ async def test_retries_means_n_plus_one_attempts(tmp_path: Path, retries: int | 
         ids = await engine.send({"name": "t/go"})
         out = await engine.wait_for_output(ids[0], timeout=15)
     assert calls["step"] == attempts
-    assert f"gave up after {attempts} attempts" in out["message"]
+    assert f"gave up after {attempts} attempt{'s' if attempts != 1 else ''})" in out["message"]
     # the function saw the attempt number of each try, 0-based
     assert sorted(set(seen_attempts)) == list(range(attempts))
 

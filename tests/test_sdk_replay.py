@@ -5,7 +5,12 @@ per run although the function is called once per step boundary."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import decimal
+import enum
 import logging
+import uuid
 from pathlib import Path
 
 import pytest
@@ -180,3 +185,69 @@ async def test_logger_does_not_repeat_lines_around_parallel_steps(tmp_path: Path
     assert lines[0] == "fanning out" and lines[-1] == "gathered a,b,c"
     assert sorted(lines) == sorted(["fanning out", "working on a", "working on b", "working on c",
                                     "gathered a,b,c"])
+
+
+# --- typed replay and values JSON cannot hold ------------------------------------------------------------
+
+
+class Tier(enum.Enum):
+    GOLD = "gold"
+    SILVER = "silver"
+
+
+@dataclasses.dataclass
+class Account:
+    id: uuid.UUID
+    tier: Tier
+    opened: datetime.datetime
+    balance: decimal.Decimal
+
+
+async def test_dataclass_fields_are_typed_back_after_a_replay(tmp_path: Path) -> None:
+    """The function resumes after a sleep, in a new call: the step's dataclass comes back from JSON with its
+    datetime, enum, UUID and decimal fields as those types, not as strings."""
+    app = stepflow.App("bank")
+    opened = datetime.datetime(2026, 3, 1, 9, 30, tzinfo=datetime.UTC)
+    account_id = uuid.UUID("12345678-1234-5678-1234-567812345678")
+
+    def load() -> Account:
+        return Account(id=account_id, tier=Tier.GOLD, opened=opened, balance=decimal.Decimal("10.25"))
+
+    @app.function(id="review", trigger=stepflow.event("t/go"))
+    async def review(ctx: Context) -> dict[str, str]:
+        account = await ctx.step.run("load", load)
+        await ctx.step.sleep("pause", "10ms")  # what follows runs in a later call, replaying "load" from JSON
+        return {"id": type(account.id).__name__, "tier": type(account.tier).__name__,
+                "opened": type(account.opened).__name__, "balance": type(account.balance).__name__,
+                "year": str(account.opened.year), "is_gold": str(account.tier is Tier.GOLD)}
+
+    async with embedded(tmp_path, app) as engine:
+        ids = await engine.send({"name": "t/go"})
+        run = await first_run(engine, ids[0])
+    assert run["status"] == "Completed", run
+    assert run["output"] == {"id": "UUID", "tier": "Tier", "opened": "datetime", "balance": "Decimal",
+                             "year": "2026", "is_gold": "True"}
+
+
+async def test_a_step_returning_nan_or_infinity_fails_naming_the_value(tmp_path: Path) -> None:
+    app = stepflow.App("stats")
+
+    def ratio() -> dict[str, list[float]]:
+        return {"ratios": [1.0, float("nan")]}
+
+    @app.function(id="stats", trigger=stepflow.event("t/go"), retries=3)
+    async def stats(ctx: Context) -> str:
+        try:
+            await ctx.step.run("ratio", ratio)
+        except stepflow.StepError as exc:
+            return exc.error_message
+        return "stored"
+
+    async with embedded(tmp_path, app) as engine:
+        ids = await engine.send({"name": "t/go"})
+        run = await first_run(engine, ids[0])
+        steps = await engine.get_run_steps(run["run_id"])
+    assert run["status"] == "Completed"
+    assert "the value['ratios'][1] (nan) is not a finite number" in run["output"]
+    assert [(s["step_id"], s["status"], s["attempts"]) for s in steps if s["step_id"] == "ratio"] == [
+        ("ratio", "failed", 1)]  # not retried: the same value would come back

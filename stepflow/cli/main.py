@@ -15,6 +15,7 @@ from stepflow.client import Client
 from stepflow.engine import EngineConfig
 from stepflow.errors import StepflowError
 from stepflow.server.app import ServerSettings
+from stepflow.server.keys import check_production_keys
 from stepflow.server.runner import ServerOptions, run_server
 from stepflow.store import DEFAULT_SQLITE_PATH
 
@@ -54,6 +55,11 @@ def _server_options(func: Any) -> Any:
                      help="First retry delay in seconds (doubles each retry) [default: 1]"),
         click.option("--step-timeout", type=float, default=None, help="Default step timeout, seconds [900]"),
         click.option("-v", "--verbose", is_flag=True, help="Log engine activity."),
+        click.option("--header-timeout", type=float, default=10.0, show_default=True,
+                     envvar="STEPFLOW_HEADER_TIMEOUT",
+                     help="Seconds a request's headers may take to arrive (slow clients are cut off; 0: no limit)."),
+        click.option("--body-timeout", type=float, default=30.0, show_default=True, envvar="STEPFLOW_BODY_TIMEOUT",
+                     help="Seconds a request's body may take to arrive (0: no limit)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -83,11 +89,12 @@ def _start(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: i
               help="Optional in dev: when set, the REST API requires it and step requests are signed.")
 @click.option("--event-key", envvar="STEPFLOW_EVENT_KEY", default=None, help="Optional in dev.")
 def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
-        backoff_base: float | None, step_timeout: float | None, verbose: bool, signing_key: str | None,
-        event_key: str | None) -> None:
+        backoff_base: float | None, step_timeout: float | None, verbose: bool, header_timeout: float,
+        body_timeout: float, signing_key: str | None, event_key: str | None) -> None:
     """Everything in one process on embedded SQLite, keyless unless keys are given."""
     settings = ServerSettings(signing_keys=[signing_key] if signing_key else [],
-                              event_keys=[event_key] if event_key else [], dev=True)
+                              event_keys=[event_key] if event_key else [], dev=True,
+                              header_timeout=header_timeout, body_timeout=body_timeout)
     _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings)
 
 
@@ -101,8 +108,8 @@ def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int,
               help="Also execute steps in this process (--no-workers: APIs only, next to `stepflow worker`s).")
 def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
           concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool,
-          signing_key: str | None, signing_key_fallback: str | None, event_keys: tuple[str, ...],
-          workers: bool) -> None:
+          header_timeout: float, body_timeout: float, signing_key: str | None, signing_key_fallback: str | None,
+          event_keys: tuple[str, ...], workers: bool) -> None:
     """The production server: the same as dev, but keys are required."""
     if not signing_key:
         fail("stepflow serve needs a signing key: --signing-key or STEPFLOW_SIGNING_KEY "
@@ -112,7 +119,12 @@ def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: in
              "(events are accepted only at /e/<event key>)")
     assert signing_key is not None
     keys = [signing_key] + ([signing_key_fallback] if signing_key_fallback else [])
-    settings = ServerSettings(signing_keys=keys, event_keys=list(event_keys), dev=False)
+    try:
+        check_production_keys(keys, list(event_keys))
+    except StepflowError as exc:
+        fail(f"stepflow serve: {exc.message}")
+    settings = ServerSettings(signing_keys=keys, event_keys=list(event_keys), dev=False,
+                              header_timeout=header_timeout, body_timeout=body_timeout)
     _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings, workers)
 
 

@@ -246,8 +246,10 @@ def validate_cron(schedule: Any, fail: Any) -> None:
             ZoneInfo(tz.split("=", 1)[1])
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise fail(f"unknown time zone in cron trigger {schedule!r}") from exc
-    if not croniter.is_valid(expr.strip()):
-        raise fail(f"invalid cron expression {schedule!r}")
+    fields = expr.split()
+    if len(fields) not in (5, 6) or not croniter.is_valid(expr.strip(), second_at_beginning=True):
+        raise fail(f"invalid cron expression {schedule!r}: expected 5 fields (minute hour day month weekday), or 6 "
+                   "with seconds first (second minute hour day month weekday)")
 
 
 def _parse_retries(raw: Any, fail: Any) -> RetryPolicy | None:

@@ -22,6 +22,7 @@ from stepflow.endpoints.core import (
     claim_idempotent,
     current_call,
     is_resume,
+    read_resume,
     release_idempotent,
 )
 from stepflow.errors import DefinitionError, UnauthorizedError
@@ -167,14 +168,14 @@ async def _resume(provider: Provider, request: web.Request) -> web.StreamRespons
             signing.verify(body, request.headers.get(signing.SIGNATURE_HEADER), provider.keys or ["-"])
         except UnauthorizedError as exc:
             return web.json_response({"error": {"code": "unauthorized", "message": exc.message}}, status=401)
-    document = codec.loads(body)
-    data = (document.get("event") or {}).get("data") or {}
-    method, path = str(data.get("method", "GET")), str(data.get("path", request.path))
-    query = str(data.get("query_params") or "")
+    resume = read_resume(body, request.path)
+    if isinstance(resume, str):
+        return web.json_response({"name": "InvalidResume", "message": resume}, status=400,
+                                 headers={NO_RETRY_HEADER: "true"})
+    document, method, path, query = resume.document, resume.method, resume.path, resume.query
     original = blank.clone(method=method, rel_url=f"{path}?{query}" if query else path)
-    raw = str(data.get("body") or "")
     # the handler reads the original request's body (when it was recorded), not the engine's Input
-    original._read_bytes = base64.b64decode(raw) if data.get("body_encoding") == "base64" else raw.encode()
+    original._read_bytes = resume.body
     match = await request.app.router.resolve(original)
     handler = match.handler
     options: EndpointOptions | None = getattr(handler, OPTIONS_ATTR, None)
@@ -185,7 +186,7 @@ async def _resume(provider: Provider, request: web.Request) -> web.StreamRespons
     original._match_info = match
     info = RequestInfo(method=method, path=path, domain=provider.app_id, ip="", content_type="", query=query,
                        body=b"")
-    call = EndpointCall(provider, options, str(data.get("fn") or f"{method} {path}"), info, resume=document)
+    call = EndpointCall(provider, options, resume.fn or f"{method} {path}", info, resume=document)
     token = current_call.set(call)
     try:
         from stepflow.endpoints.core import EndpointResume

@@ -31,11 +31,13 @@ from stepflow.endpoints.core import (
     claim_idempotent,
     current_call,
     is_resume,
+    read_resume,
     release_idempotent,
 )
 from stepflow.errors import UnauthorizedError
 from stepflow.ids import new_ulid
 from stepflow.protocol import signing
+from stepflow.protocol.wire import NO_RETRY_HEADER
 from stepflow.tokens import make_token
 
 Scope = MutableMapping[str, Any]
@@ -180,13 +182,14 @@ def make_asgi_middleware(provider: Provider) -> type:
                     except UnauthorizedError as exc:
                         await _send_json(send, 401, {"error": {"code": "unauthorized", "message": exc.message}})
                         return
-                resume = codec.loads(body)
-                data = (resume.get("event") or {}).get("data") or {}
-                raw = str(data.get("body") or "")
-                body = base64.b64decode(raw) if data.get("body_encoding") == "base64" else raw.encode()
-                scope = dict(scope, method=str(data.get("method", "GET")), path=str(data.get("path", scope["path"])),
-                             raw_path=str(data.get("path", scope["path"])).encode(),
-                             query_string=str(data.get("query_params") or "").encode())
+                call = read_resume(body, scope["path"])
+                if isinstance(call, str):
+                    await _send_json(send, 400, {"name": "InvalidResume", "message": call},
+                                     {NO_RETRY_HEADER: "true"})
+                    return
+                resume, body = call.document, call.body
+                scope = dict(scope, method=call.method, path=call.path, raw_path=call.path.encode(),
+                             query_string=call.query.encode())
             info = RequestInfo(method=scope["method"], path=scope["path"], domain=provider.app_id,
                                ip=(scope.get("client") or ("", 0))[0], content_type=headers.get("content-type", ""),
                                query=scope.get("query_string", b"").decode("latin-1"), body=body)

@@ -21,6 +21,7 @@ from typing import Any
 
 from ulid import ULID
 
+from stepflow import codec
 from stepflow.endpoints.checkpointer import Checkpointer
 from stepflow.engine.endpoints import RESUME_HEADER
 from stepflow.ids import new_ulid
@@ -315,3 +316,42 @@ def update_omit_response_body(omit: bool) -> None:
     call = current_call.get()
     if call is not None:
         call.omit_response_body = omit
+
+
+@dataclass(slots=True)
+class ResumeCall:
+    """A resume call from the engine, read: the Input, and the original request it re-plays."""
+
+    document: dict[str, Any]
+    method: str
+    path: str
+    query: str
+    body: bytes
+    fn: str | None
+
+
+def read_resume(raw: bytes, default_path: str) -> ResumeCall | str:
+    """Read a (correctly signed) resume call's Input; a string says why it cannot be one. Only the engine sends
+    these, but a malformed one must get a clean 400, not a crash inside the user's web app."""
+    try:
+        document = codec.loads(raw)
+    except codec.JSONDecodeError as exc:
+        return f"the resume call's body is not JSON: {exc}"
+    if not isinstance(document, dict):
+        return "the resume call's body must be the Input object"
+    event = document.get("event") or {}
+    data = event.get("data") if isinstance(event, dict) else None
+    if not isinstance(event, dict) or not isinstance(data or {}, dict):
+        return "the resume call's 'event' must be an object with 'data' an object"
+    data = data or {}
+    for field_name in ("method", "path", "query_params", "body", "body_encoding", "fn"):
+        if data.get(field_name) is not None and not isinstance(data[field_name], str):
+            return f"the resume call's event.data.{field_name} must be a string"
+    raw_body = data.get("body") or ""
+    try:
+        body = base64.b64decode(raw_body, validate=True) if data.get("body_encoding") == "base64" \
+            else raw_body.encode()
+    except ValueError:
+        return "the resume call's event.data.body is not valid base64"
+    return ResumeCall(document=document, method=data.get("method") or "GET", path=data.get("path") or default_path,
+                      query=data.get("query_params") or "", body=body, fn=data.get("fn"))

@@ -1,4 +1,4 @@
-"""Driving code functions (SDK protocol, DESIGN.md §3) from the engine side.
+"""Driving code functions (SDK protocol, docs/sdk.md#the-protocol) from the engine side.
 
 A code run is a sequence of *calls*: the engine sends the Input with every memoized step, the SDK answers
 200 (done), 206 (ops) or an error. This module turns each answer into one `Advance`, applied in the same

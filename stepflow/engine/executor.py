@@ -1,6 +1,6 @@
 """Executing one claimed job and recording what it produced.
 
-The rules of DESIGN.md §2 live here, once, for every runtime: 2xx → store {status, body}; 4xx (or
+The rules of docs/step-contract.md live here, once, for every runtime: 2xx → store {status, body}; 4xx (or
 X-Inngest-No-Retry) → fail now; 5xx and no answer → retry with backoff until the attempts are spent; output
 over the limit → `output_too_large`, not retried. Jobs of code functions (calls, sleeps, waits, steps on other
 runtimes) are turned into decisions by `engine.code`; workflow steps by `engine.planner`.

@@ -33,7 +33,8 @@ def next_tick(schedule: str, after_ms: int) -> int:
         zone, _, expr = expr.partition(" ")
         tz = ZoneInfo(zone.split("=", 1)[1])  # type: ignore[assignment]
     start = datetime.fromtimestamp(after_ms / 1000, tz=tz)
-    return int(croniter(expr.strip(), start).get_next(datetime).timestamp() * 1000)
+    # six fields: seconds come FIRST, as in Quartz and Spring (croniter's default puts them last)
+    return int(croniter(expr.strip(), start, second_at_beginning=True).get_next(datetime).timestamp() * 1000)
 
 
 class CronScheduler:

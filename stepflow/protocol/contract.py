@@ -1,4 +1,4 @@
-"""The step contract (DESIGN.md §2), shared by every runtime.
+"""The step contract (docs/step-contract.md), shared by every runtime.
 
 Input:    {"event", "events", "steps", "ctx"} — the same document for http, docker and lambda.
 Response: {"status", "body"} (or `statusCode`); a string body holding JSON is decoded; a document with
@@ -95,7 +95,7 @@ def interpret_document(document: Any, default_status: int = 200) -> StepResponse
     """Turn a decoded answer into a StepResponse, following the contract's fallbacks."""
     if isinstance(document, dict) and ("status" in document or "statusCode" in document):
         status = document.get("status", document.get("statusCode"))
-        if isinstance(status, str) and status.isdigit():
+        if isinstance(status, str) and status.isascii() and status.isdigit():
             status = int(status)
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
             raise MalformedResponse(

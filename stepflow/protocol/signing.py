@@ -69,7 +69,7 @@ def verify(body: bytes, header: str | None, signing_keys: str | list[str],
         raise UnauthorizedError(f"missing {SIGNATURE_HEADER} header")
     parts = dict(p.split("=", 1) for p in header.split("&") if "=" in p)
     t_raw, sig = parts.get("t"), parts.get("s")
-    if not t_raw or not sig or not t_raw.isdigit():
+    if not t_raw or not sig or not (t_raw.isascii() and t_raw.isdigit()):
         raise UnauthorizedError(f"malformed {SIGNATURE_HEADER} header")
     t = int(t_raw)
     current = time.time() if now is None else now
@@ -79,6 +79,6 @@ def verify(body: bytes, header: str | None, signing_keys: str | list[str],
     for key in keys:
         mac = hmac.new(_key_bytes(key), body, hashlib.sha256)
         mac.update(t_raw.encode())
-        if hmac.compare_digest(mac.hexdigest(), sig):
+        if hmac.compare_digest(mac.hexdigest().encode(), sig.encode()):
             return
     raise UnauthorizedError("signature does not match")

@@ -139,3 +139,29 @@ def answered_version(headers: dict[str, str] | None) -> int | None:
     """The executor request version an SDK answered with, if it said one."""
     value = (headers or {}).get(REQUEST_VERSION_HEADER.lower(), "")
     return int(value) if value.isascii() and value.isdigit() else None
+
+
+def input_problem(document: Any) -> str | None:
+    """Why a call's Input is not one (wrong JSON types), or None. An SDK answers such a call 400, not-retried."""
+    if not isinstance(document, dict):
+        return "the Input must be an object {event, events, steps, ctx}"
+    expected: dict[str, tuple[type, ...]] = {"event": (dict,), "events": (list,), "steps": (dict,), "ctx": (dict,)}
+    for field, types in expected.items():
+        if document.get(field) is not None and not isinstance(document[field], types):
+            return f"the Input's '{field}' must be {'an object' if types == (dict,) else 'a list'}, got " \
+                   f"{type(document[field]).__name__}"
+    if any(not isinstance(event, dict) for event in document.get("events") or []):
+        return "the Input's 'events' must be a list of objects"
+    ctx = document.get("ctx") or {}
+    checks: dict[str, tuple[type, ...]] = {"run_id": (str,), "attempt": (int,), "max_attempts": (int,),
+                                           "step_id": (str,), "stack": (dict, list), "function_id": (str,),
+                                           "app_id": (str,), "step_names": (dict,), "max_output_bytes": (int,)}
+    for field, types in checks.items():
+        value = ctx.get(field)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"the Input's 'ctx.{field}' has the wrong type ({type(value).__name__})"
+    stack = ctx.get("stack")
+    ids = stack.get("stack") if isinstance(stack, dict) else stack
+    if ids is not None and (not isinstance(ids, list) or any(not isinstance(i, str) for i in ids)):
+        return "the Input's 'ctx.stack' must list step ids (strings)"
+    return None

@@ -35,7 +35,7 @@ def _botocore() -> Any:
         import botocore.session
     except ImportError as exc:  # pragma: no cover - the lambda extra is not installed
         raise StepAttemptError("runtime_unavailable", "the lambda runtime needs botocore: "
-                               "pip install 'stepflow[lambda]'", retryable=False) from exc
+                               "in the stepflow checkout, pip install -e '.[lambda]'", retryable=False) from exc
     return botocore
 
 

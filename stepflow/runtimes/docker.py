@@ -1,6 +1,6 @@
 """The docker runtime: each attempt of a step is a fresh container on a Docker engine.
 
-Contract (DESIGN.md §2): the Input is the container command's first argument (`argv[1]`); the Response is
+Contract (docs/step-contract.md): the Input is the container command's first argument (`argv[1]`); the Response is
 the step's stdout — the last line that parses as JSON, else the whole stdout. Exit 0 without a status is 200;
 a non-zero exit without a status is 500 (retried) with the exit code and the tail of stderr; an OOM kill is
 `oom_killed` (not retried: the same limit kills it again); a timeout kills the container and is retried;
@@ -90,7 +90,7 @@ class DockerRuntime:
         for container in await self._client.list_containers(OWNER_LABEL):
             owner = (container.get("Labels") or {}).get(OWNER_LABEL, "")
             owner_host, _, pid = owner.rpartition(":")
-            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            if owner_host == host and pid.isascii() and pid.isdigit() and not _alive(int(pid)):
                 await self._client.remove(container["Id"])
 
     async def _remove(self, container_id: str) -> None:

@@ -1,5 +1,5 @@
 """The Python SDK: declare functions with decorators and durable steps; serve them over HTTP or run them
-embedded. It imports no engine code: it speaks the SDK protocol (DESIGN.md §3) and nothing else."""
+embedded. It imports no engine code: it speaks the SDK protocol (docs/sdk.md#the-protocol) and nothing else."""
 
 from stepflow.sdk.app import App, FunctionSpec
 from stepflow.sdk.context import Context, Event

@@ -12,7 +12,7 @@ from typing import Any
 from stepflow.definitions.loader import parse_function
 from stepflow.durations import parse_duration
 from stepflow.errors import DefinitionError
-from stepflow.protocol.wire import NO_RETRY_HEADER
+from stepflow.protocol.wire import NO_RETRY_HEADER, input_problem
 from stepflow.sdk.context import Context
 from stepflow.sdk.execution import DEFAULT_INLINE_BUDGET, Execution, SdkResponse
 
@@ -126,6 +126,9 @@ class App:
                                      "message": f"app {self.id!r} has no function {function_id!r}; it has "
                                                 f"{sorted(self.functions)}"},
                                {NO_RETRY_HEADER: "true"})
+        problem = input_problem(request)
+        if problem is not None:
+            return SdkResponse(400, {"name": "InvalidInput", "message": problem}, {NO_RETRY_HEADER: "true"})
         return await Execution(spec, request, inline_budget=self.inline_budget).run()
 
     def configs(self, runtime_for: Callable[[FunctionSpec], dict[str, Any]]) -> list[dict[str, Any]]:

@@ -38,7 +38,9 @@ class StepError(StepflowError):
 
     code = "step_failed"
 
-    def __init__(self, step_id: str, error: dict[str, Any]) -> None:
+    def __init__(self, step_id: str, error: dict[str, Any] | Any) -> None:
+        if not isinstance(error, dict):
+            error = {"message": str(error)}
         self.step_id = step_id
         self.error_name = str(error.get("name") or error.get("code") or "Error")
         self.error_message = str(error.get("message") or "")

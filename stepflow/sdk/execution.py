@@ -1,4 +1,4 @@
-"""One call of a function under the SDK protocol (DESIGN.md §3).
+"""One call of a function under the SDK protocol (docs/sdk.md#the-protocol).
 
 The engine calls the function with the Input `{event, events, steps, ctx}`. The function replays memoized
 steps from `steps` until it reaches steps that have no result yet; this module decides what to do with them

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from stepflow import codec
 from stepflow.engine import Engine
@@ -15,10 +18,14 @@ from stepflow.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     StepflowError,
     UnauthorizedError,
 )
 from stepflow.protocol.signing import bearer_matches
+
+if TYPE_CHECKING:
+    from stepflow.embedded import Engine as EmbeddedEngine
 
 log = logging.getLogger("stepflow.server")
 
@@ -32,6 +39,10 @@ class ServerSettings:
     dev: bool = False                                       # keyless when no keys are configured
     max_request_bytes: int = 16 * 1024 * 1024
     environment_id: str = "local"
+    # slow clients cannot hold connections: a request's headers must arrive within header_timeout seconds
+    # of its first byte, and its body within body_timeout seconds (0 = no limit)
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     @property
     def rest_auth_required(self) -> bool:
@@ -120,12 +131,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def create_app(engine: Engine, settings: ServerSettings) -> web.Application:
+def create_app(engine: Engine | EmbeddedEngine, settings: ServerSettings) -> web.Application:
     from stepflow.server import routes_apps, routes_endpoints, routes_events, routes_rest
 
+    core = engine if isinstance(engine, Engine) else getattr(engine, "core", None)  # stepflow.Engine's core
+    if not isinstance(core, Engine):
+        raise TypeError(f"create_app() takes a stepflow.Engine or a stepflow.engine.Engine, "
+                        f"not {type(engine).__name__}")
     app = web.Application(middlewares=[error_middleware, auth_middleware],
                           client_max_size=settings.max_request_bytes)
-    app[ENGINE_KEY] = engine
+    app[ENGINE_KEY] = core
     app[SETTINGS_KEY] = settings
     routes_events.setup(app)
     routes_rest.setup(app)
@@ -145,10 +160,21 @@ async def read_body(request: web.Request) -> bytes:
         raise PayloadTooLargeError(f"the request body is {request.content_length} bytes; the server accepts at "
                                    f"most {settings.max_request_bytes} bytes per request")
     try:
+        if settings.body_timeout > 0:
+            return await asyncio.wait_for(request.read(), settings.body_timeout)
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLargeError(f"the request body is larger than the server's limit "
                                    f"({settings.max_request_bytes} bytes)") from exc
+    except TimeoutError as exc:
+        raise RequestTimeoutError(f"the request body did not arrive within {settings.body_timeout:g}s") from exc
+    except RequestPayloadError as exc:
+        # e.g. `Content-Encoding: gzip` on a body that is not gzip: the body cannot be read as sent
+        cause = exc.__cause__ or exc.__context__
+        detail = getattr(cause, "message", None) or str(cause or exc)
+        raise InvalidRequestError(f"the request body cannot be read as sent "
+                                  f"({request.headers.get('Content-Encoding') or 'no Content-Encoding'}): "
+                                  f"{str(detail).strip()}") from exc
 
 
 __all__ = [

@@ -68,7 +68,7 @@ def _wait_seconds(request: web.Request) -> float | None:
     if not wait_param:
         return None
     try:
-        wait = parse_duration(wait_param if not wait_param.isdigit() else f"{wait_param}s")
+        wait = parse_duration(wait_param if not (wait_param.isascii() and wait_param.isdigit()) else f"{wait_param}s")
     except ValueError as exc:
         raise InvalidRequestError(f"'wait': {exc}") from exc
     if wait > MAX_WAIT_SECONDS:

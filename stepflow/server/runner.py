@@ -15,6 +15,7 @@ from stepflow.definitions import load_function_file
 from stepflow.engine import Engine, EngineConfig
 from stepflow.errors import DefinitionError
 from stepflow.server.app import ServerSettings, create_app
+from stepflow.server.http_protocol import StepflowAppRunner
 from stepflow.server.routes_apps import SYNC_LOG_KEY, sync_app
 from stepflow.store import store_from_url
 
@@ -58,7 +59,8 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
             announce(f"  function {fn.id} (v{version}) from {fn.source}: {len(fn.steps)} step(s), "
                      f"triggers {', '.join(t.event or f'cron {t.cron}' for t in fn.triggers)}")
         app = create_app(engine, options.settings)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = StepflowAppRunner(app, access_log=None, handle_signals=False,
+                                   header_timeout=options.settings.header_timeout)
         await runner.setup()
         site = web.TCPSite(runner, options.host, options.port, reuse_address=True, backlog=1024)
         await site.start()
@@ -85,6 +87,8 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
         for task in syncs:
             task.cancel()
     finally:
+        # long polls (`?wait=`) answer now: the HTTP shutdown below waits for open requests to finish
+        engine.watcher.close()
         if runner is not None:
             await runner.cleanup()
         await engine.stop()

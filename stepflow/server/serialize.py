@@ -33,6 +33,15 @@ def run_v1(run: RunRecord, environment_id: str) -> dict[str, Any]:
     return out
 
 
+def v2_output(output: Any) -> dict[str, Any]:
+    """The v2 schema requires `output` to be an object. Any other value is wrapped as `{"value": …}`, and so is an
+    object whose only key is `value` — so the rule for a reader is exact: an output with exactly one key,
+    `value`, is a wrapper; the function's output is what it holds."""
+    if isinstance(output, dict) and set(output) != {"value"}:
+        return output
+    return {"value": output}
+
+
 def run_v2(run: RunRecord) -> dict[str, Any]:
     """Valid against the InngestRun schema: `output` must be an object, timestamps strings; absent → omitted."""
     out: dict[str, Any] = {"run_id": run.id, "function_id": run.function_id, "app_id": run.app_id,
@@ -40,7 +49,7 @@ def run_v2(run: RunRecord) -> dict[str, Any]:
     if run.event_id is not None:
         out["event_id"] = run.event_id
     if run.output is not None:
-        out["output"] = run.output if isinstance(run.output, dict) else {"value": run.output}
+        out["output"] = v2_output(run.output)
     if run.started_at is not None:
         out["started_at"] = iso(run.started_at)
     if run.ended_at is not None:

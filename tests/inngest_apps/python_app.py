@@ -211,7 +211,7 @@ async def cancellable(ctx: inngest.Context) -> str:
 
 # (l) cron: every 2 seconds (stepflow reads a sixth field as seconds)
 @client.create_function(fn_id="cron-tick",
-                        trigger=inngest.TriggerCron(cron=os.environ.get("CRON_SCHEDULE", "* * * * * */2")))
+                        trigger=inngest.TriggerCron(cron=os.environ.get("CRON_SCHEDULE", "*/2 * * * * *")))
 async def cron_tick(ctx: inngest.Context) -> dict[str, Any]:
     def tick() -> int:
         hit("cron", "tick")

@@ -149,7 +149,7 @@ export function buildFunctions(sdk) {
     });
 
   // (l) cron: every 2 seconds (stepflow reads a sixth field as seconds)
-  const cronFn = createFunction({ id: "cron-tick" }, { cron: process.env.CRON_SCHEDULE || "* * * * * */2" },
+  const cronFn = createFunction({ id: "cron-tick" }, { cron: process.env.CRON_SCHEDULE || "*/2 * * * * *" },
     async ({ step }) => {
       const at = await step.run("tick", () => { hit("cron", "tick"); return Date.now(); });
       return { tick: at };
