@@ -423,6 +423,38 @@ async def test_wait_for_event_in_a_durable_handler(
         ("order", "completed"), ("approval", "completed"), ("ship", "completed")]
 
 
+async def test_send_event_in_a_durable_handler_keeps_the_request_synchronous(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    """Nothing waits on a sent event: the request answers inline (no 303), the event is stored once and starts
+    the functions it triggers, and the step records its ids."""
+    await server.register({"id": "on-order-placed", "triggers": [{"event": "order/placed"}],
+                           "steps": {"note": {"runtime": {"type": "inprocess", "handler": "json:dumps"}}}})
+
+    @endpoints.durable(id="place-order")
+    async def place(request: web.Request, step: Any) -> web.Response:
+        order = await step.run("order", request.json)
+        ids = await step.send_event("announce", {"name": "order/placed", "data": {"order": order["id"]}})
+        return web.json_response({"order": order["id"], "event_ids": ids})
+
+    api = await api_factory(server.url, lambda app: app.router.add_post("/orders/place", place))
+    async with http.post(f"{api.url}/orders/place", json={"id": "o-9"}, allow_redirects=False) as resp:
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        run_id = resp.headers["X-Run-ID"]
+    [event_id] = body["event_ids"]
+    assert body["order"] == "o-9" and event_id.startswith(run_id)
+    event = await server.client._request("GET", f"/v1/events/{event_id}")
+    assert event["data"]["name"] == "order/placed" and event["data"]["data"] == {"order": "o-9"}
+    [triggered] = await server.client.get_event_runs(event_id)
+    assert triggered["function_id"] == "on-order-placed"
+    assert (await server.client.wait_for_run(triggered["run_id"], timeout=10))["status"] == "Completed"
+    run = await stored_run(server, api, run_id)
+    assert run["status"] == "Completed"
+    steps = await server.client.get_run_steps(run_id)
+    assert [(s["step_id"], s["status"]) for s in steps] == [("order", "completed"), ("announce", "completed")]
+    assert steps[1]["output"] == {"ids": [event_id]}
+
+
 # --- idempotency ----------------------------------------------------------------------------------------
 
 

@@ -21,8 +21,16 @@ from typing import Any
 import aiohttp
 
 from stepflow import codec
+from stepflow.errors import StepflowError
 
 log = logging.getLogger("stepflow.endpoints")
+
+
+class CheckpointError(StepflowError):
+    """A checkpoint the request had to wait for could not be stored."""
+
+    code = "checkpoint_failed"
+    status = 503
 BATCH = 200
 
 
@@ -170,12 +178,39 @@ class Checkpointer:
             self.refused += 1
             log.error("stepflow refused a checkpoint (%s): %s", status, text[:500])
 
-    async def _post(self, batch: list[dict[str, Any]]) -> tuple[int, str]:
-        """The server's status and text; raises for what must be retried (unreachable, 5xx)."""
+    async def call(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """Post one checkpoint now, outside the queue, and return the server's result for it. Only for what a
+        request must wait for to go on (the ids of events it sends); raises CheckpointError if it fails."""
+        session = self._client()
+        try:
+            async with session.post(f"{self.base_url}/v1/checkpoints",
+                                    data=codec.dumps({"checkpoints": [checkpoint]}),
+                                    headers={"Content-Type": "application/json"},
+                                    timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CheckpointError(f"the stepflow server at {self.base_url} is not reachable: {exc}") from exc
+        try:
+            document = codec.loads(raw)
+        except codec.JSONDecodeError:
+            document = None
+        if status >= 400 or not isinstance(document, dict) or not isinstance(document.get("data"), list):
+            error = document.get("error") if isinstance(document, dict) else None
+            message = error.get("message") if isinstance(error, dict) else raw[:300].decode(errors="replace")
+            raise CheckpointError(f"the stepflow server answered {status}: {message}")
+        result: dict[str, Any] = document["data"][0]
+        return result
+
+    def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             headers = {"Authorization": f"Bearer {self.signing_key}"} if self.signing_key else {}
             self._session = aiohttp.ClientSession(headers=headers)
-        async with self._session.post(f"{self.base_url}/v1/checkpoints", data=codec.dumps({"checkpoints": batch}),
+        return self._session
+
+    async def _post(self, batch: list[dict[str, Any]]) -> tuple[int, str]:
+        """The server's status and text; raises for what must be retried (unreachable, 5xx)."""
+        async with self._client().post(f"{self.base_url}/v1/checkpoints", data=codec.dumps({"checkpoints": batch}),
                                       headers={"Content-Type": "application/json"},
                                       timeout=aiohttp.ClientTimeout(total=30)) as resp:
             if resp.status >= 500:

@@ -222,7 +222,13 @@ class EndpointCall:
         def step_done(op: dict[str, Any]) -> None:
             checkpointer.put_soon({"op": "steps", "run_id": self.run_id, "steps": [op]})
 
-        reply = await Execution(spec, document, inline_budget=math.inf, on_step=step_done).run()
+        async def send_events(events: list[dict[str, Any]]) -> list[str]:
+            # the request waits for the server to store them: their ids are the step's value
+            result = await checkpointer.call({"op": "send", "run_id": self.run_id, "events": events})
+            return list(result["ids"])
+
+        reply = await Execution(spec, document, inline_budget=math.inf, on_step=step_done,
+                                send_events=send_events).run()
         ops = reply.body if reply.status == 206 and isinstance(reply.body, list) else []
         if reply.status == 200 or (ops and ops[-1].get("op") == Op.RUN_COMPLETE):
             output = reply.body if reply.status == 200 else ops[-1].get("data")

@@ -20,6 +20,7 @@ from stepflow.definitions import FunctionDef, parse_function
 from stepflow.engine import code
 from stepflow.engine.runs import new_run
 from stepflow.errors import ConflictError, InvalidRequestError
+from stepflow.events import validate_event
 from stepflow.ids import is_ulid, now_ms
 from stepflow.store.records import Advance, EventRecord, RunState, RunStatus, StepStatus, StepWrite
 from stepflow.protocol.wire import Op
@@ -32,7 +33,8 @@ class EndpointCheckpoints:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         # an explicit table, not getattr: a checkpoint's `op` must never reach an arbitrary attribute
-        self._handlers = {"run": self._run, "steps": self._steps, "async": self._async, "response": self._response}
+        self._handlers = {"run": self._run, "steps": self._steps, "async": self._async, "response": self._response,
+                          "send": self._send}
 
     async def apply(self, checkpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results = []
@@ -115,6 +117,17 @@ class EndpointCheckpoints:
         await self.engine.store.advance_run(run_id, advance, now)
         return {"op": "async", "run_id": run_id}
 
+    async def _send(self, run_id: str, cp: dict[str, Any]) -> dict[str, Any]:
+        """`step.send_event` during a request: the events are stored now, and their ids answered, so the request
+        stays synchronous (the step itself is checkpointed like any other). The middleware gives each event an id
+        derived from the run and the step, so sending again after a crash stores nothing twice."""
+        now = now_ms()
+        items = cp["events"]
+        records = [validate_event(item, index=i if len(items) > 1 else None, received_at=now)
+                   for i, item in enumerate(items)]
+        ids = await self.engine.ingest(records)
+        return {"op": "send", "run_id": run_id, "ids": ids}
+
     async def _response(self, run_id: str, cp: dict[str, Any]) -> dict[str, Any]:
         result = cp.get("result") or {}
 
@@ -141,6 +154,7 @@ _FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "steps": {"steps": (list,)},
     "async": {"ops": (list, type(None)), "attempt": (int, type(None)), "started_at": (int, type(None))},
     "response": {"result": (dict,)},
+    "send": {"events": (list,)},
 }
 _TYPE_NAMES = {str: "a string", int: "a whole number", dict: "an object", list: "a list", type(None): "null"}
 

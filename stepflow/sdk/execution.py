@@ -24,7 +24,7 @@ import asyncio
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,9 +71,13 @@ def output_too_large(step: str, size: int, limit: int) -> dict[str, Any]:
 class Execution:
     def __init__(self, spec: FunctionSpec, request: dict[str, Any], *,
                  inline_budget: float = DEFAULT_INLINE_BUDGET,
-                 on_step: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_step: Callable[[dict[str, Any]], None] | None = None,
+                 send_events: Callable[[list[dict[str, Any]]], Awaitable[list[str]]] | None = None) -> None:
         self.spec = spec
         self._on_step = on_step
+        # set where the function runs inside a request (durable endpoints): events are sent by a step run
+        # inline, so the request need not hand its run to the engine only to send them
+        self.send_events = send_events
         ctx = request.get("ctx") or {}
         self._memos: dict[str, Any] = dict(request.get("steps") or {})
         self._stack: list[str] = list((ctx.get("stack") or {}).get("stack") or []) if isinstance(

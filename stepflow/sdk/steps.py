@@ -178,8 +178,22 @@ class StepTools:
         if found:
             return list(value["ids"] if isinstance(value, dict) else value)
         items = events if isinstance(events, list) else [events]
-        opts = {"events": [to_json_value(e.to_dict() if isinstance(e, Event) else e) for e in items]}
-        result = await self._x.report(FoundStep(hashed, display, Op.SEND_EVENT, opts=opts))
+        documents = [to_json_value(e.to_dict() if isinstance(e, Event) else e) for e in items]
+        sender = self._x.send_events
+        if sender is not None:
+            # Sent by a step run right here. Each event gets an id derived from the run and this step unless it
+            # has one, so a retried step (or a replay after a crash) sends nothing twice: the server keeps one
+            # event per id.
+            run_id = self._x.context.run_id
+            stamped = [d if not isinstance(d, dict) or d.get("id") else {**d, "id": f"{run_id}-{hashed[:16]}-{i}"}
+                       for i, d in enumerate(documents)]
+
+            async def send() -> dict[str, list[str]]:
+                return {"ids": await sender(stamped)}
+
+            result = await self._x.report(FoundStep(hashed, display, Op.STEP_RUN, run=send))
+            return list(result["ids"])
+        result = await self._x.report(FoundStep(hashed, display, Op.SEND_EVENT, opts={"events": documents}))
         return list(result["ids"])
 
     async def remote(self, step_id: str, *, runtime: dict[str, Any], data: Any = None) -> Any:
