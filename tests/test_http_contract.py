@@ -1,4 +1,4 @@
-"""The http runtime and the step contract (DESIGN.md §2), against a real stepflow server and real step servers:
+"""The http runtime and the step contract (docs/step-contract.md), against a real stepflow server and real step servers:
 the Input document, every form of answer, retries (5xx, no answer, Retry-After, X-Inngest-No-Retry), no retry on
 4xx, the 1 MiB output limit and request signatures."""
 
