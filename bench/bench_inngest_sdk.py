@@ -28,7 +28,7 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_sdk import free_port, load, pct, sequential  # noqa: E402
+from bench_sdk import event_loop_runner, free_port, load, pct, sequential, workload_args  # noqa: E402
 
 SDKS = {  # label: (event prefix, app URL path, function ids)
     "stepflow SDK": ("bench/sdk", "/api/stepflow", "bench"),
@@ -108,16 +108,8 @@ async def bench(args: argparse.Namespace, workdir: str) -> dict[str, dict[str, A
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--sequential", type=int, default=200)
-    args = parser.parse_args()
-    try:
-        import uvloop
-        run = uvloop.run
-    except ImportError:  # pragma: no cover
-        run = asyncio.run
+    args = workload_args(__doc__ or "")
+    run = event_loop_runner()
     with tempfile.TemporaryDirectory() as workdir:
         results = run(bench(args, workdir))
     print(f"\n3-step function over HTTP against `stepflow dev`: {args.runs} runs, {args.concurrency} in flight; "

@@ -132,17 +132,27 @@ async def over_http(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             proc.wait(10)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def workload_args(description: str) -> argparse.Namespace:
+    """The workload options the SDK benchmarks share."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--sequential", type=int, default=200)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def event_loop_runner() -> Any:
+    """uvloop.run when uvloop is installed (as under the server), else asyncio.run."""
     try:
         import uvloop
-        run = uvloop.run
+        return uvloop.run
     except ImportError:  # pragma: no cover
-        run = asyncio.run
+        return asyncio.run
+
+
+def main() -> None:
+    args = workload_args(__doc__ or "")
+    run = event_loop_runner()
     with tempfile.TemporaryDirectory() as workdir:
         results = {"embedded": run(embedded(args, workdir)), "over HTTP": run(over_http(args, workdir))}
     print(f"\n3-step SDK function: {args.runs} runs, {args.concurrency} in flight; "
