@@ -6,7 +6,7 @@ from typing import Any
 
 from stepflow import codec
 from stepflow.errors import InvalidRequestError, PayloadTooLargeError
-from stepflow.ids import is_valid_event_id, new_ulid, now_ms
+from stepflow.ids import control_character, is_valid_event_id, new_ulid, now_ms
 from stepflow.store.records import EventRecord
 
 MAX_EVENT_BYTES = 512 * 1024
@@ -55,11 +55,10 @@ def validate_event(item: Any, *, index: int | None, received_at: int,
         raise InvalidRequestError(f"{where}: 'name' is required and must be a non-empty string")
     if len(name) > 256:
         raise InvalidRequestError(f"{where}: 'name' is longer than 256 characters")
-    control = next((ch for ch in name if ord(ch) < 32 or 127 <= ord(ch) < 160), None)
+    control = control_character(name)
     if control is not None:
-        # refused on every store alike (PostgreSQL cannot store U+0000 in text; SQLite would)
-        raise InvalidRequestError(f"{where}: 'name' contains the control character U+{ord(control):04X}; event "
-                                  "names are printable text")
+        raise InvalidRequestError(f"{where}: 'name' contains the control character {control}; event names are "
+                                  "printable text")
     data = item.get("data", {})
     if data is None:
         data = {}

@@ -28,6 +28,7 @@ from stepflow.definitions.model import (
 from stepflow.durations import parse_duration
 from stepflow.errors import DefinitionError, ExpressionError
 from stepflow.expressions import Expression
+from stepflow.ids import control_character
 
 RUNTIME_OPTIONS: dict[str, set[str]] = {
     "http": {"url", "headers", "timeout"},
@@ -94,11 +95,11 @@ def parse_function(config: Any, *, source: str = "python") -> FunctionDef:
     if unknown:
         raise fail(f"unknown field(s) {sorted(unknown)}; expected some of {sorted(_FUNCTION_KEYS)}")
     name = config.get("name", fid)
-    if not isinstance(name, str):
-        raise fail("'name' must be a string")
+    if not isinstance(name, str) or control_character(name):
+        raise fail("'name' must be a string of printable characters")
     app_id = config.get("app_id", "default")
-    if not isinstance(app_id, str) or not app_id:
-        raise fail("'app_id' must be a non-empty string")
+    if not isinstance(app_id, str) or not app_id or control_character(app_id):
+        raise fail("'app_id' must be a non-empty string of printable characters")
 
     # code functions may have no trigger: they are started by `invoke` or, for durable endpoints, by requests
     triggers = () if "runtime" in config and config.get("triggers") == [] else _parse_triggers(

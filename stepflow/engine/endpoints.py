@@ -156,6 +156,7 @@ _FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "response": {"result": (dict,)},
     "send": {"events": (list,)},
 }
+MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 _TYPE_NAMES = {str: "a string", int: "a whole number", dict: "an object", list: "a list", type(None): "null"}
 
 
@@ -166,6 +167,12 @@ def _check_fields(op: str, checkpoint: dict[str, Any]) -> None:
         if not isinstance(value, types) or isinstance(value, bool):
             wanted = " or ".join(_TYPE_NAMES[t] for t in types)
             raise InvalidRequestError(f"checkpoint {op!r}: '{field}' must be {wanted}, got {type(value).__name__}")
+        if isinstance(value, str) and any(ord(ch) < 32 for ch in value):
+            raise InvalidRequestError(f"checkpoint {op!r}: '{field}' contains a control character")
+    started = checkpoint.get("started_at")
+    if isinstance(started, int) and not 0 <= started <= MAX_TIMESTAMP_MS:
+        raise InvalidRequestError(f"checkpoint {op!r}: 'started_at' must be milliseconds since the epoch, from 0 "
+                                  f"to {MAX_TIMESTAMP_MS}")
     if op == "steps":
         for i, item in enumerate(checkpoint["steps"]):
             if not isinstance(item, dict) or not isinstance(item.get("op"), str):

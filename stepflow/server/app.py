@@ -22,6 +22,7 @@ from stepflow.errors import (
     StepflowError,
     UnauthorizedError,
 )
+from stepflow.ids import control_character
 from stepflow.protocol.signing import bearer_matches
 
 if TYPE_CHECKING:
@@ -116,6 +117,17 @@ def _key_matches(given: str, keys: list[str]) -> bool:
 
 
 @web.middleware
+async def printable_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Query parameters and path segments are printable text: a control character (U+0000 above all, which
+    PostgreSQL cannot even compare) is a 400 naming the parameter, the same on every store."""
+    for name, value in (*request.query.items(), *request.match_info.items()):
+        control = control_character(value) or control_character(name)
+        if control is not None:
+            raise InvalidRequestError(f"the request's {name!r} contains the control character {control}")
+    return await handler(request)
+
+
+@web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS_KEY]
     path = request.path
@@ -132,13 +144,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def create_app(engine: Engine | EmbeddedEngine, settings: ServerSettings) -> web.Application:
-    from stepflow.server import routes_apps, routes_endpoints, routes_events, routes_rest
+    from stepflow.server import openapi, routes_apps, routes_endpoints, routes_events, routes_rest
 
     core = engine if isinstance(engine, Engine) else getattr(engine, "core", None)  # stepflow.Engine's core
     if not isinstance(core, Engine):
         raise TypeError(f"create_app() takes a stepflow.Engine or a stepflow.engine.Engine, "
                         f"not {type(engine).__name__}")
-    app = web.Application(middlewares=[error_middleware, auth_middleware],
+    app = web.Application(middlewares=[error_middleware, printable_middleware, auth_middleware],
                           client_max_size=settings.max_request_bytes)
     app[ENGINE_KEY] = core
     app[SETTINGS_KEY] = settings
@@ -146,6 +158,7 @@ def create_app(engine: Engine | EmbeddedEngine, settings: ServerSettings) -> web
     routes_rest.setup(app)
     routes_apps.setup(app)
     routes_endpoints.setup(app)
+    openapi.setup(app)
     app.router.add_get("/health", health)
     return app
 

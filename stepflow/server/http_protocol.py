@@ -13,6 +13,7 @@ answers those rejections with the server's JSON error envelope and the right sta
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +23,9 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
 from stepflow import codec
+from stepflow.server.app import is_sdk_route
 
+_REQUEST_LINE = re.compile(rb"(?:GET|POST|PUT|DELETE|PATCH|HEAD|OPTIONS) (\S+) HTTP/1\.[01]\r?\n")
 _METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"PATCH ", b"HEAD ", b"OPTIONS ")
 
 
@@ -52,8 +55,12 @@ class StepflowRequestHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._header_deadline: asyncio.TimerHandle | None = None
+        # the last bytes received: the parser keeps nothing of a request it refuses, and the error's shape
+        # depends on the route (the official SDKs' routes have their own), read from the last request line
+        self._recent = b""
 
     def data_received(self, data: bytes) -> None:
+        self._recent = (self._recent + data)[-4096:]
         parsed_before = self._request_count
         super().data_received(data)
         if self._request_count > parsed_before:
@@ -87,7 +94,11 @@ class StepflowRequestHandler(RequestHandler):
         if status >= 500 or not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         status, code, text = classify_parser_error(exc, message)
-        response = web.Response(status=status, body=error_body(status, code, text), content_type="application/json")
+        lines = _REQUEST_LINE.findall(self._recent)
+        sdk_route = bool(lines) and is_sdk_route(lines[-1].split(b"?", 1)[0].decode("latin-1"))
+        body = codec.dumps({"error": text, "code": code, "status": status}) if sdk_route \
+            else error_body(status, code, text)
+        response = web.Response(status=status, body=body, content_type="application/json")
         response.force_close()
         return response
 

@@ -116,6 +116,8 @@ def _parse_list_query(request: web.Request) -> tuple[RunStatus | None, str | Non
     status = None
     if q.get("status"):
         try:
+            if not q["status"].isascii():
+                raise ValueError(q["status"])
             status = RunStatus(q["status"].upper())
         except ValueError:
             raise InvalidRequestError(f"unknown status {q['status']!r}; one of "

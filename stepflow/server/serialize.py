@@ -9,9 +9,14 @@ from typing import Any
 from stepflow.store.records import EventRecord, RunRecord, StepRecord
 
 
+MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last instant ISO 8601 dates can write
+
+
 def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
+    # clamped: one out-of-range timestamp must not make a run, or a whole listing, unreadable
+    ms = min(max(ms, 0), MAX_TIMESTAMP_MS)
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
 

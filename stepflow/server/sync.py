@@ -19,6 +19,7 @@ from typing import Any
 
 from stepflow.definitions import FunctionDef, parse_function
 from stepflow.errors import DefinitionError, InvalidRequestError
+from stepflow.ids import control_character
 
 # SynchronizeRequest function fields and what stepflow makes of each; None = accepted, nothing to translate
 _SUPPORTED_FIELDS = {"id", "name", "triggers", "steps", "cancel", "idempotency", "timeouts"}
@@ -55,8 +56,8 @@ def parse_sync(payload: Any) -> SyncRequest:
     if is_inngest_sync(payload):
         return _parse_inngest(payload)
     app_id = payload.get("app_id")
-    if not isinstance(app_id, str) or not app_id:
-        raise InvalidRequestError("'app_id' must be a non-empty string")
+    if not isinstance(app_id, str) or not app_id or control_character(app_id):
+        raise InvalidRequestError("'app_id' must be a non-empty string of printable characters")
     if not isinstance(payload.get("functions"), list):
         raise InvalidRequestError("expected {\"app_id\", \"url\", \"functions\": [...]}")
     source = f"app {app_id} at {payload.get('url')}"
@@ -75,6 +76,8 @@ def _parse_inngest(payload: dict[str, Any]) -> SyncRequest:
     app_id = payload.get("appName", payload.get("appname"))
     if not isinstance(app_id, str) or not app_id.strip():
         raise InvalidRequestError("the SynchronizeRequest has no 'appName': give the Inngest client an app id")
+    if control_character(app_id):
+        raise InvalidRequestError(f"the app id contains the control character {control_character(app_id)}")
     url = payload.get("url")
     functions_raw = payload.get("functions")
     if functions_raw is None:
