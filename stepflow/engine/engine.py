@@ -3,6 +3,10 @@
 Worker loop: claim due jobs (up to the free concurrency), execute each in its own task, sleep until new
 work is announced, a slot frees up, or the earliest scheduled job falls due (never longer than the poll
 interval, which is the guarantee when a wake-up is missed or comes from another process).
+
+The database may go away (PostgreSQL restarting, a SQLite disk full): the loops log it once, back off (never
+spin) and carry on when it is back. An executing job waits for the database to record its result — the step
+is not executed again because its result could not be written for a while.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from stepflow.definitions import FunctionDef
 from stepflow.engine.config import EngineConfig
@@ -21,7 +27,7 @@ from stepflow.engine.registry import FunctionRegistry
 from stepflow.engine.runs import new_run
 from stepflow.engine.scheduler import CronScheduler
 from stepflow.engine.watch import RunWatcher
-from stepflow.errors import NotFoundError
+from stepflow.errors import NotFoundError, StoreError, StoreUnavailableError
 from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid, now_ms
@@ -33,6 +39,7 @@ from stepflow.store.records import EventRecord, Job, RunRecord
 log = logging.getLogger("stepflow.engine")
 MIN_IDLE = 0.02  # seconds: the shortest sleep of an idle worker loop
 FUNCTION_REFRESH_SECONDS = 2.0
+OUTAGE_BACKOFF = (0.1, 2.0)  # seconds: first and longest pause between tries while the database is unavailable
 
 
 class Engine:
@@ -47,7 +54,10 @@ class Engine:
         self.watcher = RunWatcher(store)
         store.pause_matcher = PauseMatcher()
         store.on_run_ended = self._run_ended
-        self.executor = Executor(store, self.functions, self.runtimes, self.config)
+        self.outage = Outage()
+        # the executor waits for an unavailable database instead of dropping what a step produced
+        self.executor = Executor(cast(Store, PatientStore(store, self.outage)), self.functions, self.runtimes,
+                                 self.config)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-6:]}"
         self._run_workers = run_workers
         self._wake = asyncio.Event()
@@ -61,10 +71,18 @@ class Engine:
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.store.open()
         acquire = getattr(self.store, "acquire_engine_lock", None)
-        if self._run_workers and acquire is not None:
-            acquire()
+        exclusive = self._run_workers and acquire is not None
+        if exclusive:
+            assert acquire is not None
+            acquire()  # before the store opens the database: a refused engine must not touch it
+        try:
+            await self.store.open()
+        except BaseException:
+            if exclusive:
+                await self.store.close()  # releases the lock
+            raise
+        if exclusive:
             # We are the only engine on this database: whatever is leased belongs to a dead predecessor.
             released = await self.store.release_leases(None, now_ms())
             if released:
@@ -98,7 +116,10 @@ class Engine:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         if self._run_workers:
-            await self.store.release_leases(self.worker_id, now_ms())
+            try:
+                await self.store.release_leases(self.worker_id, now_ms())
+            except StoreError as exc:  # the database is away: the leases expire by themselves
+                log.warning("could not release this worker's leases: %s", exc.message)
         await self.runtimes.close()
         await self.store.close()
 
@@ -168,6 +189,8 @@ class Engine:
                 self._wake.clear()
                 if free > 0:
                     jobs = await self.store.claim_jobs(self.worker_id, free, lease_ms, now_ms())
+                    if jobs:  # a claim was written: the database takes writes again
+                        self.outage.ended()
                     for job in jobs:
                         task = asyncio.create_task(self._execute(job))
                         self._inflight[job.id] = task
@@ -189,6 +212,8 @@ class Engine:
                     pass
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailableError as exc:  # the database is away: wait for it (leases protect the work)
+                await asyncio.sleep(self.outage.began(exc))
             except Exception:  # the store hiccuped: log, back off, keep going (leases protect the work)
                 log.exception("worker loop error; retrying in 1s")
                 await asyncio.sleep(1.0)
@@ -213,19 +238,89 @@ class Engine:
             await asyncio.sleep(FUNCTION_REFRESH_SECONDS)
             try:
                 await self.functions.load_active()
+                if not self._run_workers:
+                    self.outage.ended()  # an API process: its reads are what it waits for
+            except StoreUnavailableError as exc:
+                self.outage.began(exc)
             except Exception:
                 log.exception("could not refresh the function registry")
 
     async def _renew_leases(self) -> None:
+        """Extend the leases of the jobs executing here (only those: see `Store.renew_leases`). A failed
+        renewal is tried again soon, so a short outage of the database does not cost the leases."""
         interval = self.config.lease_seconds / 3
+        delay = interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
+            delay = interval
             if self._inflight:
                 try:
-                    await self.store.renew_leases(self.worker_id,
-                                                  now_ms() + int(self.config.lease_seconds * 1000))
+                    await self.store.renew_leases(self.worker_id, now_ms() + int(self.config.lease_seconds * 1000),
+                                                  list(self._inflight))
+                except StoreUnavailableError as exc:
+                    delay = min(interval, self.outage.began(exc))
                 except Exception:
                     log.exception("lease renewal failed")
+                    delay = min(interval, 1.0)
+
+
+class Outage:
+    """The database being unavailable, as this process sees it: logged once when it begins and once when it
+    ends (not once per operation), with the pause to take before trying again (growing while it lasts)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self._failures = 0
+
+    def began(self, exc: StoreError) -> float:
+        """An operation found the database unavailable; returns the seconds to wait before trying again."""
+        if self.since is None:
+            self.since = time.monotonic()
+            self._failures = 0
+            log.warning("the database is unavailable (%s); waiting for it", exc.message)
+        self._failures += 1
+        first, longest = OUTAGE_BACKOFF
+        return float(min(longest, first * 2 ** min(self._failures - 1, 10)))
+
+    def ended(self) -> None:
+        if self.since is not None:
+            log.warning("the database is available again (after %.1fs)", time.monotonic() - self.since)
+            self.since = None
+
+
+class PatientStore:
+    """The store as the executor sees it: an operation that finds the database unavailable is tried again,
+    backing off, until it goes through (or the engine stops and cancels the job). So a step that executed
+    while the database was away has its result recorded once it is back — by the lease holder, guarded by the
+    job's token — instead of being executed again when its lease expires; and no step starts meanwhile."""
+
+    def __init__(self, store: Store, outage: Outage) -> None:
+        self._store = store
+        self._outage = outage
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if not asyncio.iscoroutinefunction(attribute):
+            return attribute
+        return self._patient(attribute)
+
+    def _patient(self, operation: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        outage = self._outage
+
+        async def patient(*args: Any, **kwargs: Any) -> Any:
+            failed = False
+            while True:
+                try:
+                    result = await operation(*args, **kwargs)
+                except StoreUnavailableError as exc:
+                    failed = True
+                    await asyncio.sleep(outage.began(exc))
+                    continue
+                if failed:  # what failed goes through now (a read succeeding says nothing: a full disk reads)
+                    outage.ended()
+                return result
+
+        return patient
 
 
 class PauseMatcher:

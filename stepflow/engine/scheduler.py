@@ -17,6 +17,7 @@ from croniter import croniter
 from stepflow.definitions import FunctionDef
 from stepflow.engine.registry import FunctionRegistry
 from stepflow.engine.runs import new_run
+from stepflow.errors import StoreUnavailableError
 from stepflow.ids import new_ulid, now_ms
 from stepflow.store.base import Store
 from stepflow.store.records import EventRecord, NewEvent
@@ -50,6 +51,9 @@ class CronScheduler:
                 delay = await self.tick(now_ms())
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailableError as exc:  # the engine's loops report the outage; try again soon
+                log.debug("cron scheduler: %s", exc.message)
+                delay = 1.0
             except Exception:
                 log.exception("cron scheduler error; retrying")
                 delay = 1.0

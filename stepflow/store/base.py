@@ -7,7 +7,7 @@ transaction, so a decision and the state it was made on can never diverge.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from stepflow.store.records import (
@@ -83,7 +83,7 @@ class Store(Protocol):
         """Lease up to `limit` due jobs, mark their steps running and their runs started."""
         ...
 
-    async def renew_leases(self, worker_id: str, until: int) -> int: ...
+    async def renew_leases(self, worker_id: str, until: int, job_ids: Sequence[int] | None = None) -> int: ...
 
     async def release_leases(self, worker_id: str | None, now: int) -> int: ...
 
@@ -97,8 +97,9 @@ class Store(Protocol):
                          now: int) -> RunRecord | None:
         """Record an attempt's final result for the job's step, remove the job and apply `advance`.
 
-        Returns the run after the transaction, or None when the job was no longer ours (cancelled, or the
-        lease was lost); in that case the result is kept on the step for the record but nothing advances.
+        Returns the run after the transaction, or None when the job was no longer ours; then nothing advances.
+        If the run was cancelled meanwhile, the result is kept on the step for the record; if the lease was lost
+        (another worker took the step over), the late result is dropped: the step shows the other attempt.
         """
         ...
 
@@ -113,5 +114,6 @@ class Store(Protocol):
     async def find_idempotent_run(self, function_id: str, key: str, now: int) -> RunRecord | None: ...
 
     async def retry_job(self, job: Job, update: StepUpdate, available_at: int) -> bool:
-        """Record a failed attempt and put the job back for `available_at`. False when no longer ours."""
+        """Record a failed attempt and put the job back for `available_at`. False when no longer ours (then the
+        step is only touched if the run ended: it shows cancelled)."""
         ...

@@ -7,6 +7,11 @@
   polling remains the guarantee, so a lost notification costs at most one poll interval.
 - A transaction that meets a deadlock or serialization failure is run again (bodies are pure functions of the
   database state).
+- The database going away (restart, failover, a broken connection) is survived: pooled connections are
+  replaced as they are next used, and an operation that fails before its COMMIT was sent is run again on a
+  fresh connection (briefly); after that, or when a COMMIT's answer was lost, it raises
+  `StoreUnavailableError` (503 at the API, with a message; never a driver traceback). The engine waits for the
+  database and carries on; the LISTEN connection reconnects by itself.
 
 URL: `postgresql://user@host:5432/db`, optionally `?schema=NAME` (tables live in that schema) and
 `&pool_size=N` (connections per process, default 10). The schema is versioned; run `stepflow migrate`.
@@ -21,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from stepflow.errors import ConfigError, SchemaVersionError, StoreError
+from stepflow.errors import ConfigError, SchemaVersionError, StoreError, StoreUnavailableError
 from stepflow.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 from stepflow.store.sql import Conn, Row, SqlStore
 
@@ -32,13 +37,15 @@ RUNS_CHANNEL = "stepflow_runs"
 _PLACEHOLDER = re.compile(r"\?")
 _RETRYABLE = ("40001", "40P01")  # serialization_failure, deadlock_detected
 MIGRATION_LOCK = 727_391  # pg_advisory_xact_lock key: one migrator at a time
+CONNECT_TIMEOUT = 10.0    # seconds to establish a connection
+UNAVAILABLE_RETRIES = (0.05, 0.25)  # pauses before running an operation again on a fresh connection
 
 
 def _asyncpg() -> Any:
     try:
         import asyncpg
     except ImportError as exc:  # pragma: no cover - the postgres extra is not installed
-        raise ConfigError("PostgreSQL needs asyncpg: pip install 'stepflow[postgres]'") from exc
+        raise ConfigError("PostgreSQL needs asyncpg: in the stepflow checkout, pip install -e '.[postgres]'") from exc
     return asyncpg
 
 
@@ -115,14 +122,23 @@ class PostgresStore(SqlStore):
         try:
             # reset=no-op: pooled connections keep no session state (every use is one finished transaction,
             # LISTEN has its own connection), so the default reset round trip on each release is pure cost
-            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size,
-                                                   server_settings=self._server_settings(), reset=_no_reset)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise StoreError(f"cannot connect to PostgreSQL at {_safe(self.url)}: {exc}") from exc
+            # min_size=0: connections are made when needed, so a database that went away is not reconnected
+            # to in the background (with a logged traceback per try) but by the next operation
+            self._pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=self._pool_size,
+                                                   server_settings=self._server_settings(), reset=_no_reset,
+                                                   timeout=CONNECT_TIMEOUT)
+        except Exception as exc:
+            if _is_disconnect(asyncpg, exc) or isinstance(exc, asyncpg.PostgresError):
+                raise StoreUnavailableError(f"cannot connect to PostgreSQL at {_safe(self.url)}: "
+                                            f"{_describe(exc)}") from exc
+            raise
         try:
             current = await self.schema_version()
-        except BaseException:
+        except BaseException as exc:
             await self.close()
+            if isinstance(exc, Exception) and _is_disconnect(asyncpg, exc):
+                raise StoreUnavailableError(f"cannot connect to PostgreSQL at {_safe(self.url)}: "
+                                            f"{_describe(exc)}") from exc
             raise
         if current != SCHEMA_VERSION:
             await self.close()
@@ -192,19 +208,71 @@ class PostgresStore(SqlStore):
 
     async def _transaction(self, body: Callable[[Conn], Awaitable[T]]) -> T:
         asyncpg = _asyncpg()
+        lost = 0
         for attempt in range(6):
+            committing = False
             try:
-                async with self._acquire() as raw, raw.transaction():
-                    return await body(_Connection(raw))
+                async with self._acquire() as raw:
+                    try:
+                        transaction = raw.transaction()
+                        await transaction.start()
+                        try:
+                            result = await body(_Connection(raw))
+                        except BaseException:
+                            try:
+                                await transaction.rollback()
+                            except Exception:  # noqa: BLE001 - the connection broke: the server rolls back
+                                pass
+                            raise
+                        committing = True
+                        await transaction.commit()
+                        return result
+                    except Exception as exc:
+                        if _is_disconnect(asyncpg, exc):
+                            _discard(raw)  # never back into the pool half-broken
+                        raise
             except asyncpg.PostgresError as exc:
+                if _is_disconnect(asyncpg, exc):
+                    lost = await self._after_disconnect(exc, lost, committing)
+                    continue
                 if getattr(exc, "sqlstate", None) not in _RETRYABLE or attempt == 5:
                     raise
                 await asyncio.sleep(0.005 * (attempt + 1))
-        raise AssertionError("unreachable")  # pragma: no cover
+            except Exception as exc:
+                if not _is_disconnect(asyncpg, exc):
+                    raise
+                lost = await self._after_disconnect(exc, lost, committing)
+        raise StoreUnavailableError(f"PostgreSQL at {_safe(self.url)} keeps failing this operation")
+
+    async def _after_disconnect(self, exc: BaseException, lost: int, committing: bool) -> int:
+        """The connection failed: wait a moment and let the caller run the operation again on a fresh one —
+        unless its COMMIT was already sent (it may have been applied) or the database stays unreachable."""
+        if committing:
+            raise StoreUnavailableError(
+                f"the connection to PostgreSQL at {_safe(self.url)} was lost while committing ({_describe(exc)}); "
+                "the operation may or may not have been applied") from exc
+        if lost >= len(UNAVAILABLE_RETRIES):
+            raise StoreUnavailableError(f"PostgreSQL at {_safe(self.url)} is unavailable ({_describe(exc)}); "
+                                        "try again shortly") from exc
+        await asyncio.sleep(UNAVAILABLE_RETRIES[lost])
+        return lost + 1
 
     async def _read(self, body: Callable[[Conn], Awaitable[T]]) -> T:
-        async with self._acquire() as raw:
-            return await body(_Connection(raw))
+        asyncpg = _asyncpg()
+        lost = 0
+        while True:
+            try:
+                async with self._acquire() as raw:
+                    try:
+                        return await body(_Connection(raw))
+                    except Exception as exc:
+                        if _is_disconnect(asyncpg, exc):
+                            _discard(raw)
+                        raise
+            except Exception as exc:
+                if not _is_disconnect(asyncpg, exc):
+                    raise
+                lost = await self._after_disconnect(exc, lost, False)
 
     async def _lock_run(self, c: Conn, run_id: str) -> None:
         await c.execute("SELECT 1 FROM runs WHERE id=? FOR UPDATE", run_id)
@@ -228,19 +296,34 @@ class PostgresStore(SqlStore):
             for callback in self._subscribers.get(channel, []):
                 callback(payload)
 
+        down_since: float | None = None
         while True:
             try:
-                self._listener = await asyncpg.connect(self._dsn, server_settings=self._server_settings())
+                self._listener = await asyncpg.connect(self._dsn, server_settings=self._server_settings(),
+                                                       timeout=CONNECT_TIMEOUT)
                 for channel in self._subscribers:
                     await self._listener.add_listener(channel, dispatch)
                 lost = asyncio.get_running_loop().create_future()
                 self._listener.add_termination_listener(
                     lambda _c, lost=lost: None if lost.done() else lost.set_result(None))
+                if down_since is not None:
+                    log.warning("PostgreSQL LISTEN connection re-established")
+                    down_since = None
+                    for callback in self._subscribers[JOBS_CHANNEL]:
+                        callback("")  # notifications sent meanwhile are lost: look for work now
                 await lost
+                raise ConnectionError("the connection was closed")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep listening; polling covers the gap
-                log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", exc)
+                if down_since is None:
+                    down_since = asyncio.get_running_loop().time()
+                    log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting every second",
+                                _describe(exc))
+            finally:
+                listener, self._listener = self._listener, None
+                if listener is not None and not listener.is_closed():
+                    listener.terminate()
             await asyncio.sleep(1.0)
 
     async def _finish_run(self, c: Conn, run_id: str, status: Any, output: Any, error: Any, now: int) -> None:
@@ -251,6 +334,33 @@ class PostgresStore(SqlStore):
 
 async def _no_reset(connection: Any) -> None:
     return None
+
+
+def _is_disconnect(asyncpg: Any, exc: BaseException) -> bool:
+    """The database is unreachable or the connection broke (as opposed to an error of the statement)."""
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return False  # 57014: a statement timeout or a cancel request, not the connection
+    if isinstance(exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError,
+                        asyncpg.TooManyConnectionsError)):
+        return True  # refused, reset, timed out; 08xxx; admin shutdown, crash shutdown, cannot connect now
+    if isinstance(exc, asyncpg.InternalClientError):
+        return True  # the protocol state broke with the connection ("cannot switch to state …")
+    # "connection is closed"; "… has been released back to the pool": asyncpg detaches a pooled connection
+    # that broke under an operation
+    return isinstance(exc, asyncpg.InterfaceError) and ("closed" in str(exc) or "released back" in str(exc))
+
+
+def _discard(raw: Any) -> None:
+    """Close a broken pooled connection now (asyncpg may already have detached it: then nothing to do)."""
+    try:
+        raw.terminate()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
 
 
 def _safe(url: str) -> str:

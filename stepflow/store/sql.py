@@ -471,9 +471,19 @@ class SqlStore:
 
         return await self._transaction(body)
 
-    async def renew_leases(self, worker_id: str, until: int) -> int:
+    async def renew_leases(self, worker_id: str, until: int, job_ids: Sequence[int] | None = None) -> int:
+        """Extend this worker's leases; with `job_ids`, only those (the jobs it knows it is executing — a
+        claim whose answer was lost to a broken connection must not stay leased for ever)."""
         async def body(c: Conn) -> int:
-            return await c.execute("UPDATE jobs SET available_at=? WHERE lease_owner=?", until, worker_id)
+            if job_ids is None:
+                return await c.execute("UPDATE jobs SET available_at=? WHERE lease_owner=?", until, worker_id)
+            ids = list(job_ids)
+            renewed = 0
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                renewed += await c.execute(f"UPDATE jobs SET available_at=? WHERE lease_owner=? AND id IN "
+                                           f"({', '.join('?' * len(chunk))})", until, worker_id, *chunk)
+            return renewed
 
         return await self._transaction(body)
 
@@ -516,8 +526,12 @@ class SqlStore:
             await self._lock_run(c, job.run_id)
             owned = await c.execute("DELETE FROM jobs WHERE id=? AND token=?", job.id, job.token) == 1
             if not owned:
-                # Cancelled (or lease lost): keep what the attempt produced, for the record, and stop there.
-                if update is not None:
+                # Not ours any more. If the run ended (cancelled) while the attempt executed, keep what it
+                # produced on the step, for the record, and stop there. Otherwise our lease was lost (this worker
+                # stalled past it) and another worker took the step over: its attempt, running or recorded, is
+                # the one the run uses, and this late result must not touch the step at all.
+                run_ended = await c.fetchval(f"SELECT status IN {TERMINAL_SQL} FROM runs WHERE id=?", job.run_id)
+                if update is not None and run_ended:
                     ended = update.status if update.status in (StepStatus.COMPLETED, StepStatus.FAILED) \
                         else StepStatus.CANCELLED
                     await c.execute("UPDATE steps SET status=?, output=?, error=?, ended_at=?, logs=COALESCE(?, logs) "
@@ -621,9 +635,12 @@ class SqlStore:
             await self._lock_run(c, job.run_id)
             owned = await c.execute("UPDATE jobs SET available_at=?, attempt=attempt+1, lease_owner=NULL "
                                     "WHERE id=? AND token=?", available_at, job.id, job.token) == 1
-            # not ours any more: the run ended meanwhile (the step shows cancelled), or another worker has it
+            # not ours any more: the run ended meanwhile (the step shows cancelled), or another worker has it —
+            # then the step is that worker's, and this late failure leaves it alone
             run_ended = not owned and await c.fetchval(
                 f"SELECT status IN {TERMINAL_SQL} FROM runs WHERE id=?", job.run_id)
+            if not owned and not run_ended:
+                return False
             await c.execute("UPDATE steps SET status=CASE WHEN ? THEN 'scheduled' WHEN ? THEN 'cancelled' ELSE status "
                             "END, ended_at=CASE WHEN ? THEN ? ELSE ended_at END, scheduled_at=?, error=?, "
                             "logs=COALESCE(?, logs) WHERE run_id=? AND step_id=?",

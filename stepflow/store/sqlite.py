@@ -8,8 +8,17 @@ Durability: WAL with synchronous=NORMAL survives a crash or kill -9 of the proce
 pages); only a power loss or kernel crash may lose the last transactions. `synchronous="FULL"` closes that
 gap at ~0.2 ms per commit on this machine. Checkpoints (which fsync) run in a thread of their own.
 
-One engine process per database file: the engine takes an exclusive lock file beside it. That is what lets
-a restarted engine release the leases of its dead predecessor at once instead of waiting for them to expire.
+One engine process per database file: the engine takes an exclusive `flock()` on the database file itself,
+before SQLite opens it. The lock belongs to the file (its inode), not to the path, so a second engine reaching
+the same file through a symlink, a hard link or another relative path is refused as surely as one given the
+same path. (`flock` locks are independent of the POSIX byte-range locks SQLite takes on the same file, so the
+two never interfere; the lock's descriptor is closed only after SQLite's connections, because closing any
+descriptor of a file drops the POSIX locks the process holds on it.) That lock is what lets a restarted
+engine release the leases of its dead predecessor at once instead of waiting for them to expire.
+
+Faults of the disk: a write that fails because the disk is full (or the file cannot be written) is rolled
+back whole and raises `StoreFullError` / `StoreUnavailableError` (503 at the API) with a clear message; what
+was committed before stays intact, and writes succeed again once space is freed.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stepflow.errors import ConfigError, SchemaVersionError, StoreError
+from stepflow.errors import ConfigError, SchemaVersionError, StoreError, StoreFullError, StoreUnavailableError
 from stepflow.store.sql import EVENT_DEDUP_WINDOW_MS, IDEMPOTENCY_TTL_MS, Conn, Row, SqlStore
 from stepflow.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -73,6 +82,7 @@ class SqliteStore(SqlStore):
         self._db: sqlite3.Connection | None = None
         self._conn: _Connection | None = None
         self._lock_fd: int | None = None
+        self._lock_identity: tuple[int, int] = (0, 0)
         self._checkpointer: _Checkpointer | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -111,25 +121,59 @@ class SqliteStore(SqlStore):
             self._db.close()
             self._db = None
             self._conn = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._release_engine_lock()
 
     def acquire_engine_lock(self) -> None:
-        """Make this process the only engine on the file (see module docstring)."""
-        lock_path = str(self.path) + ".lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Make this process the only engine on the file, whatever path reaches it (see module docstring).
+
+        Call it before `open()`: a refused engine must not even open the database (through a hard link SQLite
+        would use another WAL file than the running engine, and both would write)."""
+        if self._lock_fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            identity = _file_identity(os.stat(self.path))
+        except FileNotFoundError:
+            identity = None
+        owner = _ENGINE_LOCKS.get(identity) if identity is not None else None
+        if owner is not None and owner is not self:
+            raise self._already_running(str(os.getpid()))  # another engine of this very process
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            holder = _flock_holder(fd) or "unknown"
             os.close(fd)
-            raise ConfigError(
-                f"another stepflow engine (pid {holder}) is already running on {self.path}; "
-                "stop it, or point this one at another database") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+            raise self._already_running(holder) from None
         self._lock_fd = fd
+        self._lock_identity = _file_identity(os.fstat(fd))
+        _ENGINE_LOCKS[self._lock_identity] = self
+
+    def _already_running(self, holder: str) -> ConfigError:
+        return ConfigError(f"another stepflow engine (pid {holder}) is already running on {self.path}; "
+                           "stop it, or point this one at another database")
+
+    def _release_engine_lock(self) -> None:
+        # only after every SQLite connection of this store is closed (see module docstring)
+        if self._lock_fd is not None:
+            if _ENGINE_LOCKS.get(self._lock_identity) is self:
+                del _ENGINE_LOCKS[self._lock_identity]
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _fault(self, exc: sqlite3.Error) -> StoreError | None:
+        """The store error for a failure of the file or the disk (None: a bug, raised as it is)."""
+        name = str(getattr(exc, "sqlite_errorname", "") or "")
+        if name == "SQLITE_FULL" or "disk is full" in str(exc):
+            return StoreFullError(f"the disk holding the SQLite database {self.path} is full ({exc}); nothing was "
+                                  "written. Everything stored before is intact; free disk space and try again")
+        if name.startswith(("SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_READONLY")):
+            return StoreUnavailableError(f"the SQLite database {self.path} cannot be used right now ({exc}); "
+                                         "nothing was written. Try again")
+        return None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -145,17 +189,36 @@ class SqliteStore(SqlStore):
 
     async def _transaction(self, body: Callable[[Conn], Awaitable[T]]) -> T:
         conn = self._connection()
-        conn.db.execute("BEGIN IMMEDIATE")
+        db = conn.db
         try:
-            result = await body(conn)
-        except BaseException:
-            conn.db.execute("ROLLBACK")
-            raise
-        conn.db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = await body(conn)
+                db.execute("COMMIT")
+            except BaseException:
+                # SQLite may already have rolled back on its own (a full disk, an I/O error), and a failed
+                # COMMIT may leave the transaction open: either way, none of it stays and the next BEGIN works
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
+        except sqlite3.Error as exc:
+            fault = self._fault(exc)
+            if fault is None:
+                raise
+            raise fault from exc
         return result
 
     async def _read(self, body: Callable[[Conn], Awaitable[T]]) -> T:
-        return await body(self._connection())
+        try:
+            return await body(self._connection())
+        except sqlite3.Error as exc:
+            fault = self._fault(exc)
+            if fault is None:
+                raise
+            raise fault from exc
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -179,6 +242,35 @@ class SqliteStore(SqlStore):
             db.execute("COMMIT")
 
 
+_ENGINE_LOCKS: dict[tuple[int, int], SqliteStore] = {}  # (device, inode) -> the engine store of this process
+
+
+def _file_identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _flock_holder(fd: int) -> str | None:
+    """The pid holding a flock() on the file open at `fd`, from /proc/locks (Linux); None when unknown."""
+    st = os.fstat(fd)
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return None
+    inode_only = None
+    for line in lines:
+        fields = [f for f in line.split() if f != "->"]
+        if len(fields) < 6 or fields[1] != "FLOCK" or line.split()[1] == "->":
+            continue  # not a flock, or a waiter rather than the holder
+        pid, where = fields[4], fields[5]
+        if where == wanted:
+            return pid
+        if where.rsplit(":", 1)[-1] == str(st.st_ino):
+            inode_only = pid  # some filesystems report another device number
+    return inode_only
+
+
 class _Checkpointer(threading.Thread):
     """Checkpoints the WAL every `interval` seconds from its own connection (PASSIVE: never blocks writers)."""
 
@@ -192,13 +284,17 @@ class _Checkpointer(threading.Thread):
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             while not self._stopped.wait(self._interval):
-                try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass  # busy or locked: the next round will do it
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._checkpoint(db)
+            self._checkpoint(db)
         finally:
             db.close()
+
+    @staticmethod
+    def _checkpoint(db: sqlite3.Connection) -> None:
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass  # busy, locked, or the disk is full: the WAL keeps everything, a later round will do it
 
     def stop(self) -> None:
         self._stopped.set()
