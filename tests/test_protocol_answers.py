@@ -310,3 +310,19 @@ async def test_ops_asking_for_what_stepflow_does_not_provide_fail_the_step_sayin
     assert run["status"] == "Completed", run
     assert "step 'ask-model' is a AIGateway step, which stepflow does not support" in run["output"]["caught"]
     assert "call it inside step.run" in run["output"]["caught"]
+
+
+@pytest.mark.parametrize(("sync", "needle"), [
+    ({"app_id": None, "functions": []}, "'app_id' must be a non-empty string"),
+    ({"app_id": "a\u0000b", "functions": []}, "printable"),
+    ({"appName": "", "framework": "express", "functions": []}, "no 'appName'"),
+    ({"appName": "js\u0000app", "framework": "express", "functions": []}, "control character U+0000"),
+    ({"appName": "js-app", "framework": "express", "functions": {"not": "a list"}}, "'functions' must be a list"),
+], ids=["app-id-null", "app-id-nul", "app-name-empty", "app-name-nul", "functions-object"])
+async def test_malformed_syncs_are_400_and_register_nothing(stepflow: RunningServer, sync: dict[str, Any],
+                                                           needle: str) -> None:
+    async with aiohttp.ClientSession() as http, http.post(f"{stepflow.url}/fn/register", json=sync) as resp:
+        assert resp.status == 400
+        body = await resp.json()
+    assert needle in body["error"] and body["status"] == 400, body
+    assert (await stepflow.client._request("GET", "/v1/functions"))["data"] == []
