@@ -3,9 +3,9 @@ with a real SQLite file), and real HTTP step servers. Nothing of stepflow's is m
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +20,27 @@ from stepflow.server import ServerSettings, create_app
 from stepflow.server.http_protocol import StepflowAppRunner
 from stepflow.store import SqliteStore, Store
 
-
 POSTGRES_URL = os.environ.get("STEPFLOW_TEST_POSTGRES_URL")
 BACKEND = os.environ.get("STEPFLOW_TEST_BACKEND", "sqlite")  # "postgres": the suite runs on PostgreSQL
+
+# Every test runs on both stores: ./scripts/test runs the suite once on SQLite and once more with
+# STEPFLOW_TEST_BACKEND=postgres, where every store the fixtures make is a PostgreSQL schema. A test that needs
+# no store, or picks its backends itself (e.g. parametrized over both), is marked `runs_once` and is left out
+# of the second pass. A new test file runs on both without anyone having to list it.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "runs_once: needs no store, or chooses its backends itself: not run again "
+                                       "in the PostgreSQL pass")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if BACKEND != "postgres":
+        return
+    once = [item for item in items if item.get_closest_marker("runs_once")]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = [item for item in items if not item.get_closest_marker("runs_once")]
 
 
 async def make_store(tmp_path: Path, name: str = "stepflow", backend: str | None = None) -> Store:
@@ -46,6 +64,17 @@ async def make_store(tmp_path: Path, name: str = "stepflow", backend: str | None
 
 
 _schemas: list[str] = []
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The store contract suite's store (tests/store/): a fresh one per test on each backend."""
+    opened = await make_store(tmp_path, "contract", request.param)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture(autouse=True)

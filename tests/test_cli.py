@@ -27,6 +27,8 @@ from conftest import free_port
 
 from stepflow.cli.main import main
 
+pytestmark = pytest.mark.runs_once  # the CLI's own servers run on SQLite files
+
 STEPFLOW = Path(sys.executable).parent / "stepflow"
 SK = "signkey-test-" + "5f" * 32   # production-strength keys, as `stepflow serve` requires
 EK = "evt-" + "a1" * 16

@@ -12,6 +12,8 @@ from stepflow.engine import EngineConfig
 from stepflow.engine.scheduler import CRON_EVENT, next_tick
 from stepflow.store import SqliteStore
 
+pytestmark = pytest.mark.runs_once  # its engines use SQLite files
+
 
 def test_next_tick_respects_the_time_zone_prefix() -> None:
     # 2026-01-15 07:30 UTC = 08:30 in Paris (winter, UTC+1): the next 09:00 Paris is 08:00 UTC the same day

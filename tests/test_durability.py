@@ -23,6 +23,8 @@ from conftest import StepServer, free_port
 
 from stepflow import Client
 
+pytestmark = pytest.mark.runs_once  # crash tests of the embedded SQLite engine
+
 STEPFLOW = str(Path(sys.executable).parent / "stepflow")
 
 

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import RunningServer, StepServer, make_store
+from conftest import RunningServer, StepServer
 
 from stepflow import codec
-from stepflow.ids import now_ms
-from stepflow.store.records import Advance, EventRecord, NewJob, NewRun, RunStatus
 
 
 def h(step_id: str) -> str:
@@ -189,27 +186,6 @@ async def test_events_nested_too_deep_to_deliver_are_refused(stepflow: RunningSe
         body = await resp.json()
     assert "nests deeper than 100 levels" in body["error"] and body["code"] == "invalid_request"
     assert (await stepflow.client._request("GET", "/v1/runs"))["data"] == []
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-async def test_the_store_fails_a_run_left_with_nothing_pending(tmp_path: Path, backend: str) -> None:
-    """The net under every path: a settled job that leaves a Running run with nothing queued, leased,
-    sleeping or waiting fails the run in the same transaction, with an error saying so."""
-    store = await make_store(tmp_path, "stall", backend)
-    await store.open()
-    try:
-        now = now_ms()
-        event = EventRecord(id="e1", name="test/e", data={}, ts=now, received_at=now)
-        run_id = "01RUN000000000000000000001"
-        await store.ingest_events([event], lambda ev: [NewRun(run_id=run_id, function_id="f", function_version=1,
-                                                              app_id="a", jobs=[NewJob("s", now)])])
-        [job] = await store.claim_jobs("w1", 10, 10_000, now)
-        run = await store.settle_job(job, None, lambda state: Advance(), now + 1)  # decides nothing
-        assert run is not None and run.status is RunStatus.FAILED
-        assert run.error is not None and run.error["code"] == "no_progress"
-        assert "its step job for step 's'" in run.error["message"]
-    finally:
-        await store.close()
 
 
 async def test_retry_after_on_a_206_step_error_is_honoured(stepflow: RunningServer, step_server: StepServer) -> None:

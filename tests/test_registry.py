@@ -12,6 +12,8 @@ from stepflow.errors import DefinitionError, SchemaVersionError
 from stepflow.store import SqliteStore
 from stepflow.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
+pytestmark = pytest.mark.runs_once  # its engines use SQLite files
+
 
 async def test_a_function_id_cannot_move_silently_to_another_app(tmp_path: Path) -> None:
     first, second = stepflow.App("billing"), stepflow.App("shipping")

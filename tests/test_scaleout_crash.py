@@ -17,7 +17,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
 from conftest import POSTGRES_URL, free_port
 
 SK = "signkey-test-" + "5f" * 32   # production-strength keys, as `stepflow serve` requires
@@ -27,7 +26,8 @@ RUNS = 2000
 WORKER_CONCURRENCY = 16
 HERE = Path(__file__).resolve().parent
 
-pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="needs STEPFLOW_TEST_POSTGRES_URL (./scripts/test sets it)")
+pytestmark = [pytest.mark.runs_once,  # PostgreSQL by construction
+              pytest.mark.skipif(not POSTGRES_URL, reason="needs STEPFLOW_TEST_POSTGRES_URL (./scripts/test sets it)")]
 
 
 async def test_kill_9_of_a_worker_loses_nothing(tmp_path: Path) -> None:

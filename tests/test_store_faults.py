@@ -28,9 +28,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-
 from conftest import POSTGRES_URL, StepServer, free_port
 from faults_support import STEPFLOW, PrivatePostgres, Proc, SmallDisk, wait_http, wait_until
+
+pytestmark = pytest.mark.runs_once  # each fault test picks its own database
 
 
 EVENT_KEY = "eventkey-3c9a1f7e5b2d4086"
