@@ -108,11 +108,9 @@ class CallContext:
         self.fast_forward = fast_forward
 
 
-def call_again_if_idle(state: RunState, decision: Advance, now: int, removed_pauses: int = 0) -> None:
-    if decision.finish is not None or decision.jobs or decision.pauses:
-        return
-    if state.pending_jobs == 0 and state.pending_pauses - removed_pauses <= 0:
-        decision.jobs.append(NewJob("", now, JobKind.CALL, step_row=False))
+def call_again_when_idle(decision: Advance) -> None:
+    """The function is called again once nothing of its run is pending (the store applies the rule)."""
+    decision.call_when_idle = True
 
 
 class NoProgress(Exception):
@@ -316,7 +314,7 @@ def _apply_ops(state: RunState, cc: CallContext, ops: Any, retry_after: float | 
         decision.jobs, decision.pauses = [], []
         return decision
     if wakes_function:
-        call_again_if_idle(state, decision, now)
+        call_again_when_idle(decision)
     return decision
 
 
@@ -437,7 +435,7 @@ def _invoke(state: RunState, cc: CallContext, decision: Advance, sid: str, name:
     if target is None:
         decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="invoke", ended_at=now, error={
             "name": "FunctionNotFound", "message": f"cannot invoke {wanted!r}: no such function is registered"}))
-        call_again_if_idle(state, decision, now)
+        call_again_when_idle(decision)
         return
     version, fn = target
     payload = opts.get("payload") or {}

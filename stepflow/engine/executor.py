@@ -74,7 +74,7 @@ class Executor:
         if job.kind is JobKind.SLEEP:
             now = now_ms()
             update = StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output={"data": None})
-            return await self._settle(job, update, lambda s: self._wake_if_idle(s, now), now)
+            return await self._settle(job, update, lambda s: Advance(call_when_idle=True), now)
         if job.kind is JobKind.TIMEOUT:
             return await self._wait_timed_out(job)
         if job.kind is JobKind.RUN_TIMEOUT:
@@ -115,12 +115,6 @@ class Executor:
         if run is not None and run.status.is_terminal:
             return run
         return None
-
-    @staticmethod
-    def _wake_if_idle(state: RunState, now: int, removed_pauses: int = 0) -> Advance:
-        decision = Advance()
-        code.call_again_if_idle(state, decision, now, removed_pauses)
-        return decision
 
     def _timeout_for(self, options: dict[str, Any], step_timeout: float | None = None) -> float:
         if step_timeout:
@@ -272,7 +266,7 @@ class Executor:
                                           lambda error: {"name": "StepError", **error})
         if update is None:
             return None
-        return await self._settle(job, update, lambda s: self._wake_if_idle(s, update.ended_at), update.ended_at)
+        return await self._settle(job, update, lambda s: Advance(call_when_idle=True), update.ended_at)
 
     async def _exhausted(self, fn: FunctionDef, job: Job) -> RunRecord | None:
         """Every attempt was lost to an engine crash (the attempt counter moves on at recovery): give up."""
@@ -284,7 +278,7 @@ class Executor:
             return await self._settle(job, None, lambda s: Advance(finish=RunStatus.FAILED, error=error), now)
         update = StepUpdate(status=StepStatus.FAILED, ended_at=now, error=error)
         if fn.is_code:
-            return await self._settle(job, update, lambda s: self._wake_if_idle(s, now), now)
+            return await self._settle(job, update, lambda s: Advance(call_when_idle=True), now)
         return await self._settle(job, update, lambda s: advance_workflow(fn, s, update, job.step_id, now), now)
 
     async def _wait_timed_out(self, job: Job) -> RunRecord | None:
@@ -298,23 +292,22 @@ class Executor:
             update = StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output={"data": None})
 
         def advance(state: RunState) -> Advance:
-            decision = self._wake_if_idle(state, now, removed_pauses=1)
+            decision = Advance(call_when_idle=True)
             decision.remove_pauses.append(job.step_id)
             return decision
 
         return await self._settle(job, update, advance, now)
 
     async def _run_timed_out(self, fn: FunctionDef, job: Job) -> RunRecord | None:
+        """The finish timeout ran out. (The start timeout is the store's: it cancels a run still queued at its
+        deadline when claiming, so no job of it ever starts late.)"""
         now = now_ms()
-        which = (job.payload or {}).get("which", "finish")
 
         def advance(state: RunState) -> Advance:
-            if state.run.status.is_terminal or (which == "start" and state.run.status is not RunStatus.QUEUED):
+            if state.run.status.is_terminal:
                 return Advance()
-            limit = fn.start_timeout if which == "start" else fn.finish_timeout
             return Advance(finish=RunStatus.CANCELLED, error={
-                "code": f"{which}_timeout",
-                "message": f"cancelled: the run {'did not start' if which == 'start' else 'did not finish'} within "
-                           f"its {which} timeout ({limit:g}s)"})
+                "code": "finish_timeout",
+                "message": f"cancelled: the run did not finish within its finish timeout ({fn.finish_timeout:g}s)"})
 
         return await self._settle(job, None, advance, now)

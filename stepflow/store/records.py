@@ -230,6 +230,10 @@ class Advance:
     output: Any = None
     error: dict[str, Any] | None = None
     events: list[NewEvent] = field(default_factory=list)
+    # a code function's run: call the function again once nothing of the run is pending any more (parallel
+    # steps, sleeps and waits all settled). The store applies the rule, after everything above, in the same
+    # transaction — it is written once, there.
+    call_when_idle: bool = False
 
 
 @dataclass(slots=True)

@@ -443,18 +443,25 @@ class SqlStore:
             jobs: list[Job] = []
             for job_id, run_id, step_id, token, attempt, kind, payload in rows:
                 run = await c.fetchrow("SELECT function_id, function_version, app_id, status, finish_timeout_ms, "
-                                       "start_deadline FROM runs WHERE id=?", run_id)
+                                       "start_deadline, created_at FROM runs WHERE id=?", run_id)
                 if run is None or RunStatus(run[3]).is_terminal:
                     await c.execute("DELETE FROM jobs WHERE id=?", job_id)  # orphan of an ended run
                     continue
                 job_kind = JobKind(kind)
-                if run[3] == "QUEUED" and run[5] is not None and now > run[5] and job_kind is not JobKind.RUN_TIMEOUT:
+                job_payload = codec.unpack(bytes(payload)) if payload is not None else None
+                # The start timeout, in one place: a run still queued at its deadline is cancelled when its
+                # timer comes due or when any of its jobs is claimed after it, whichever is first.
+                start_timer = job_kind is JobKind.RUN_TIMEOUT and (job_payload or {}).get("which") == "start"
+                late = run[3] == "QUEUED" and run[5] is not None and now >= run[5]
+                if late and (start_timer or now > run[5]):
                     await self._lock_run(c, run_id)
                     await self._finish_run(c, run_id, RunStatus.CANCELLED, None, {
                         "code": "start_timeout", "message": "cancelled: the run did not start within its start "
-                        f"timeout (it could first start {(now - run[5]) / 1000:g}s after the deadline)"}, now)
+                        f"timeout ({(run[5] - run[6]) / 1000:g}s)"}, now)
                     continue
-                job_payload = codec.unpack(bytes(payload)) if payload is not None else None
+                if start_timer:
+                    await c.execute("DELETE FROM jobs WHERE id=?", job_id)  # the run started in time
+                    continue
                 if run[3] == "QUEUED" and job_kind in (JobKind.STEP, JobKind.CALL):
                     if await c.execute("UPDATE runs SET status='RUNNING', started_at=? WHERE id=? AND status='QUEUED'",
                                        now, run_id) and run[4] is not None:
@@ -627,7 +634,9 @@ class SqlStore:
             await self._insert_pause(c, pause, now)
         if decision.finish is not None:
             await self._finish_run(c, run_id, decision.finish, decision.output, decision.error, now)
-        if decision.jobs or decision.events:
+        elif decision.call_when_idle:
+            await self._call_if_idle(c, run_id, now)
+        if decision.jobs or decision.events or decision.call_when_idle:
             await self._work_added(c)
 
     async def retry_job(self, job: Job, update: StepUpdate, available_at: int) -> bool:

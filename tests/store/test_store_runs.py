@@ -7,7 +7,7 @@ from store_support import code_run, event, one_step_run, run_id
 
 from stepflow.ids import now_ms
 from stepflow.store.base import Store
-from stepflow.store.records import Advance, JobKind, NewJob, NewPause, RunStatus, StepStatus, StepUpdate
+from stepflow.store.records import Advance, JobKind, NewJob, NewPause, NewRun, RunStatus, StepStatus, StepUpdate
 
 pytestmark = pytest.mark.runs_once  # parametrized over both stores
 
@@ -109,3 +109,37 @@ async def test_runs_list_newest_first_page_by_page_with_filters(store: Store) ->
     assert [r.id for r in await store.list_runs(function_id="odd")] == [run_id(5), run_id(3), run_id(1)]
     assert [r.id for r in await store.list_runs(status=RunStatus.CANCELLED)] == [run_id(3)]
     assert [r.id for r in await store.list_runs(status=RunStatus.QUEUED, function_id="odd")] == [run_id(5), run_id(1)]
+
+
+async def test_the_start_timeout_cancels_a_run_still_queued_at_its_deadline(store: Store) -> None:
+    now = now_ms()
+
+    def with_deadline(ev: object) -> list[NewRun]:
+        [run] = one_step_run(ev, at=now + 5_000)  # type: ignore[arg-type]
+        run.start_timeout_ms = 1_000
+        return [run]
+
+    await store.ingest_events([event("late", 1, at=now)], with_deadline)  # its step is due only after 5 s
+    assert await store.claim_jobs("w", 10, 60_000, now + 999) == []
+    assert (await store.get_run(run_id(1))).status is RunStatus.QUEUED  # type: ignore[union-attr]
+    assert await store.claim_jobs("w", 10, 60_000, now + 1_000) == []  # the start timer came due
+    late = await store.get_run(run_id(1))
+    assert late is not None and late.status is RunStatus.CANCELLED
+    assert late.error is not None and late.error["code"] == "start_timeout" and "(1s)" in late.error["message"]
+    assert await store.claim_jobs("w", 10, 60_000, now + 5_000) == []  # nothing of it ever runs
+
+
+async def test_a_run_that_started_in_time_outlives_its_start_timer(store: Store) -> None:
+    now = now_ms()
+
+    def with_deadline(ev: object) -> list[NewRun]:
+        [run] = one_step_run(ev)  # type: ignore[arg-type]
+        run.start_timeout_ms = 1_000
+        return [run]
+
+    await store.ingest_events([event("prompt", 1, at=now)], with_deadline)
+    [job] = await store.claim_jobs("w", 10, 60_000, now)
+    assert job.step_id == "s"
+    assert await store.claim_jobs("w", 10, 60_000, now + 1_000) == []  # the start timer: spent, harmless
+    run = await store.get_run(run_id(1))
+    assert run is not None and run.status is RunStatus.RUNNING
