@@ -33,7 +33,7 @@ from stepflow.expressions import Expression
 from stepflow.ids import new_ulid, now_ms
 from stepflow.runtimes import default_runtimes
 from stepflow.runtimes.base import Runtime, RuntimeRegistry
-from stepflow.store.base import Store
+from stepflow.store.base import Store, StoreHooks
 from stepflow.store.records import EventRecord, Job, RunRecord
 
 log = logging.getLogger("stepflow.engine")
@@ -52,8 +52,7 @@ class Engine:
         for runtime in runtimes if runtimes is not None else default_runtimes():
             self.runtimes.add(runtime)
         self.watcher = RunWatcher(store)
-        store.pause_matcher = PauseMatcher()
-        store.on_run_ended = self._run_ended
+        store.attach(StoreHooks(pause_matcher=PauseMatcher(), run_ended=self._run_ended))
         self.outage = Outage()
         # the executor waits for an unavailable database instead of dropping what a step produced
         self.executor = Executor(cast(Store, PatientStore(store, self.outage)), self.functions, self.runtimes,
@@ -71,11 +70,10 @@ class Engine:
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        acquire = getattr(self.store, "acquire_engine_lock", None)
-        exclusive = self._run_workers and acquire is not None
-        if exclusive:
-            assert acquire is not None
-            acquire()  # before the store opens the database: a refused engine must not touch it
+        lock = self.store.engine_lock
+        exclusive = self._run_workers and lock is not None
+        if lock is not None and exclusive:
+            lock.acquire_engine_lock()  # before the store opens the database: a refused engine must not touch it
         try:
             await self.store.open()
         except BaseException:
@@ -89,9 +87,9 @@ class Engine:
                 log.warning("recovered %d step(s) left in flight by a previous process", released)
         await self.functions.load_active()
         await self.runtimes.start()
-        subscribe = getattr(self.store, "subscribe", None)
-        if subscribe is not None:  # other processes' work and run endings wake us (polling stays the guarantee)
-            await subscribe(self._wake.set, self.watcher.notify)
+        notifications = self.store.notifications
+        if notifications is not None:  # other processes' work and run endings wake us (polling stays the guarantee)
+            await notifications.subscribe(self._wake.set, self.watcher.notify)
         if self._run_workers:
             self._loop_task = asyncio.create_task(self._worker_loop(), name="stepflow-worker")
             self._lease_task = asyncio.create_task(self._renew_leases(), name="stepflow-leases")

@@ -1,13 +1,22 @@
-"""The Store protocol: the domain operations the engine and the API need, each one transaction.
+"""The store boundary: the domain operations the engine and the API need, each one transaction.
 
-Backends: `SqliteStore` (embedded default) and, for scale-out, a PostgreSQL store with the same contract.
-Callbacks passed to the write operations (`plan`, `advance`) are pure functions evaluated *inside* the
-transaction, so a decision and the state it was made on can never diverge.
+Backends: `SqliteStore` (embedded default) and, for scale-out, `PostgresStore`, both `Store`s with the same
+contract (tests/store/ is that contract, run on both). Callbacks passed to the write operations (`plan`,
+`advance`) are pure functions evaluated *inside* the transaction, so a decision and the state it was made on
+can never diverge. Driver errors do not cross this boundary: a backend raises `StoreUnavailableError` (503),
+`StoreError` or another `StepflowError`.
+
+What only some backends can do is declared, not probed: `engine_lock` (SQLite: one engine per file) and
+`notifications` (PostgreSQL: wake-ups from other processes) are None where the backend has no such thing.
+The engine gives the store what it needs from the engine — CEL evaluation for pauses, and a callback for runs
+that end — once, with `attach(StoreHooks(...))`, before `open()`.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stepflow.store.records import (
@@ -29,28 +38,70 @@ AdvanceRun = Callable[[RunState], Advance]
 PauseMatcher = Callable[[str | None, dict[str, Any], dict[str, Any]], bool]
 
 
-class Store(Protocol):
-    url: str
-    pause_matcher: PauseMatcher
-    on_run_ended: Callable[[str], None]
+def _no_expression_matches(expression: str | None, run_event: dict[str, Any], candidate: dict[str, Any]) -> bool:
+    return expression is None  # without the engine's CEL evaluator, only unconditional pauses match
 
+
+@dataclass(slots=True)
+class StoreHooks:
+    """What the store needs from the engine, given once by `Store.attach`."""
+
+    pause_matcher: PauseMatcher = _no_expression_matches   # does this event resolve this pause?
+    run_ended: Callable[[str], None] = field(default=lambda run_id: None)  # a run ended in a transaction
+
+
+class EngineLock(Protocol):
+    """The backend allows one engine per database (SQLite)."""
+
+    def acquire_engine_lock(self) -> None:
+        """Become the only engine, before `open()`; raises ConfigError naming the holder if another engine is."""
+        ...
+
+
+class Notifications(Protocol):
+    """The backend tells a process about other processes' work (PostgreSQL LISTEN/NOTIFY)."""
+
+    async def subscribe(self, on_work: Callable[[], None], on_run_ended: Callable[[str], None]) -> None: ...
+
+
+class Store(ABC):
+    url: str
+    hooks: StoreHooks
+    engine_lock: EngineLock | None = None          # declared by the backends that have one
+    notifications: Notifications | None = None     # idem
+
+    def attach(self, hooks: StoreHooks) -> None:
+        """Wire the engine's evaluator and callback in (before `open()`)."""
+        self.hooks = hooks
+
+    async def migrate(self) -> Any:
+        """Bring the schema up to date. Backends that migrate when they open (SQLite) have nothing to do."""
+        return None
+
+    @abstractmethod
     async def open(self) -> None: ...
 
+    @abstractmethod
     async def close(self) -> None: ...
 
     # --- functions ----------------------------------------------------------------------------------------
+    @abstractmethod
     async def save_function(self, function_id: str, app_id: str, config: dict[str, Any], now: int = 0) -> int:
         """Store a definition; returns its version (unchanged definitions keep their version)."""
         ...
 
+    @abstractmethod
     async def get_function(self, function_id: str, version: int | None = None) -> tuple[int, dict[str, Any]] | None:
         ...
 
+    @abstractmethod
     async def list_functions(self) -> list[tuple[int, dict[str, Any]]]: ...
 
+    @abstractmethod
     async def remove_function(self, function_id: str) -> None: ...
 
     # --- events and runs ----------------------------------------------------------------------------------
+    @abstractmethod
     async def ingest_events(self, events: list[EventRecord], plan: PlanRuns) -> list[str]:
         """Store new events and the runs `plan` makes for each, all in one transaction.
 
@@ -59,40 +110,53 @@ class Store(Protocol):
         """
         ...
 
+    @abstractmethod
     async def fire_cron(self, function_id: str, tick_at: int, new_event: NewEvent) -> bool:
         """Store one cron tick's event and runs, exactly once across processes. False if already fired."""
         ...
 
+    @abstractmethod
     async def get_event(self, event_id: str) -> EventRecord | None: ...
 
+    @abstractmethod
     async def get_event_runs(self, event_id: str) -> list[RunRecord]: ...
 
+    @abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
+    @abstractmethod
     async def get_run_steps(self, run_id: str) -> list[StepRecord]: ...
 
+    @abstractmethod
     async def list_runs(self, *, status: RunStatus | None = None, function_id: str | None = None,
                         cursor: str | None = None, limit: int = 50) -> list[RunRecord]: ...
 
+    @abstractmethod
     async def cancel_run(self, run_id: str, now: int) -> RunRecord | None:
         """Cancel a run that has not ended: remove its pending work. Returns the run as it now is."""
         ...
 
     # --- work queue ---------------------------------------------------------------------------------------
+    @abstractmethod
     async def claim_jobs(self, worker_id: str, limit: int, lease_ms: int, now: int) -> list[Job]:
         """Lease up to `limit` due jobs, mark their steps running and their runs started."""
         ...
 
+    @abstractmethod
     async def renew_leases(self, worker_id: str, until: int, job_ids: Sequence[int] | None = None) -> int: ...
 
+    @abstractmethod
     async def release_leases(self, worker_id: str | None, now: int) -> int: ...
 
+    @abstractmethod
     async def next_due_at(self) -> int | None:
         """When the earliest job becomes due (ms), or None when there is no work at all."""
         ...
 
+    @abstractmethod
     async def load_run_state(self, run_id: str) -> RunState | None: ...
 
+    @abstractmethod
     async def settle_job(self, job: Job, update: StepUpdate | None, advance: AdvanceRun | None,
                          now: int) -> RunRecord | None:
         """Record an attempt's final result for the job's step, remove the job and apply `advance`.
@@ -103,16 +167,20 @@ class Store(Protocol):
         """
         ...
 
+    @abstractmethod
     async def advance_run(self, run_id: str, advance: AdvanceRun, now: int) -> RunRecord | None:
         """Apply a decision to a run outside any job (a durable endpoint's checkpoint), under its lock."""
         ...
 
+    @abstractmethod
     async def create_run(self, event: EventRecord, run: NewRun, started_at: int) -> bool:
         """Store an event and a run that is already executing (a durable endpoint's request)."""
         ...
 
+    @abstractmethod
     async def find_idempotent_run(self, function_id: str, key: str, now: int) -> RunRecord | None: ...
 
+    @abstractmethod
     async def retry_job(self, job: Job, update: StepUpdate, available_at: int) -> bool:
         """Record a failed attempt and put the job back for `available_at`. False when no longer ours (then the
         step is only touched if the run ended: it shows cancelled)."""

@@ -102,6 +102,7 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str, *, pool_size: int | None = None) -> None:
         super().__init__()
+        self.notifications = self  # LISTEN/NOTIFY wake-ups from other processes (subscribe)
         self.url = url
         self._dsn, self.schema, size = parse_url(url)
         self._pool_size = pool_size or size

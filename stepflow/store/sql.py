@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from stepflow import codec
 from stepflow.errors import StoreError
-from stepflow.store.base import AdvanceRun, PauseMatcher, PlanRuns
+from stepflow.store.base import AdvanceRun, PlanRuns, Store, StoreHooks
 from stepflow.store.records import (
     EventRecord,
     Job,
@@ -83,17 +83,15 @@ def pack(value: Any) -> bytes | None:
     return codec.pack(value) if value is not None else None
 
 
-class SqlStore:
-    """Backends provide `_transaction`, `_read`, `_lock_run` and `skip_locked`; the rest is shared."""
+class SqlStore(Store):
+    """Backends provide `open`, `close`, `_transaction`, `_read`, `_lock_run` and `skip_locked`; the rest is
+    shared."""
 
     url: str
     skip_locked = ""  # appended to the claim's row selection where the backend supports it
 
     def __init__(self) -> None:
-        # Evaluates a pause's CEL expression; set by the engine (the store does not know CEL).
-        self.pause_matcher: PauseMatcher = lambda expression, run_event, candidate: expression is None
-        # Called with the ids of runs that ended inside a transaction (so waiters can be woken).
-        self.on_run_ended: Callable[[str], None] = lambda run_id: None
+        self.hooks = StoreHooks()  # until the engine attaches its own
 
     # --- backend hooks ------------------------------------------------------------------------------------
 
@@ -277,7 +275,7 @@ class SqlStore:
             for row in await c.fetch("SELECT id, payload, received_at FROM events WHERE name=? AND received_at>=? "
                                      "ORDER BY received_at, id", pause.event_name, pause.since):
                 candidate = event_record(row).to_dict()
-                if self.pause_matcher(pause.expression, run_event, candidate):
+                if self.hooks.pause_matcher(pause.expression, run_event, candidate):
                     await self._resolve_pause(c, pause_id, pause.run_id, pause.step_id, {"data": candidate}, None,
                                               now)
                     return
@@ -300,7 +298,7 @@ class SqlStore:
             pause = Pause(*row)
             if pause.kind == "cancel" and pause.expires_at is not None and pause.expires_at < ev.received_at:
                 continue  # a cancel_on with a timeout listens only that long
-            if not self.pause_matcher(pause.expression, await self._run_event(c, pause.run_id), candidate):
+            if not self.hooks.pause_matcher(pause.expression, await self._run_event(c, pause.run_id), candidate):
                 continue
             await self._lock_run(c, pause.run_id)
             matched = True
@@ -416,7 +414,7 @@ class SqlStore:
         await c.execute("DELETE FROM pauses WHERE run_id=?", run_id)
         await c.execute("UPDATE steps SET status='cancelled', ended_at=? WHERE run_id=? AND status='scheduled'",
                         now, run_id)
-        self.on_run_ended(run_id)
+        self.hooks.run_ended(run_id)
         # runs that invoked this one continue with its output (or its failure)
         waiting = await c.fetch("SELECT id, run_id, step_id FROM pauses WHERE kind='invoke' AND child_run_id=?", run_id)
         if waiting:

@@ -74,6 +74,7 @@ class _Connection:
 class SqliteStore(SqlStore):
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
         super().__init__()
+        self.engine_lock = self  # one engine per database file (acquire_engine_lock)
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
