@@ -41,6 +41,25 @@ from stepflow.store.records import (
 log = logging.getLogger("stepflow.engine")
 
 
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    response: StepResponse          # a 2xx: stored
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    error: dict[str, Any]           # recorded on the step meanwhile
+    delay: float                    # seconds: the backoff, or the step's Retry-After
+
+
+@dataclass(frozen=True, slots=True)
+class FailedForGood:
+    error: dict[str, Any]           # a 4xx, no-retry, or the last attempt
+
+
+Verdict = Succeeded | RetryLater | FailedForGood
+
+
 @dataclass(slots=True)
 class Attempt:
     """One delivery of an Input through a runtime: an answer, or the reason there was none."""
@@ -67,23 +86,13 @@ class Executor:
     async def execute(self, job: Job) -> RunRecord | None:
         """Run the job and record the outcome. Returns the run if it ended."""
         fn = await self.functions.get(job.function_id, job.function_version)
-        if job.kind is JobKind.CALL:
-            if job.attempt >= fn.attempts_for(""):
-                return await self._exhausted(fn, job)
-            return await self._code_call(fn, job)
-        if job.kind is JobKind.SLEEP:
-            now = now_ms()
-            update = StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output={"data": None})
-            return await self._settle(job, update, lambda s: Advance(call_when_idle=True), now)
-        if job.kind is JobKind.TIMEOUT:
-            return await self._wait_timed_out(job)
-        if job.kind is JobKind.RUN_TIMEOUT:
-            return await self._run_timed_out(fn, job)
-        if job.attempt >= fn.attempts_for(job.step_id if not fn.is_code else ""):
-            return await self._exhausted(fn, job)
-        if fn.is_code:
-            return await self._code_remote_step(fn, job)
-        return await self._workflow_step(fn, job)
+        handler = {JobKind.CALL: self._code_call, JobKind.SLEEP: self._sleep_ended,
+                   JobKind.TIMEOUT: self._wait_timed_out, JobKind.RUN_TIMEOUT: self._run_timed_out,
+                   JobKind.STEP: self._code_remote_step if fn.is_code else self._workflow_step}[job.kind]
+        if job.kind in (JobKind.CALL, JobKind.STEP) and job.attempt >= fn.attempts_for(
+                "" if fn.is_code else job.step_id):
+            handler = self._exhausted  # every attempt was lost to an engine crash
+        return await handler(fn, job)
 
     # --- shared -------------------------------------------------------------------------------------------
 
@@ -123,14 +132,14 @@ class Executor:
             return parse_duration(options["timeout"])
         return self.config.step_timeout
 
-    def _classify(self, attempt: Attempt, job: Job, max_attempts: int) -> tuple[str, Any, float | None]:
-        """("ok", StepResponse, None) | ("retry", error, delay) | ("fail", error, None) per the contract."""
+    def _classify(self, attempt: Attempt, job: Job, max_attempts: int) -> Verdict:
+        """What an attempt's outcome means under the contract: stored, retried later, or failed for good."""
         answer, failure = attempt.answer, attempt.failure
         duration = attempt.ended - attempt.started
         if answer is not None:
             status = answer.response.status
             if 200 <= status < 300:
-                return "ok", answer.response, None
+                return Succeeded(answer.response)
             error: dict[str, Any] = {"code": "step_error", "status": status, "attempt": job.attempt,
                                      "duration_ms": duration, "message": f"the step answered status {status}",
                                      "body": answer.response.body, **answer.details}
@@ -152,10 +161,10 @@ class Executor:
         if retryable and job.attempt + 1 < max_attempts:
             delay = self.backoff(job.attempt, retry_after)
             error["retry_in_ms"] = int(delay * 1000)
-            return "retry", error, delay
+            return RetryLater(error, delay)
         if retryable:
             error["message"] += f"; gave up after {max_attempts} attempt{'s' if max_attempts != 1 else ''}"
-        return "fail", error, None
+        return FailedForGood(error)
 
     async def _step_attempt(self, job: Job, runtime_type: str, invocation: Invocation, max_attempts: int,
                             stored: Callable[[StepResponse], Any],
@@ -163,16 +172,16 @@ class Executor:
         """One attempt of a step under the contract: the final StepUpdate, or None when it was put back for a
         retry (recorded on the step, due after the backoff)."""
         attempt = await self._attempt(runtime_type, invocation)
-        verdict, value, delay = self._classify(attempt, job, max_attempts)
+        verdict = self._classify(attempt, job, max_attempts)
         logs = attempt.answer.logs if attempt.answer else attempt.failure.logs if attempt.failure else None
         now = attempt.ended
-        if verdict == "retry":
-            update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now, error=value, logs=logs)
-            await self.store.retry_job(job, update, now + int((delay or 0) * 1000))
+        if isinstance(verdict, RetryLater):
+            update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now, error=verdict.error, logs=logs)
+            await self.store.retry_job(job, update, now + int(verdict.delay * 1000))
             return None
-        if verdict == "ok":
-            return StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output=stored(value), logs=logs)
-        return StepUpdate(status=StepStatus.FAILED, ended_at=now, error=failed(value), logs=logs)
+        if isinstance(verdict, Succeeded):
+            return StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output=stored(verdict.response), logs=logs)
+        return StepUpdate(status=StepStatus.FAILED, ended_at=now, error=failed(verdict.error), logs=logs)
 
     # --- workflow steps -----------------------------------------------------------------------------------
 
@@ -281,7 +290,12 @@ class Executor:
             return await self._settle(job, update, lambda s: Advance(call_when_idle=True), now)
         return await self._settle(job, update, lambda s: advance_workflow(fn, s, update, job.step_id, now), now)
 
-    async def _wait_timed_out(self, job: Job) -> RunRecord | None:
+    async def _sleep_ended(self, fn: FunctionDef, job: Job) -> RunRecord | None:
+        now = now_ms()
+        update = StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output={"data": None})
+        return await self._settle(job, update, lambda s: Advance(call_when_idle=True), now)
+
+    async def _wait_timed_out(self, fn: FunctionDef, job: Job) -> RunRecord | None:
         now = now_ms()
         payload = job.payload or {}
         if payload.get("wait") == "invoke":
