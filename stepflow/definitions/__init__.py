@@ -1,6 +1,6 @@
 """Function definitions: what a function is, what triggers it, and how workflow files are read and checked."""
 
-from stepflow.definitions.loader import load_function_file, parse_function
+from stepflow.definitions.loader import load_function_file, parse_function, parse_runtime
 from stepflow.definitions.model import (
     Edge,
     FunctionDef,
@@ -24,5 +24,6 @@ __all__ = [
     "event",
     "load_function_file",
     "parse_function",
+    "parse_runtime",
     "workflow",
 ]

@@ -110,7 +110,7 @@ def parse_function(config: Any, *, source: str = "python") -> FunctionDef:
     if "runtime" in config:
         if "steps" in config:
             raise fail("a function has either 'steps' (a workflow) or 'runtime' (code served by an SDK), not both")
-        runtime = _parse_runtime(config["runtime"], fail)
+        runtime = parse_runtime(config["runtime"], fail)
         return FunctionDef(id=fid, name=name, triggers=triggers, steps={}, app_id=app_id, retries=retries,
                            source=source, kind="code", runtime=runtime, **options)
 
@@ -279,7 +279,7 @@ def _parse_step(sid: str, raw: Any, fail: Any) -> StepDef:
     unknown = set(raw) - _STEP_KEYS
     if unknown:
         raise fail(f"unknown field(s) {sorted(unknown)}; expected some of {sorted(_STEP_KEYS)}")
-    runtime = _parse_runtime(raw.get("runtime"), fail)
+    runtime = parse_runtime(raw.get("runtime"), fail)
     after_raw = raw.get("after", [])
     if isinstance(after_raw, (str, dict)):
         after_raw = [after_raw]
@@ -329,7 +329,8 @@ def _parse_step(sid: str, raw: Any, fail: Any) -> StepDef:
                    timeout=timeout, output=output, name=name)
 
 
-def _parse_runtime(raw: Any, fail: Any) -> RuntimeSpec:
+def parse_runtime(raw: Any, fail: Any) -> RuntimeSpec:
+    """A `runtime` object (`{"type": …, <options>}`) checked; `fail(problem)` makes the error to raise."""
     if not isinstance(raw, dict) or "type" not in raw:
         raise fail("'runtime' must be an object with a 'type' (one of %s)" % ", ".join(RUNTIME_TYPES))
     rtype = raw["type"]
