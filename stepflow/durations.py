@@ -5,16 +5,18 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from stepflow.errors import InvalidDurationError
+
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 def parse_duration(value: str | float | timedelta) -> float:
-    """Return seconds. Raises ValueError with a readable message on anything else."""
+    """Return seconds. Raises InvalidDurationError (a ValueError) with a readable message on anything else."""
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
+        raise InvalidDurationError(f"invalid duration {value!r}")
     elif isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
@@ -27,11 +29,11 @@ def parse_duration(value: str | float | timedelta) -> float:
             seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
             pos = match.end()
         if pos != len(text) or not text:
-            raise ValueError(f"invalid duration {value!r}: expected e.g. '500ms', '2s', '1m30s', '15m', '1h', '1d'")
+            raise InvalidDurationError(f"invalid duration {value!r}: expected e.g. '500ms', '2s', '1m30s', '15m', '1h', '1d'")
     else:
-        raise ValueError(f"invalid duration {value!r}")
+        raise InvalidDurationError(f"invalid duration {value!r}")
     if seconds < 0:
-        raise ValueError(f"invalid duration {value!r}: must not be negative")
+        raise InvalidDurationError(f"invalid duration {value!r}: must not be negative")
     return seconds
 
 

@@ -22,7 +22,7 @@ from typing import Any, TypeGuard
 from stepflow.definitions import FunctionDef, parse_function
 from stepflow.engine import Engine as CoreEngine
 from stepflow.engine import EngineConfig
-from stepflow.errors import NotFoundError, RunFailedError, WaitTimeoutError
+from stepflow.errors import InvalidArgumentError, NotFoundError, RunFailedError, WaitTimeoutError
 from stepflow.ids import is_ulid, now_ms
 from stepflow.runtimes import default_runtimes
 from stepflow.runtimes.inprocess import InProcessRuntime
@@ -72,11 +72,11 @@ class Engine:
             elif _is_store(item):
                 given.append(item)
             else:
-                raise TypeError(f"stepflow.Engine() takes SDK apps (stepflow.App), workflow functions "
+                raise InvalidArgumentError(f"stepflow.Engine() takes SDK apps (stepflow.App), workflow functions "
                                 f"(stepflow.workflow(...)) and one store (e.g. SqliteStore(path)); got "
                                 f"{type(item).__name__}: {item!r}")
         if len(given) > 1 or (given and store is not None):
-            raise TypeError("stepflow.Engine() takes one store: give it positionally or as store=, not both")
+            raise InvalidArgumentError("stepflow.Engine() takes one store: give it positionally or as store=, not both")
         chosen: str | Store | None = given[0] if given else store
         self.apps = apps
         self._store = store_from_url(chosen) if isinstance(chosen, str) or chosen is None else chosen
@@ -106,7 +106,7 @@ class Engine:
         started engine it is stored at once and its version returned (a changed definition is a new version);
         before `start()` it is registered at start, and None is returned."""
         if not isinstance(fn, FunctionDef):
-            raise TypeError(f"register() takes a workflow function (stepflow.workflow(...)), got "
+            raise InvalidArgumentError(f"register() takes a workflow function (stepflow.workflow(...)), got "
                             f"{type(fn).__name__}; SDK apps go to stepflow.Engine(app) or add_app(app)")
         if not self._started:
             self._functions.append(fn)

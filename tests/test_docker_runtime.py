@@ -13,12 +13,15 @@ from typing import Any
 import pytest
 
 import stepflow
-from stepflow.protocol.contract import StepContext
 from stepflow.engine import EngineConfig
-from stepflow.protocol.answers import StepAnswer, StepAttemptError, interpret
+from stepflow.errors import DockerUnavailable, StepAttemptError
+from stepflow.protocol.answers import StepAnswer, interpret
+from stepflow.protocol.contract import StepContext
 from stepflow.runtimes.base import Invocation
 from stepflow.runtimes.docker import ARGV_LIMIT, DockerRuntime, parse_stdout
-from stepflow.runtimes.docker_api import DockerClient, DockerUnavailable
+from stepflow.runtimes.docker_api import DockerClient
+
+pytestmark = pytest.mark.runs_once  # the docker driver needs no store
 
 BUSYBOX = "stepflow-test/busybox:1"
 PYTHON = "stepflow-test/python:3.11"

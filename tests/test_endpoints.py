@@ -27,6 +27,7 @@ from stepflow import NonRetriableError, codec, endpoints
 from stepflow.protocol import signing
 from stepflow.endpoints.checkpointer import Checkpointer
 from stepflow.endpoints.core import Provider
+from stepflow.errors import ConfigError
 from stepflow.engine import Engine, EngineConfig
 from stepflow.ids import new_ulid
 from stepflow.server import ServerSettings, create_app, routes_endpoints
@@ -695,7 +696,7 @@ async def test_signed_resume_calls_and_forged_ones(
 
 
 async def test_outside_dev_mode_a_signing_key_is_required() -> None:
-    with pytest.raises(ValueError, match="signing key"):
+    with pytest.raises(ConfigError, match="signing key"):
         endpoints.setup(domain="api.example.com", base_url="http://127.0.0.1:1", dev=False)
 
 

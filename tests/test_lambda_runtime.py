@@ -15,13 +15,16 @@ import pytest
 from aiohttp import web
 
 import stepflow
-from stepflow.protocol.contract import StepContext
 from stepflow.engine import EngineConfig
+from stepflow.errors import StepAttemptError
 from stepflow.kit.lambda_zip import build_zip
 from stepflow.lambda_local import LocalLambda
+from stepflow.protocol.answers import interpret
+from stepflow.protocol.contract import StepContext
 from stepflow.runtimes.aws_lambda import MAX_SYNC_PAYLOAD, LambdaRuntime
-from stepflow.protocol.answers import StepAttemptError, interpret
 from stepflow.runtimes.base import Invocation
+
+pytestmark = pytest.mark.runs_once  # the lambda driver needs no store
 
 HANDLERS = textwrap.dedent('''
     import json, os, time

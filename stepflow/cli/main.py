@@ -266,11 +266,10 @@ def package_docker(target: str, tag: str, base: str | None) -> None:
     """Build an image from TARGET: `path/to/file.py:function` (a step taking the Input) or
     `package.module:app` (an SDK App; each call runs the function named in the Input)."""
     from stepflow.kit.docker_image import DEFAULT_BASE, build_image
-    from stepflow.runtimes.docker_api import DockerError, DockerUnavailable
 
     try:
         image_id = asyncio.run(build_image(target, tag, base or DEFAULT_BASE))
-    except (DockerError, DockerUnavailable, OSError, ValueError, ImportError) as exc:
+    except (StepflowError, OSError, ValueError, ImportError) as exc:
         fail(f"cannot build {tag}: {exc}")
     click.echo(f"built {tag} ({image_id[:19]})")
     click.echo(f'use it in a workflow step: {{"runtime": {{"type": "docker", "image": "{tag}"}}}}')
@@ -290,7 +289,7 @@ def package_lambda(target: str, output: str, timeout: float, memory: int) -> Non
 
     try:
         path = build_zip(target, Path(output), timeout=timeout, memory=memory)
-    except (OSError, ValueError, ImportError) as exc:
+    except (StepflowError, OSError, ValueError, ImportError) as exc:
         fail(f"cannot package {target}: {exc}")
     size = path.stat().st_size
     click.echo(f"wrote {path} ({size / 1048576:.1f} MiB); handler: stepflow_handler.handler")
@@ -320,6 +319,8 @@ def lambda_serve(directory: str, host: str, port: int, max_workers: int, verbose
         _run_async(serve_lambda(Path(directory), host, port, max_workers))
     except KeyboardInterrupt:
         pass
+    except StepflowError as exc:
+        fail(exc.message)
     except OSError as exc:
         fail(f"cannot serve on {host}:{port}: {exc.strerror or exc}")
 

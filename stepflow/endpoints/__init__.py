@@ -22,14 +22,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stepflow.endpoints.core import (
+    OPTIONS_ATTR,
     REDIRECT,
     TOKEN,
+    USER_ATTR,
     AsyncResponse,
     EndpointOptions,
     Provider,
     current_call,
     update_omit_response_body,
 )
+from stepflow.errors import ConfigError
 
 DEFAULT_DEV_URL = "http://127.0.0.1:8288"
 
@@ -51,11 +54,11 @@ def setup(domain: str, *, client: Any = None, base_url: str | None = None, signi
     url = base_url or (client.base_url if client is not None else None) or env.get("STEPFLOW_BASE_URL") or (
         DEFAULT_DEV_URL if dev else None)
     if not url:
-        raise ValueError("endpoints.setup needs the stepflow server: client=, base_url= or STEPFLOW_BASE_URL "
-                         "(or dev mode)")
+        raise ConfigError("endpoints.setup needs the stepflow server: client=, base_url= or "
+                          "STEPFLOW_BASE_URL (or dev mode)")
     key = signing_key or (client.signing_key if client is not None else None) or env.get("STEPFLOW_SIGNING_KEY")
     if not key and not dev:
-        raise ValueError("endpoints.setup needs a signing key outside dev mode (STEPFLOW_SIGNING_KEY)")
+        raise ConfigError("endpoints.setup needs a signing key outside dev mode (STEPFLOW_SIGNING_KEY)")
     return Provider(domain=domain, base_url=url.rstrip("/"), signing_key=key,
                     signing_key_fallback=signing_key_fallback or env.get("STEPFLOW_SIGNING_KEY_FALLBACK"),
                     track_all_endpoints=track_all_endpoints, async_response=async_response, dev=dev,
@@ -85,8 +88,8 @@ def durable(id: str | None = None, *, omit_request_body: bool = False, omit_resp
         endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                annotation=_request_annotation(handler))])
-        setattr(endpoint, "__stepflow_endpoint__", options)
-        setattr(endpoint, "__stepflow_user_handler__", handler)
+        setattr(endpoint, OPTIONS_ATTR, options)
+        setattr(endpoint, USER_ATTR, handler)
         return endpoint
 
     return decorate

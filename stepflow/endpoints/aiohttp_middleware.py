@@ -2,55 +2,56 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from stepflow import codec
 from stepflow.endpoints.core import (
-    REDIRECT,
-    TOKEN,
+    OPTIONS_ATTR,
+    USER_ATTR,
     EndpointCall,
     EndpointOptions,
     Failed,
     Final,
     GoneAsync,
+    HttpResponse,
     Provider,
     RequestInfo,
     claim_idempotent,
     current_call,
+    idempotent_response,
+    identifiers_error,
     is_resume,
-    read_resume,
+    open_resume,
+    recorded_result,
     release_idempotent,
+    render_async_response,
+    sdk_answer,
 )
-from stepflow.errors import DefinitionError, UnauthorizedError
-from stepflow.protocol import signing
-from stepflow.protocol.wire import NO_RETRY_HEADER
+from stepflow.errors import ConfigError, InvalidArgumentError
+from stepflow.protocol.wire import NO_RETRY_HEADER, RUN_ID_HEADER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPTIONS_ATTR = "__stepflow_endpoint__"
-USER_ATTR = "__stepflow_user_handler__"
 
 
 def response_result(response: Any) -> dict[str, Any]:
     """An aiohttp response as the API result stored with the run (and replayed by the output URL)."""
     if not isinstance(response, web.StreamResponse):
-        raise TypeError(f"a durable handler must return an aiohttp web.Response, not {type(response).__name__}")
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "date", "server")}
+        raise InvalidArgumentError("a durable handler must return an aiohttp web.Response, not "
+                                   f"{type(response).__name__}")
     if not isinstance(response, web.Response):
         # streamed (web.FileResponse, server-sent events): the body is not in hand before it is sent. The
         # response goes out as it is and is recorded without its body — refusing it would turn every file or
         # stream route into a 500 under track_all_endpoints
-        return {"status_code": response.status, "headers": headers}
+        return recorded_result(response.status, response.headers.items(), None)
     raw = response.body if isinstance(response.body, (bytes, bytearray)) else (response.text or "").encode()
-    result: dict[str, Any] = {"status_code": response.status, "headers": headers}
-    try:
-        result["body"] = bytes(raw).decode()
-    except UnicodeDecodeError:
-        result["body"], result["body_encoding"] = base64.b64encode(bytes(raw)).decode(), "base64"
-    return result
+    return recorded_result(response.status, response.headers.items(), raw)
+
+
+def to_aiohttp(response: HttpResponse) -> web.Response:
+    """A core response as aiohttp's."""
+    return web.Response(status=response.status, body=response.body, headers=response.headers)
 
 
 def _function_id(request: web.Request, options: EndpointOptions, durable: bool = True) -> str:
@@ -63,9 +64,7 @@ def _function_id(request: web.Request, options: EndpointOptions, durable: bool =
         # route with identifiers, so it is tracked under its route pattern ("GET /users/{id}"), one function
         return f"{request.method} {formatter}"
     if formatter:
-        raise DefinitionError(f"the durable endpoint {request.method} {formatter} has identifiers in its "
-                              "path: give it an id (e.g. @endpoints.durable(id=\"get-user\")), or every user id "
-                              "would become a function")
+        raise identifiers_error(f"{request.method} {formatter}")
     return f"{request.method} {request.path}"
 
 
@@ -90,9 +89,10 @@ def make_middleware(provider: Provider) -> Any:
         idempotency = request.headers.get(provider.idempotency_header)
         call = EndpointCall(provider, options, fn_id, info, idempotency=idempotency)
         if idempotency:
-            replayed = await _replay_idempotent(provider, fn_id, idempotency, call.run_id)
-            if replayed is not None:
-                return replayed
+            # a repeated request with the same key gets the recorded result (or waits for it)
+            found = await claim_idempotent(provider, fn_id, idempotency, call.run_id)
+            if found is not None:
+                return to_aiohttp(idempotent_response(provider, found))
         for hook in provider.before:
             hook(request)
         token = current_call.set(call)
@@ -106,7 +106,7 @@ def make_middleware(provider: Provider) -> Any:
             if idempotency:
                 release_idempotent(provider, fn_id, idempotency, call.run_id)
         response = _render(provider, request, call, options, outcome)
-        response.headers["X-Run-ID"] = call.run_id
+        response.headers[RUN_ID_HEADER] = call.run_id
         for after in provider.after:
             after(request, response)
         return response
@@ -130,49 +130,23 @@ def _render(provider: Provider, request: web.Request, call: EndpointCall, option
         response: web.StreamResponse = outcome.response
         return response
     if isinstance(outcome, Failed):
-        return web.json_response(outcome.public_body(call.run_id), status=500)
-    mode = options.async_response or provider.async_response
-    url = provider.output_url(outcome.run_id, outcome.token)
-    if mode == REDIRECT:
-        return web.Response(status=303, headers={"Location": url})
-    if mode == TOKEN:
-        return web.json_response({"run_id": outcome.run_id, "token": outcome.token, "url": url}, status=202)
-    assert callable(mode)
-    custom = mode(request, outcome.run_id, outcome.token)
-    if not isinstance(custom, web.StreamResponse):
-        raise TypeError("a custom async_response must return an aiohttp response")
-    return custom
-
-
-async def _replay_idempotent(provider: Provider, fn_id: str, key: str, run_id: str) -> web.StreamResponse | None:
-    """A repeated request with the same idempotency key gets the recorded result (or waits for it)."""
-    found = await claim_idempotent(provider, fn_id, key, run_id)
-    if found is None:
-        return None
-    if found["status"] == "Completed" and isinstance(found["output"], dict):
-        from stepflow.server.routes_endpoints import replay
-
-        return replay(found["output"], found["run_id"])
-    from stepflow.tokens import make_token
-
-    url = provider.output_url(found["run_id"], make_token(found["run_id"], provider.signing_key))
-    return web.Response(status=303, headers={"Location": url, "X-Run-ID": found["run_id"]})
+        return to_aiohttp(outcome.response(call.run_id))
+    rendered = render_async_response(provider, options, outcome, request)
+    if isinstance(rendered, HttpResponse):
+        return to_aiohttp(rendered)
+    if not isinstance(rendered, web.StreamResponse):
+        raise ConfigError("a custom async_response must return an aiohttp response, not "
+                          f"{type(rendered).__name__}")
+    return rendered
 
 
 async def _resume(provider: Provider, request: web.Request) -> web.StreamResponse:
     """The engine calls the endpoint again, signed, with the memoized steps: re-run the handler on them."""
     blank = request.clone()  # cloned before the body is read (aiohttp refuses afterwards); re-aimed below
-    body = await request.read()
-    if not provider.dev:
-        try:
-            signing.verify(body, request.headers.get(signing.SIGNATURE_HEADER), provider.keys or ["-"])
-        except UnauthorizedError as exc:
-            return web.json_response({"error": {"code": "unauthorized", "message": exc.message}}, status=401)
-    resume = read_resume(body, request.path)
-    if isinstance(resume, str):
-        return web.json_response({"name": "InvalidResume", "message": resume}, status=400,
-                                 headers={NO_RETRY_HEADER: "true"})
-    document, method, path, query = resume.document, resume.method, resume.path, resume.query
+    resume = open_resume(provider, request.headers, await request.read(), request.path)
+    if isinstance(resume, HttpResponse):
+        return to_aiohttp(resume)
+    method, path, query = resume.method, resume.path, resume.query
     original = blank.clone(method=method, rel_url=f"{path}?{query}" if query else path)
     # the handler reads the original request's body (when it was recorded), not the engine's Input
     original._read_bytes = resume.body
@@ -181,21 +155,16 @@ async def _resume(provider: Provider, request: web.Request) -> web.StreamRespons
     options: EndpointOptions | None = getattr(handler, OPTIONS_ATTR, None)
     user = getattr(handler, USER_ATTR, None)
     if options is None or user is None:
-        return web.json_response({"name": "EndpointNotFound", "message": f"no durable handler for {method} {path}"},
-                                 status=404, headers={NO_RETRY_HEADER: "true"})
+        return to_aiohttp(HttpResponse.json({"name": "EndpointNotFound",
+                                             "message": f"no durable handler for {method} {path}"},
+                                            404, {NO_RETRY_HEADER: "true"}))
     original._match_info = match
     info = RequestInfo(method=method, path=path, domain=provider.app_id, ip="", content_type="", query=query,
                        body=b"")
-    call = EndpointCall(provider, options, resume.fn or f"{method} {path}", info, resume=document)
+    call = EndpointCall(provider, options, resume.fn or f"{method} {path}", info, resume=resume.document)
     token = current_call.set(call)
     try:
-        from stepflow.endpoints.core import EndpointResume
-
-        try:
-            await call.execute(lambda step: _answer(user(original, step)), response_result)
-        except EndpointResume as answer:
-            reply = answer.reply
+        reply = await call.resume_reply(lambda step: _answer(user(original, step)), response_result)
     finally:
         current_call.reset(token)
-    return web.Response(status=reply.status, body=codec.dumps(reply.body), content_type="application/json",
-                        headers={**reply.headers, "X-Run-ID": call.run_id})
+    return to_aiohttp(sdk_answer(reply, call.run_id))

@@ -7,7 +7,6 @@ engine's resume calls with the SDK protocol, and adds `X-Run-ID` to every respon
 
 from __future__ import annotations
 
-import base64
 import contextvars
 import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -16,29 +15,29 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
-from stepflow import codec
 from stepflow.endpoints.core import (
-    REDIRECT,
-    TOKEN,
-    EndpointAsync,
+    EndpointAsyncInterrupt,
     EndpointCall,
     EndpointOptions,
-    EndpointResume,
+    EndpointResumeInterrupt,
     Failed,
     Final,
+    HttpResponse,
     Provider,
     RequestInfo,
     claim_idempotent,
     current_call,
+    idempotent_response,
+    identifiers_error,
     is_resume,
-    read_resume,
+    open_resume,
+    recorded_result,
     release_idempotent,
+    render_async_response,
+    sdk_answer,
 )
-from stepflow.errors import UnauthorizedError
+from stepflow.errors import ConfigError, InvalidArgumentError
 from stepflow.ids import new_ulid
-from stepflow.protocol import signing
-from stepflow.protocol.wire import NO_RETRY_HEADER
-from stepflow.tokens import make_token
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -61,27 +60,29 @@ asgi_context: contextvars.ContextVar[AsgiRequestContext | None] = contextvars.Co
 
 
 def starlette_result(response: Any) -> dict[str, Any]:
+    """A Starlette response as the API result stored with the run (and replayed by the output URL)."""
     body = getattr(response, "body", None)
     if not isinstance(body, (bytes, bytearray)):
-        raise TypeError("a durable handler must return a response with a body (not a streaming response)")
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "date", "server")}
-    result: dict[str, Any] = {"status_code": response.status_code, "headers": headers}
-    try:
-        result["body"] = bytes(body).decode()
-    except UnicodeDecodeError:
-        result["body"], result["body_encoding"] = base64.b64encode(bytes(body)).decode(), "base64"
-    return result
+        raise InvalidArgumentError("a durable handler must return a response with a body (not a streaming "
+                                   "response)")
+    return recorded_result(response.status_code, response.headers.items(), body)
+
+
+def to_starlette(response: HttpResponse) -> Any:
+    """A core response as Starlette's (returned from the endpoint, through the app's middlewares)."""
+    from starlette.responses import Response
+
+    return Response(content=response.body, status_code=response.status, headers=response.headers)
 
 
 async def run_durable_asgi(handler: Callable[..., Awaitable[Any]], options: EndpointOptions, request: Any) -> Any:
     """What a durable handler does under the ASGI middleware (called by the `durable` wrapper)."""
     context = asgi_context.get()
     if context is None:
-        raise RuntimeError("durable endpoint needs the stepflow middleware: app.add_middleware(provider.asgi)")
+        raise ConfigError("durable endpoint needs the stepflow middleware: app.add_middleware(provider.asgi)")
     fn_id = options.id or f"{context.info.method} {context.info.path}"
     if not options.id and getattr(request, "path_params", None):
-        raise ValueError(f"the durable endpoint {fn_id} has identifiers in its path: give it an id "
-                         "(@endpoints.durable(id=...))")
+        raise identifiers_error(fn_id)
     call = EndpointCall(context.provider, options, fn_id, context.info, resume=context.resume,
                         idempotency=context.idempotency)
     key = context.idempotency if context.resume is None else None
@@ -89,7 +90,7 @@ async def run_durable_asgi(handler: Callable[..., Awaitable[Any]], options: Endp
         # as under aiohttp: a repeated request with the same key gets the recorded result (or waits for it)
         found = await claim_idempotent(context.provider, fn_id, key, call.run_id)
         if found is not None:
-            return _replayed(context.provider, found)
+            return to_starlette(idempotent_response(context.provider, found))
     context.call = call
     context.request = request
     token = current_call.set(call)
@@ -114,10 +115,8 @@ async def run_durable_asgi(handler: Callable[..., Awaitable[Any]], options: Endp
     if isinstance(outcome, Final):
         return outcome.response
     if isinstance(outcome, Failed):
-        from starlette.responses import JSONResponse
-
-        return JSONResponse(outcome.public_body(call.run_id), status_code=500)
-    raise EndpointAsync(outcome)
+        return to_starlette(outcome.response(call.run_id))
+    raise EndpointAsyncInterrupt(outcome)
 
 
 async def _render_http_exception(request: Any, exc: Exception) -> Any:
@@ -140,24 +139,6 @@ async def _render_http_exception(request: Any, exc: Exception) -> Any:
     return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
-def _replayed(provider: Provider, found: dict[str, Any]) -> Any:
-    """The response for a request whose idempotency key already has a run."""
-    from starlette.responses import RedirectResponse, Response
-
-    run_id = str(found["run_id"])
-    result = found.get("output")
-    if found.get("status") == "Completed" and isinstance(result, dict):
-        body = result.get("body")
-        raw = base64.b64decode(str(body)) if result.get("body_encoding") == "base64" else \
-            (str(body).encode() if body is not None else b"")
-        headers = {str(k): str(v) for k, v in dict(result.get("headers") or {}).items()
-                   if str(k).lower() not in ("content-length", "transfer-encoding", "date", "server")}
-        headers["X-Run-ID"] = run_id
-        return Response(content=raw, status_code=int(result.get("status_code", 200)), headers=headers)
-    url = provider.output_url(run_id, make_token(run_id, provider.signing_key))
-    return RedirectResponse(url, status_code=303, headers={"X-Run-ID": run_id})
-
-
 def make_asgi_middleware(provider: Provider) -> type:
     class StepflowEndpoints:
         def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], **_: Any) -> None:
@@ -176,16 +157,9 @@ def make_asgi_middleware(provider: Provider) -> type:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
             resume: dict[str, Any] | None = None
             if is_resume(headers):
-                if not provider.dev:
-                    try:
-                        signing.verify(body, headers.get(signing.SIGNATURE_HEADER.lower()), provider.keys or ["-"])
-                    except UnauthorizedError as exc:
-                        await _send_json(send, 401, {"error": {"code": "unauthorized", "message": exc.message}})
-                        return
-                call = read_resume(body, scope["path"])
-                if isinstance(call, str):
-                    await _send_json(send, 400, {"name": "InvalidResume", "message": call},
-                                     {NO_RETRY_HEADER: "true"})
+                call = open_resume(provider, headers, body, scope["path"])
+                if isinstance(call, HttpResponse):
+                    await send_response(send, call)
                     return
                 resume, body = call.document, call.body
                 scope = dict(scope, method=call.method, path=call.path, raw_path=call.path.encode(),
@@ -231,10 +205,10 @@ def make_asgi_middleware(provider: Provider) -> type:
                 for after in provider.after if resume is None else []:
                     after(hook_request, SimpleNamespace(status_code=captured["status"],
                                                         headers=_decode_headers(captured["headers"])))
-            except EndpointResume as answer:
-                await _send_json(send, answer.reply.status, answer.reply.body, answer.reply.headers,
-                                 run_id=context.call.run_id if context.call else None)
-            except EndpointAsync as gone:
+            except EndpointResumeInterrupt as answer:
+                run_id = context.call.run_id if context.call else None
+                await send_response(send, sdk_answer(answer.reply, run_id))
+            except EndpointAsyncInterrupt as gone:
                 await _send_async(send, provider, context, gone)
             finally:
                 asgi_context.reset(token)
@@ -265,13 +239,8 @@ async def _record_plain(provider: Provider, context: AsgiRequestContext, run_id:
     path = context.info.path
     for name, value in (scope.get("path_params") or {}).items():  # /items/7 is recorded as /items/{item_id}
         path = path.replace(str(value), "{" + name + "}")
-    headers = {k: v for k, v in _decode_headers(captured["headers"]).items()
-               if k.lower() not in ("content-length", "date", "server")}
-    result: dict[str, Any] = {"status_code": captured["status"], "headers": headers}
-    try:
-        result["body"] = bytes(captured["body"]).decode()
-    except UnicodeDecodeError:
-        result["body"], result["body_encoding"] = base64.b64encode(bytes(captured["body"])).decode(), "base64"
+    result = recorded_result(captured["status"], _decode_headers(captured["headers"]).items(),
+                             captured["body"])
 
     async def answered(step: Any) -> dict[str, Any]:
         return result
@@ -288,35 +257,24 @@ def _discard(send: Send) -> Send:
     return drop
 
 
-async def _send_json(send: Send, status: int, body: Any, headers: dict[str, str] | None = None,
-                     run_id: str | None = None) -> None:
-    payload = codec.dumps(body)
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    raw_headers += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
-    if run_id:
-        raw_headers.append((b"x-run-id", run_id.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": payload})
+async def send_response(send: Send, response: HttpResponse) -> None:
+    """Send a core response as ASGI messages."""
+    headers = [(k.lower().encode(), str(v).encode()) for k, v in response.headers.items()
+               if k.lower() != "content-length"]
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
-async def _send_async(send: Send, provider: Provider, context: AsgiRequestContext, gone: EndpointAsync) -> None:
-    outcome = gone.outcome
+async def _send_async(send: Send, provider: Provider, context: AsgiRequestContext,
+                      gone: EndpointAsyncInterrupt) -> None:
     options = context.call.options if context.call else EndpointOptions()
-    mode = options.async_response or provider.async_response
-    url = provider.output_url(outcome.run_id, outcome.token)
-    if mode == REDIRECT:
-        await send({"type": "http.response.start", "status": 303,
-                    "headers": [(b"location", url.encode()), (b"x-run-id", outcome.run_id.encode()),
-                                (b"content-length", b"0")]})
-        await send({"type": "http.response.body", "body": b""})
-    elif mode == TOKEN:
-        await _send_json(send, 202, {"run_id": outcome.run_id, "token": outcome.token, "url": url},
-                         run_id=outcome.run_id)
+    rendered = render_async_response(provider, options, gone.outcome, context.request)
+    if isinstance(rendered, HttpResponse):
+        await send_response(send, rendered)
     else:
-        assert callable(mode)
         # an ASGI response object (e.g. Starlette's), made from the handler's request as under aiohttp
-        custom = mode(context.request, outcome.run_id, outcome.token)
-        await custom({"type": "http"}, _never_receive, send)
+        await rendered({"type": "http"}, _never_receive, send)
 
 
 async def _never_receive() -> Message:

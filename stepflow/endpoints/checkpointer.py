@@ -21,16 +21,9 @@ from typing import Any
 import aiohttp
 
 from stepflow import codec
-from stepflow.errors import StepflowError
+from stepflow.errors import CheckpointError
 
 log = logging.getLogger("stepflow.endpoints")
-
-
-class CheckpointError(StepflowError):
-    """A checkpoint the request had to wait for could not be stored."""
-
-    code = "checkpoint_failed"
-    status = 503
 BATCH = 200
 
 
@@ -214,7 +207,7 @@ class Checkpointer:
                                       headers={"Content-Type": "application/json"},
                                       timeout=aiohttp.ClientTimeout(total=30)) as resp:
             if resp.status >= 500:
-                raise RuntimeError(f"server answered {resp.status}")
+                raise CheckpointError(f"the stepflow server answered {resp.status}")
             return resp.status, (await resp.text() if resp.status >= 400 else "")
 
 

@@ -6,6 +6,13 @@ checkpointed too. When the handler reaches `step.sleep` / `step.wait_for_event`,
 retried, the request stops there: the run is handed to the engine (which later calls the endpoint again with
 the memoized steps, signed) and the caller gets the async response (a redirect to a URL that blocks until the
 run ends and replays the final response, a token, or a custom response).
+
+Everything here is framework-neutral, and imports neither the engine nor the server: the request and response
+records (`RequestInfo`, `HttpResponse`), the API result stored with a run and back (`recorded_result`,
+`replayed_response`), bodies and headers on the way (`body_fields`, `body_bytes`, `kept_headers`), the async
+response (`render_async_response`), idempotent repeats (`idempotent_response`), the resume call's checks
+(`open_resume`) and the SDK answer to it (`sdk_answer`). The aiohttp and ASGI adapters only translate between
+these records and their framework.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import contextvars
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +30,10 @@ from ulid import ULID
 
 from stepflow import codec
 from stepflow.endpoints.checkpointer import Checkpointer
-from stepflow.engine.endpoints import RESUME_HEADER
+from stepflow.errors import CheckpointError, ConfigError, DefinitionError, UnauthorizedError
 from stepflow.ids import new_ulid
-from stepflow.protocol.wire import Op
+from stepflow.protocol import signing
+from stepflow.protocol.wire import NO_RETRY_HEADER, REQUEST_EVENT, RESUME_HEADER, RUN_ID_HEADER, Op
 from stepflow.sdk.app import FunctionSpec
 from stepflow.sdk.execution import Execution, SdkResponse, error_body
 from stepflow.sdk.steps import StepTools
@@ -35,6 +43,9 @@ log = logging.getLogger("stepflow.endpoints")
 REDIRECT = "redirect"
 TOKEN = "token"
 AsyncResponse = str | Callable[..., Any]  # "redirect" | "token" | fn(request, run_id, token) -> response
+# the marks `@endpoints.durable` leaves on the handler it wraps: its options, and the user's handler
+OPTIONS_ATTR = "__stepflow_endpoint__"
+USER_ATTR = "__stepflow_user_handler__"
 
 current_call: contextvars.ContextVar[EndpointCall | None] = contextvars.ContextVar("stepflow_endpoint",
                                                                                      default=None)
@@ -62,11 +73,76 @@ class RequestInfo:
         data: dict[str, Any] = {"fn": fn_id, "method": self.method, "path": self.path, "domain": self.domain,
                                 "ip": self.ip, "content_type": self.content_type, "query_params": self.query}
         if not omit_body:
-            try:
-                data["body"] = self.body.decode()
-            except UnicodeDecodeError:
-                data["body"], data["body_encoding"] = base64.b64encode(self.body).decode(), "base64"
+            data.update(body_fields(self.body))
         return data
+
+
+# --- bodies, headers, responses: the records both adapters translate ----------------------------------------
+
+# headers of a response that its server sets again when it is sent: not recorded, not replayed
+SERVER_SET_HEADERS = frozenset({"content-length", "date", "server"})
+REPLAY_DROPPED_HEADERS = SERVER_SET_HEADERS | {"transfer-encoding"}
+
+
+def body_fields(raw: bytes | bytearray) -> dict[str, str]:
+    """A body as it is recorded: `{"body": text}`, or base64 with `"body_encoding": "base64"` when the bytes
+    are not UTF-8."""
+    try:
+        return {"body": bytes(raw).decode()}
+    except UnicodeDecodeError:
+        return {"body": base64.b64encode(bytes(raw)).decode(), "body_encoding": "base64"}
+
+
+def body_bytes(fields: Mapping[str, Any], *, strict: bool = False) -> bytes:
+    """The bytes of a recorded body (`body_fields` back); none is empty. `strict`: a base64 body with anything
+    but base64 in it raises ValueError (else such characters are skipped)."""
+    body = fields.get("body")
+    if body is None:
+        return b""
+    if fields.get("body_encoding") == "base64":
+        return base64.b64decode(str(body), validate=strict)
+    return str(body).encode()
+
+
+def kept_headers(items: Iterable[tuple[Any, Any]],
+                 dropped: frozenset[str] = SERVER_SET_HEADERS) -> dict[str, str]:
+    """Headers without those the server sets again (`dropped`, lower-case names)."""
+    return {str(k): str(v) for k, v in items if str(k).lower() not in dropped}
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A request header, from aiohttp's case-insensitive headers or from ASGI's, which arrive lower-cased."""
+    return headers.get(name) or headers.get(name.lower())
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    """A response as the core makes it; each adapter turns it into its framework's (or sends it as is)."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> HttpResponse:
+        return cls(status, {"Content-Type": "application/json", **(headers or {})}, codec.dumps(data))
+
+
+def recorded_result(status: int, headers: Iterable[tuple[Any, Any]],
+                    body: bytes | bytearray | None) -> dict[str, Any]:
+    """A response as the API result stored with the run (and replayed by the output URL). `body` None: a
+    streamed response, whose body was not in hand — recorded without it."""
+    result: dict[str, Any] = {"status_code": status, "headers": kept_headers(headers)}
+    if body is not None:
+        result.update(body_fields(body))
+    return result
+
+
+def replayed_response(result: Mapping[str, Any], run_id: str) -> HttpResponse:
+    """A stored API result back into the response it recorded, naming its run."""
+    headers = kept_headers(dict(result.get("headers") or {}).items(), REPLAY_DROPPED_HEADERS)
+    headers[RUN_ID_HEADER] = run_id
+    return HttpResponse(int(result.get("status_code", 200)), headers, body_bytes(result))
 
 
 @dataclass(slots=True)
@@ -94,16 +170,21 @@ class Failed:
                           "message": f"the endpoint failed; its error is recorded with run {run_id}"},
                 "run_id": run_id}
 
+    def response(self, run_id: str) -> HttpResponse:
+        return HttpResponse.json(self.public_body(run_id), 500)
 
-class EndpointResume(BaseException):
-    """In a resume call the handler's outcome is the SDK answer to the engine, not a response to a user."""
+
+class EndpointResumeInterrupt(BaseException):
+    """Control flow, not an error: in a resume call the handler's outcome is the SDK answer to the engine,
+    not a response to a user; raised through the web framework to the middleware, which sends `reply`."""
 
     def __init__(self, reply: SdkResponse) -> None:
         self.reply = reply
 
 
-class EndpointAsync(BaseException):
-    """The handler went asynchronous (raised through the web framework to the middleware)."""
+class EndpointAsyncInterrupt(BaseException):
+    """Control flow, not an error: the handler went asynchronous; raised through the web framework to the
+    middleware, which answers the async response for `outcome`."""
 
     def __init__(self, outcome: GoneAsync) -> None:
         self.outcome = outcome
@@ -205,18 +286,26 @@ class EndpointCall:
             out.pop("body_encoding", None)
         return out
 
+    async def resume_reply(self, handler: Callable[[StepTools], Awaitable[Any]],
+                           to_result: Callable[[Any], dict[str, Any]]) -> SdkResponse:
+        """A resume call: the handler run on the memoized steps, as the SDK answer to the engine."""
+        assert self.resume is not None
+        return await Execution(self._spec(handler, to_result, {}), self.resume).run()
+
     async def execute(self, handler: Callable[[StepTools], Awaitable[Any]],
                       to_result: Callable[[Any], dict[str, Any]]) -> Final | GoneAsync | Failed:
+        """Run the handler of a live request. In a resume call, raise EndpointResumeInterrupt with the SDK
+        answer (through the web framework, up to the middleware that sends it)."""
+        if self.resume is not None:
+            raise EndpointResumeInterrupt(await self.resume_reply(handler, to_result))
         keep: dict[str, Any] = {}
         spec = self._spec(handler, to_result, keep)
-        if self.resume is not None:
-            raise EndpointResume(await Execution(spec, self.resume).run())
         checkpointer = self.provider.checkpointer
         await checkpointer.put({"op": "run", "run_id": self.run_id, "fn_id": self.fn_id, "app_id": self.provider.app_id,
                                 "url": self.endpoint_url, "started_at": self.started_ms,
                                 "idempotency": self.idempotency,
                                 "event": {"data": self.request.event_data(self.fn_id, self.options.omit_request_body)}})
-        document = {"event": {"name": "http/request", "data": {}}, "steps": {},
+        document = {"event": {"name": REQUEST_EVENT, "data": {}}, "steps": {},
                     "ctx": {"run_id": self.run_id, "function_id": self.fn_id, "attempt": 0}}
 
         def step_done(op: dict[str, Any]) -> None:
@@ -302,8 +391,8 @@ async def find_idempotent(provider: Provider, fn_id: str, key: str) -> dict[str,
                     found: dict[str, Any] = (await resp.json())["data"]
                     return found
                 if resp.status != 404:
-                    raise RuntimeError(f"stepflow idempotency lookup failed ({resp.status}): "
-                                       f"{(await resp.text())[:300]}")
+                    raise CheckpointError(f"stepflow idempotency lookup failed ({resp.status}): "
+                                          f"{(await resp.text())[:300]}")
             if look or provider.checkpointer.pending() == 0:
                 return None
             # The first request's run may still be in our own buffer (e.g. it finished an instant ago): once
@@ -312,9 +401,41 @@ async def find_idempotent(provider: Provider, fn_id: str, key: str) -> dict[str,
     return None
 
 
-def is_resume(headers: Any) -> bool:
+def idempotent_response(provider: Provider, found: dict[str, Any]) -> HttpResponse:
+    """The answer to a repeated request whose idempotency key already has a run: the recorded response, or a
+    redirect to the output URL while that run is still going."""
+    run_id = str(found["run_id"])
+    if found.get("status") == "Completed" and isinstance(found.get("output"), dict):
+        return replayed_response(found["output"], run_id)
+    url = provider.output_url(run_id, make_token(run_id, provider.signing_key))
+    return HttpResponse(303, {"Location": url, RUN_ID_HEADER: run_id})
+
+
+def render_async_response(provider: Provider, options: EndpointOptions, outcome: GoneAsync,
+                          request: Any) -> Any:
+    """The caller's answer when the handler went asynchronous: an HttpResponse for "redirect" and "token",
+    else whatever the endpoint's callable returns for `request` (a response of the adapter's framework)."""
+    mode = options.async_response or provider.async_response
+    url = provider.output_url(outcome.run_id, outcome.token)
+    if mode == REDIRECT:
+        return HttpResponse(303, {"Location": url, RUN_ID_HEADER: outcome.run_id})
+    if mode == TOKEN:
+        return HttpResponse.json({"run_id": outcome.run_id, "token": outcome.token, "url": url}, 202,
+                                 {RUN_ID_HEADER: outcome.run_id})
+    if not callable(mode):
+        raise ConfigError(f"async_response must be {REDIRECT!r}, {TOKEN!r} or a callable, not {mode!r}")
+    return mode(request, outcome.run_id, outcome.token)
+
+
+def identifiers_error(route: str) -> DefinitionError:
+    """A durable endpoint without an id on a path with identifiers: each value would become a function."""
+    return DefinitionError(f"the durable endpoint {route} has identifiers in its path: give it an id (e.g. "
+                           "@endpoints.durable(id=\"get-user\")), or every user id would become a function")
+
+
+def is_resume(headers: Mapping[str, str]) -> bool:
     """The engine's resume call (aiohttp headers are case-insensitive; ASGI ones arrive lower-cased)."""
-    return bool(headers.get(RESUME_HEADER) or headers.get(RESUME_HEADER.lower()))
+    return bool(header(headers, RESUME_HEADER))
 
 
 def update_omit_response_body(omit: bool) -> None:
@@ -336,6 +457,27 @@ class ResumeCall:
     fn: str | None
 
 
+def open_resume(provider: Provider, headers: Mapping[str, str], body: bytes,
+                default_path: str) -> ResumeCall | HttpResponse:
+    """A resume call checked: its signature (unless in dev mode), then its Input. A response is the refusal to
+    send instead: 401 for a bad signature, 400 not-retried for an Input that is not one."""
+    if not provider.dev:
+        try:
+            signing.verify(body, header(headers, signing.SIGNATURE_HEADER), provider.keys or ["-"])
+        except UnauthorizedError as exc:
+            return HttpResponse.json({"error": {"code": "unauthorized", "message": exc.message}}, 401)
+    call = read_resume(body, default_path)
+    if isinstance(call, str):
+        return HttpResponse.json({"name": "InvalidResume", "message": call}, 400, {NO_RETRY_HEADER: "true"})
+    return call
+
+
+def sdk_answer(reply: SdkResponse, run_id: str | None) -> HttpResponse:
+    """The answer to a resume call: the SDK protocol's reply to the engine."""
+    headers = {**reply.headers, **({RUN_ID_HEADER: run_id} if run_id else {})}
+    return HttpResponse.json(reply.body, reply.status, headers)
+
+
 def read_resume(raw: bytes, default_path: str) -> ResumeCall | str:
     """Read a (correctly signed) resume call's Input; a string says why it cannot be one. Only the engine sends
     these, but a malformed one must get a clean 400, not a crash inside the user's web app."""
@@ -353,10 +495,8 @@ def read_resume(raw: bytes, default_path: str) -> ResumeCall | str:
     for field_name in ("method", "path", "query_params", "body", "body_encoding", "fn"):
         if data.get(field_name) is not None and not isinstance(data[field_name], str):
             return f"the resume call's event.data.{field_name} must be a string"
-    raw_body = data.get("body") or ""
     try:
-        body = base64.b64decode(raw_body, validate=True) if data.get("body_encoding") == "base64" \
-            else raw_body.encode()
+        body = body_bytes(data, strict=True)
     except ValueError:
         return "the resume call's event.data.body is not valid base64"
     return ResumeCall(document=document, method=data.get("method") or "GET", path=data.get("path") or default_path,

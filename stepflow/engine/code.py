@@ -15,7 +15,8 @@ from typing import Any
 
 from stepflow import codec
 from stepflow.definitions import FunctionDef
-from stepflow.engine.ops import CallContext, NoProgress, apply_ops, attempts_text, too_large
+from stepflow.engine.ops import CallContext, apply_ops, attempts_text, too_large
+from stepflow.errors import NoProgress
 
 __all__ = ["CallContext", "NoProgress", "advance_after_call", "build_call_input", "build_remote_input",
            "failure_event", "memos"]

@@ -22,11 +22,8 @@ from stepflow.engine.runs import new_run
 from stepflow.errors import ConflictError, InvalidRequestError
 from stepflow.events import validate_event
 from stepflow.ids import is_ulid, now_ms
+from stepflow.protocol.wire import REQUEST_EVENT, RESUME_HEADER, Op
 from stepflow.store.records import Advance, EventRecord, RunState, RunStatus, StepStatus, StepWrite
-from stepflow.protocol.wire import Op
-
-RESUME_HEADER = "X-Stepflow-Resume"
-REQUEST_EVENT = "http/request"
 
 
 class EndpointCheckpoints:

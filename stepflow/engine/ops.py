@@ -19,7 +19,7 @@ from stepflow.definitions import FunctionDef, parse_runtime
 from stepflow.durations import parse_duration
 from stepflow.engine.registry import FunctionRegistry
 from stepflow.engine.runs import new_run
-from stepflow.errors import DefinitionError, ExpressionError, InvalidRequestError
+from stepflow.errors import DefinitionError, ExpressionError, InvalidRequestError, NoProgress
 from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid
@@ -57,18 +57,6 @@ class CallContext:
         self.max_output_bytes = max_output_bytes
         self.backoff = backoff  # (attempt, retry_after seconds or None) -> delay seconds
         self.fast_forward = fast_forward
-
-
-class NoProgress(Exception):
-    """A call's answer moved the run nowhere (an op the engine does not know, a step planned again while it is
-    pending, a targeted step the SDK did not reach, a malformed op). It is an error of the attempt: recorded
-    and retried like a 5xx, so a run never waits for ever on an answer that changed nothing."""
-
-    def __init__(self, code: str, message: str, step_id: str | None = None, name: str | None = None) -> None:
-        super().__init__(message)
-        self.error = {"code": code, "name": "ProtocolError", "message": message}
-        self.step_id = step_id
-        self.name = name
 
 
 class Effect(Enum):

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 import stepflow
+from stepflow.errors import TargetError
 
 _SKIP_DISTS = {"stepflow", "pip", "setuptools", "wheel"}
 
@@ -59,18 +60,18 @@ def copy_user_code(target: str, dest: Path) -> str:
     is importable there."""
     module_name, _, attr = target.rpartition(":")
     if not module_name or not attr:
-        raise ValueError(f"target {target!r} must be 'path/to/file.py:attribute' or 'package.module:attribute'")
+        raise TargetError(f"target {target!r} must be 'path/to/file.py:attribute' or 'package.module:attribute'")
     dest.mkdir(parents=True, exist_ok=True)
     if module_name.endswith(".py"):
         source = Path(module_name)
         if not source.is_file():
-            raise FileNotFoundError(f"{source} does not exist")
+            raise TargetError(f"{source} does not exist")
         shutil.copy2(source, dest / source.name)
         return f"{source.stem}:{attr}"
     top = module_name.split(".")[0]
     spec = importlib.util.find_spec(top)
     if spec is None or spec.origin is None:
-        raise ImportError(f"cannot find module {top!r} (is it on PYTHONPATH?)")
+        raise TargetError(f"cannot find module {top!r} (is it on PYTHONPATH?)")
     origin = Path(spec.origin)
     if origin.name == "__init__.py":
         shutil.copytree(origin.parent, dest / top, ignore=shutil.ignore_patterns("__pycache__"),

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import aiohttp
 
+from stepflow.errors import DockerError
 from stepflow.kit.bundle import copy_dependencies, copy_user_code
-from stepflow.runtimes.docker_api import DockerClient, DockerError
+from stepflow.runtimes.docker_api import DockerClient
 
 DEFAULT_BASE = f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
 

@@ -20,17 +20,19 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from stepflow.errors import TargetError
+
 
 def load_target(target: str) -> Any:
     """`pkg.module:attr` or `path/to/file.py:attr`."""
     module_name, _, attr = target.rpartition(":")
     if not module_name or not attr:
-        raise ValueError(f"target {target!r} must be 'module:attribute' or 'file.py:attribute'")
+        raise TargetError(f"target {target!r} must be 'module:attribute' or 'file.py:attribute'")
     if module_name.endswith(".py"):
         path = Path(module_name)
         spec = importlib.util.spec_from_file_location(path.stem, path)
         if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
+            raise TargetError(f"cannot load {path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)
@@ -39,7 +41,7 @@ def load_target(target: str) -> Any:
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise AttributeError(f"{module_name} has no attribute {attr!r}") from None
+        raise TargetError(f"{module_name} has no attribute {attr!r}") from None
 
 
 def read_input(argument: str) -> dict[str, Any]:

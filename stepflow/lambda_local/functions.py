@@ -8,6 +8,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepflow.errors import TargetError
+
 MANIFEST = "stepflow-lambda.json"
 DEFAULT_HANDLER = "lambda_function.handler"
 
@@ -42,7 +44,7 @@ def discover_functions(directory: Path, unpack_to: Path | None = None) -> dict[s
     """`DIR/<name>.zip` (unpacked into a temporary directory) and `DIR/<name>/` become functions `<name>`."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory of Lambda functions")
+        raise TargetError(f"{directory} is not a directory of Lambda functions")
     unpack_root = unpack_to or Path(tempfile.mkdtemp(prefix="stepflow-lambda-"))
     found: dict[str, LocalFunction] = {}
     for entry in sorted(directory.iterdir()):

@@ -9,10 +9,10 @@ each other.
 - `signing`: `X-Inngest-Signature` and the signing-key forms the SDKs send.
 """
 
-from stepflow.protocol.answers import Delivery, StepAnswer, StepAttemptError, interpret, parse_retry_after
+from stepflow.errors import MalformedResponse, StepAttemptError
+from stepflow.protocol.answers import Delivery, StepAnswer, interpret, parse_retry_after
 from stepflow.protocol.contract import (
     DEFAULT_MAX_OUTPUT_BYTES,
-    MalformedResponse,
     StepContext,
     StepResponse,
     build_input,

@@ -24,22 +24,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stepflow import codec
-from stepflow.errors import StepflowError
-from stepflow.protocol.contract import MalformedResponse, StepResponse, interpret_document, snippet
+from stepflow.errors import MalformedResponse
+from stepflow.errors import StepAttemptError as StepAttemptError  # noqa: PLC0414 - re-exported (engine/executor.py)
+from stepflow.protocol.contract import StepResponse, interpret_document, snippet
 from stepflow.protocol.wire import NO_RETRY_HEADER, RETRY_AFTER_HEADER
 
 SDK_ANSWER_LIMIT = 64 * 1024 * 1024  # an SDK answer may carry several inline steps, each up to the limit
-
-
-class StepAttemptError(StepflowError):
-    """An attempt produced no usable answer. `retryable` says whether trying again may help."""
-
-    def __init__(self, code: str, message: str, *, retryable: bool = True, logs: str | None = None,
-                 details: dict[str, Any] | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retryable = retryable
-        self.logs = logs
-        self.details = details or {}
 
 
 _NOT_DECODED: Any = object()

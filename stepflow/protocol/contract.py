@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from stepflow import codec
+from stepflow.errors import MalformedResponse
 
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024  # 1 MiB, encoded
 
@@ -80,15 +81,6 @@ class StepResponse:
 
     def to_stored(self) -> dict[str, Any]:
         return {"status": self.status, "body": self.body}
-
-
-class MalformedResponse(ValueError):
-    """The answer is not a Response. Bad JSON is treated like no answer (retried); a document whose `status`
-    is not an HTTP status is not retried (`retryable=False`): the step would answer the same again."""
-
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 def interpret_document(document: Any, default_status: int = 200) -> StepResponse:

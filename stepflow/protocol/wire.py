@@ -30,6 +30,9 @@ REQUEST_VERSION_HEADER = "X-Inngest-Req-Version"
 SERVER_KIND_HEADER = "X-Inngest-Server-Kind"
 EXPECTED_SERVER_KIND_HEADER = "X-Inngest-Expected-Server-Kind"
 STEPFLOW_SERVER_HEADER = "X-Stepflow-Server"   # `stepflow dev -u`: where a dev-mode stepflow SDK app syncs
+RESUME_HEADER = "X-Stepflow-Resume"            # the engine calling a durable endpoint again
+RUN_ID_HEADER = "X-Run-ID"                     # a durable endpoint's answers: the run the request became
+REQUEST_EVENT = "http/request"                 # the event of a durable endpoint's run (the request)
 
 UNTARGETED = "step"        # `stepId` of a call that targets no step in particular
 # The executor request version: -1 lets the SDK choose (the JS SDK v3 picks 1, v4 picks 2, and says so in its

@@ -1,6 +1,7 @@
 """Runtimes: how a step is reached. One driver per runtime behind the `Runtime` protocol."""
 
-from stepflow.protocol.answers import Delivery, StepAttemptError
+from stepflow.errors import StepAttemptError
+from stepflow.protocol.answers import Delivery
 from stepflow.runtimes.base import Invocation, Runtime, RuntimeRegistry
 
 

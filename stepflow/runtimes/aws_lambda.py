@@ -23,7 +23,8 @@ from urllib.parse import quote
 import aiohttp
 
 from stepflow import codec
-from stepflow.protocol.answers import Delivery, StepAttemptError
+from stepflow.errors import StepAttemptError
+from stepflow.protocol.answers import Delivery
 from stepflow.protocol.contract import snippet
 from stepflow.runtimes.base import Invocation
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from stepflow.protocol.answers import Delivery, StepAttemptError
+from stepflow.errors import StepAttemptError
+from stepflow.protocol.answers import Delivery
 from stepflow.protocol.contract import StepContext
 
 

@@ -24,10 +24,11 @@ import socket
 from typing import Any
 
 from stepflow import codec
-from stepflow.protocol.answers import Delivery, StepAttemptError, read_limit
-from stepflow.protocol.contract import MalformedResponse, snippet
+from stepflow.errors import DockerError, DockerUnavailable, MalformedResponse, StepAttemptError
+from stepflow.protocol.answers import Delivery, read_limit
+from stepflow.protocol.contract import snippet
 from stepflow.runtimes.base import Invocation
-from stepflow.runtimes.docker_api import DockerClient, DockerError, DockerUnavailable
+from stepflow.runtimes.docker_api import DockerClient
 
 log = logging.getLogger("stepflow.runtimes.docker")
 

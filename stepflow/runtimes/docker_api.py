@@ -21,20 +21,10 @@ from urllib.parse import quote
 import aiohttp
 
 from stepflow import codec
+from stepflow.errors import ConfigError, DockerError, DockerUnavailable
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 API_VERSION = "1.41"  # Docker 20.10+; newer engines serve it too
-
-
-class DockerError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"Docker Engine answered {status}: {message}")
-        self.status = status
-        self.message = message
-
-
-class DockerUnavailable(Exception):
-    """The Docker engine cannot be reached (not running, socket missing, connection refused)."""
 
 
 class DockerClient:
@@ -49,7 +39,7 @@ class DockerClient:
             self._connector_factory = lambda: aiohttp.TCPConnector(limit=64)
             self._base = "http://" + host.split("://", 1)[1].rstrip("/") + f"/v{API_VERSION}"
         else:
-            raise ValueError(f"unsupported DOCKER_HOST {host!r}: use unix:///path or tcp://host:port")
+            raise ConfigError(f"unsupported DOCKER_HOST {host!r}: use unix:///path or tcp://host:port")
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:

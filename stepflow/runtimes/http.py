@@ -5,7 +5,8 @@ from __future__ import annotations
 import aiohttp
 
 from stepflow import codec
-from stepflow.protocol.answers import Delivery, StepAttemptError, read_limit
+from stepflow.errors import StepAttemptError
+from stepflow.protocol.answers import Delivery, read_limit
 from stepflow.protocol.contract import canonical_json
 from stepflow.protocol.signing import SIGNATURE_HEADER, sign
 from stepflow.runtimes.base import Invocation

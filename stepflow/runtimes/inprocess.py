@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from stepflow import codec
-from stepflow.protocol.answers import Delivery, StepAttemptError
+from stepflow.errors import StepAttemptError
+from stepflow.protocol.answers import Delivery
 from stepflow.runtimes.base import Invocation
 
 

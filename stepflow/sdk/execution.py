@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from stepflow import codec
+from stepflow.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError, StepflowError
 from stepflow.protocol.contract import DEFAULT_MAX_OUTPUT_BYTES
 from stepflow.protocol.wire import NO_RETRY_HEADER, RETRY_AFTER_HEADER, Op
 from stepflow.sdk.context import Context, Event, ReplaySafeLogger
-from stepflow.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepflow.sdk.serialization import encode, to_json_value
 from stepflow.sdk.steps import FoundStep, StepTools, inside_step
 
@@ -150,8 +150,8 @@ class Execution:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             error = error_body(exc)
-            if isinstance(exc, NonRetriableError):
-                op["opts"] = {"retriable": False}
+            if isinstance(exc, StepflowError) and not exc.retryable:
+                op["opts"] = {"retriable": False}  # the wire's spelling (Inngest's protocol)
             elif isinstance(exc, RetryAfterError):
                 op["opts"] = {"retry_after_ms": int(exc.retry_after * 1000)}
         else:
@@ -262,7 +262,7 @@ class Execution:
         if self._ops:
             # record what ran first; the next call replays them and meets the error again
             return SdkResponse(206, self._ops)
-        if isinstance(exc, (NonRetriableError, StepError, NonDeterminismError)):
+        if isinstance(exc, StepflowError) and not exc.retryable:  # NonRetriableError, StepError, …
             return SdkResponse(400, error_body(exc), {NO_RETRY_HEADER: "true"})
         headers = {}
         if isinstance(exc, RetryAfterError):

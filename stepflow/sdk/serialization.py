@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from stepflow import codec
+from stepflow.errors import SerializationError
 
 
 def _default(value: Any) -> Any:
@@ -48,7 +49,7 @@ def encode(value: Any) -> bytes:
     if b"null" in encoded:  # the only way a non-finite float shows; walk the value only then
         where = _non_finite(value, "the value")
         if where is not None:
-            raise TypeError(f"{where} is not a finite number; JSON has no NaN or Infinity: return None or a "
+            raise SerializationError(f"{where} is not a finite number; JSON has no NaN or Infinity: return None or a "
                             "string instead")
     return encoded
 

@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepflow.durations import parse_duration
+from stepflow.errors import InvalidStepUsage, StepError
 from stepflow.protocol.wire import Op, hash_step_id
 from stepflow.sdk.context import Event
-from stepflow.sdk.errors import InvalidStepUsage, StepError
 from stepflow.sdk.serialization import decode_as, return_annotation, to_json_value
 
 if TYPE_CHECKING:

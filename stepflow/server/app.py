@@ -15,6 +15,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from stepflow import codec
 from stepflow.engine import Engine
 from stepflow.errors import (
+    InvalidArgumentError,
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
@@ -148,7 +149,7 @@ def create_app(engine: Engine | EmbeddedEngine, settings: ServerSettings) -> web
 
     core = engine if isinstance(engine, Engine) else getattr(engine, "core", None)  # stepflow.Engine's core
     if not isinstance(core, Engine):
-        raise TypeError(f"create_app() takes a stepflow.Engine or a stepflow.engine.Engine, "
+        raise InvalidArgumentError(f"create_app() takes a stepflow.Engine or a stepflow.engine.Engine, "
                         f"not {type(engine).__name__}")
     app = web.Application(middlewares=[error_middleware, printable_middleware, auth_middleware],
                           client_max_size=settings.max_request_bytes)

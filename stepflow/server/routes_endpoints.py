@@ -4,12 +4,13 @@ async response redirects callers to."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 
 from aiohttp import web
 
 from stepflow import codec
+from stepflow.endpoints.aiohttp_middleware import to_aiohttp
+from stepflow.endpoints.core import replayed_response
 from stepflow.engine.endpoints import EndpointCheckpoints, _function_id
 from stepflow.errors import InvalidRequestError, NotFoundError, UnauthorizedError
 from stepflow.ids import is_ulid, now_ms
@@ -79,14 +80,8 @@ async def run_output(request: web.Request) -> web.StreamResponse:
 
 
 def replay(result: dict[str, object], run_id: str) -> web.Response:
-    """A stored API result back into an HTTP response."""
-    body = result.get("body")
-    raw = base64.b64decode(str(body)) if result.get("body_encoding") == "base64" else \
-        (str(body).encode() if body is not None else b"")
-    headers = {str(k): str(v) for k, v in dict(result.get("headers") or {}).items()  # type: ignore[call-overload]
-               if str(k).lower() not in ("content-length", "transfer-encoding", "date", "server")}
-    headers["X-Run-ID"] = run_id
-    return web.Response(status=int(result.get("status_code", 200)), body=raw, headers=headers)  # type: ignore[call-overload]
+    """A stored API result back into an HTTP response (the durable endpoints' core does it for both sides)."""
+    return to_aiohttp(replayed_response(result, run_id))
 
 
 def setup(app: web.Application) -> None:

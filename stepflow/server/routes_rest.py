@@ -116,10 +116,10 @@ def _parse_list_query(request: web.Request) -> tuple[RunStatus | None, str | Non
     status = None
     if q.get("status"):
         try:
-            if not q["status"].isascii():
-                raise ValueError(q["status"])
-            status = RunStatus(q["status"].upper())
+            status = RunStatus(q["status"].upper()) if q["status"].isascii() else None
         except ValueError:
+            status = None
+        if status is None:
             raise InvalidRequestError(f"unknown status {q['status']!r}; one of "
                                       + ", ".join(s.v1_name for s in RunStatus)) from None
     cursor = q.get("cursor") or None
