@@ -20,7 +20,7 @@ import time
 from typing import Any, TypeGuard
 
 from stepflow.definitions import FunctionDef, parse_function
-from stepflow.engine import Engine as CoreEngine
+from stepflow.engine import EngineCore
 from stepflow.engine import EngineConfig
 from stepflow.errors import InvalidArgumentError, NotFoundError, RunFailedError, WaitTimeoutError
 from stepflow.ids import is_ulid, now_ms
@@ -82,7 +82,7 @@ class Engine:
         self._store = store_from_url(chosen) if isinstance(chosen, str) or chosen is None else chosen
         self._inprocess = InProcessRuntime()
         runtimes = [self._inprocess, *(r for r in default_runtimes() if r.type != "inprocess")]
-        self.core = CoreEngine(self._store, config or EngineConfig(), runtimes=runtimes)
+        self.core = EngineCore(self._store, config or EngineConfig(), runtimes=runtimes)
         self._functions = defs
         self._environment_id = environment_id
         self._started = False

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from stepflow import Client, parse_function
-from stepflow.engine import Engine, EngineConfig
+from stepflow.engine import EngineConfig, EngineCore
 from stepflow.server import ServerSettings, create_app
 from stepflow.server.http_protocol import StepflowAppRunner
 from stepflow.store import SqliteStore, Store
@@ -100,7 +100,7 @@ def free_port() -> int:
 @dataclass
 class RunningServer:
     url: str
-    engine: Engine
+    engine: EngineCore
     client: Client
     settings: ServerSettings
     db_path: Path
@@ -116,7 +116,7 @@ ServerFactory = Callable[..., Awaitable[RunningServer]]
 @pytest.fixture
 async def stepflow_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     """Start stepflow servers: `await factory(settings=..., config=...)`. All are stopped at teardown."""
-    started: list[tuple[web.AppRunner, Engine, Client]] = []
+    started: list[tuple[web.AppRunner, EngineCore, Client]] = []
 
     async def start(settings: ServerSettings | None = None, config: EngineConfig | None = None,
                     db_path: Path | None = None) -> RunningServer:
@@ -124,7 +124,7 @@ async def stepflow_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
         config = config or EngineConfig(backoff_base=0.01, backoff_max=0.2, poll_interval=0.2)
         db = db_path or tmp_path / f"stepflow-{len(started)}.db"
         store = SqliteStore(db) if db_path is not None else await make_store(tmp_path, f"stepflow-{len(started)}")
-        engine = Engine(store, config)
+        engine = EngineCore(store, config)
         await engine.start()
         runner = StepflowAppRunner(create_app(engine, settings), access_log=None,
                                    header_timeout=settings.header_timeout)

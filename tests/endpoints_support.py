@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,15 +16,11 @@ import pytest
 from aiohttp import web
 from conftest import RunningServer, ServerFactory, free_port
 
-from stepflow import NonRetriableError, codec, endpoints
-from stepflow.protocol import signing
-from stepflow.endpoints.checkpointer import Checkpointer
+from stepflow import endpoints
 from stepflow.endpoints.core import Provider
-from stepflow.engine import Engine, EngineConfig
-from stepflow.ids import new_ulid
-from stepflow.server import ServerSettings, create_app, routes_endpoints
+from stepflow.engine import EngineConfig, EngineCore
+from stepflow.server import ServerSettings, create_app
 from stepflow.store import SqliteStore
-from stepflow.tokens import make_token
 
 FAST = EngineConfig(backoff_base=0.01, backoff_max=0.2, poll_interval=0.1)
 
@@ -86,8 +80,8 @@ async def stored_run(server: RunningServer, api: Api, run_id: str) -> dict[str, 
 
 
 async def start_stepflow_on(port: int, db: Path, settings: ServerSettings | None = None,
-                            ) -> tuple[web.AppRunner, Engine]:
-    engine = Engine(SqliteStore(db), FAST)
+                            ) -> tuple[web.AppRunner, EngineCore]:
+    engine = EngineCore(SqliteStore(db), FAST)
     await engine.start()
     runner = web.AppRunner(create_app(engine, settings or ServerSettings(dev=True)), access_log=None)
     await runner.setup()

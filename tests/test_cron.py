@@ -69,7 +69,7 @@ async def test_two_engines_on_one_database_fire_each_tick_once(tmp_path: Path) -
     """Scale-out shape: every process runs the scheduler; the store's tick table lets one of them win."""
     fn = stepflow.workflow("wf-cron", triggers=[stepflow.cron("* * * * * *")],
                            steps={"only": {"runtime": {"type": "inprocess", "handler": "json:dumps"}}})
-    from stepflow.engine import Engine as CoreEngine
+    from stepflow.engine import EngineCore as CoreEngine
 
     first = CoreEngine(SqliteStore(tmp_path / "shared.db"), EngineConfig(poll_interval=0.1), run_workers=False)
     second = CoreEngine(SqliteStore(tmp_path / "shared.db"), EngineConfig(poll_interval=0.1), run_workers=False)

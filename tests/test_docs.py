@@ -192,7 +192,7 @@ def test_every_marker_is_on_a_python_block() -> None:
 def test_create_app_refuses_what_it_cannot_serve() -> None:
     from stepflow.server import ServerSettings, create_app
 
-    with pytest.raises(TypeError, match=r"takes a stepflow\.Engine or a stepflow\.engine\.Engine, not object"):
+    with pytest.raises(TypeError, match=r"takes a stepflow\.Engine or a stepflow\.engine\.EngineCore, not object"):
         create_app(object(), ServerSettings(dev=True))  # type: ignore[arg-type]
 
 

@@ -13,29 +13,34 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import RunningServer, ServerFactory, free_port
+from conftest import RunningServer, ServerFactory
+from endpoints_support import (  # noqa: F401 - fixtures are found by name
+    FAST,
+    Api,
+    ApiFactory,
+    CheckpointProxy,
+    api_factory,
+    checkout_routes,
+    http,
+    server,
+    start_stepflow_on,
+    stored_run,
+    three_step_handler,
+)
 
 from stepflow import NonRetriableError, codec, endpoints
-from stepflow.protocol import signing
-from stepflow.endpoints.checkpointer import Checkpointer
-from stepflow.endpoints.core import Provider
+from stepflow.engine import EngineConfig
 from stepflow.errors import ConfigError
-from stepflow.engine import Engine, EngineConfig
 from stepflow.ids import new_ulid
-from stepflow.server import ServerSettings, create_app, routes_endpoints
-from stepflow.store import SqliteStore
+from stepflow.protocol import signing
+from stepflow.server import ServerSettings, routes_endpoints
 from stepflow.tokens import make_token
-
-from endpoints_support import FAST, Api, ApiFactory, api_factory, server, http, stored_run, start_stepflow_on, three_step_handler, checkout_routes, CheckpointProxy  # noqa: F401 - fixtures are found by name
-
 
 # --- the sync path --------------------------------------------------------------------------------------
 

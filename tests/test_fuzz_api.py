@@ -45,7 +45,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from stepflow import parse_function
-from stepflow.engine import Engine, EngineConfig
+from stepflow.engine import EngineConfig, EngineCore
 from stepflow.server import ServerSettings, create_app
 from stepflow.server.http_protocol import StepflowAppRunner
 from stepflow.server.openapi import (
@@ -103,14 +103,14 @@ class ServerThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name="stepflow-fuzz-server", daemon=True)
         self.thread.start()
         self.runner: web.AppRunner | None = None
-        self.engine: Engine | None = None
+        self.engine: EngineCore | None = None
 
     def call(self, coro: Any, timeout: float = 60.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def start(self, tmp_path: Path) -> str:
         store = await make_store(tmp_path, "fuzz")
-        self.engine = Engine(store, EngineConfig(backoff_base=0.01, backoff_max=0.05, poll_interval=0.2))
+        self.engine = EngineCore(store, EngineConfig(backoff_base=0.01, backoff_max=0.05, poll_interval=0.2))
         await self.engine.start()
         # a workflow whose only step cannot be reached: its runs fail quickly, with step errors to show
         await self.engine.register(parse_function(workflow_config(

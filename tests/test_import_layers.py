@@ -152,3 +152,13 @@ def test_the_ast_check_sees_every_kind_of_import() -> None:
     for expected in ("stepflow.engine", "stepflow.server.app", "stepflow.embedded", "stepflow.store.records",
                      "stepflow.runtimes.http"):
         assert expected in modules, expected
+
+
+def test_the_core_engine_keeps_its_old_name_with_a_warning() -> None:
+    """`stepflow.engine.Engine` became `EngineCore` (so that `stepflow.Engine`, the embedded engine, is the one
+    Engine); code written against the old name still runs, and is told."""
+    import stepflow.engine
+
+    with pytest.warns(DeprecationWarning, match="EngineCore"):
+        old = stepflow.engine.Engine  # type: ignore[attr-defined]
+    assert old is stepflow.engine.EngineCore

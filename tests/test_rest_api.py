@@ -20,7 +20,7 @@ from aiohttp import web
 from conftest import RunningServer, ServerFactory, StepServer, free_port, workflow_config
 
 from stepflow import Client, codec
-from stepflow.engine import Engine, EngineConfig
+from stepflow.engine import EngineConfig, EngineCore
 from stepflow.ids import is_ulid, new_ulid
 from stepflow.server import ServerSettings, create_app
 from stepflow.store import SqliteStore
@@ -330,7 +330,7 @@ async def api_only(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator
     it starts stay Queued until a worker engine on the same database claims them."""
     settings = ServerSettings(dev=True)
     db = tmp_path / "shared.db"
-    engine = Engine(SqliteStore(db), EngineConfig(), run_workers=False)
+    engine = EngineCore(SqliteStore(db), EngineConfig(), run_workers=False)
     await engine.start()
     runner = web.AppRunner(create_app(engine, settings), access_log=None)
     await runner.setup()
@@ -703,7 +703,7 @@ async def test_bad_wait_values_are_400(api: Api, stepflow: RunningServer, step_s
 async def test_bodies_over_the_server_limit_are_a_json_413_on_every_path(tmp_path: Path,
                                                                         http: aiohttp.ClientSession) -> None:
     settings = ServerSettings(dev=True, max_request_bytes=64 * 1024)
-    engine = Engine(SqliteStore(tmp_path / "limits.db"), EngineConfig())
+    engine = EngineCore(SqliteStore(tmp_path / "limits.db"), EngineConfig())
     await engine.start()
     app = create_app(engine, settings)
 

@@ -1,4 +1,4 @@
-"""The Engine: owns the store, the function registry and the runtimes; accepts events; runs the worker loop.
+"""The engine core (`EngineCore`): owns the store, the function registry and the runtimes; accepts events; runs the worker loop.
 
 Worker loop: claim due jobs (up to the free concurrency), execute each in its own task, sleep until new
 work is announced, a slot frees up, or the earliest scheduled job falls due (never longer than the poll
@@ -42,7 +42,7 @@ FUNCTION_REFRESH_SECONDS = 2.0
 OUTAGE_BACKOFF = (0.1, 2.0)  # seconds: first and longest pause between tries while the database is unavailable
 
 
-class Engine:
+class EngineCore:
     def __init__(self, store: Store, config: EngineConfig | None = None, *,
                  runtimes: list[Runtime] | None = None, run_workers: bool = True) -> None:
         self.store = store
@@ -121,7 +121,7 @@ class Engine:
         await self.runtimes.close()
         await self.store.close()
 
-    async def __aenter__(self) -> Engine:
+    async def __aenter__(self) -> EngineCore:
         await self.start()
         return self
 

@@ -1,6 +1,6 @@
 """Serving an App over HTTP, independent of the web framework (the adapters are thin).
 
-The endpoint answers:
+The app's HTTP handler (the URL an SDK app is served at) answers:
 - `POST ?fnId=ID` — one call of a function: the Input in, the Response out (200 / 206 / 4xx / 5xx). Outside
   dev mode the request must carry a valid `X-Inngest-Signature` (else 401 and nothing runs).
 - `PUT` — sync: the app registers its functions with the stepflow server (`POST {server}/fn/register`).
@@ -51,7 +51,7 @@ def _error(status: int, code: str, message: str) -> HttpReply:
     return _json(status, {"error": {"code": code, "message": message}})
 
 
-class Endpoint:
+class ServeHandler:
     """The framework-neutral handler behind the aiohttp and ASGI adapters."""
 
     def __init__(self, app: App, options: ServeOptions | None = None) -> None:

@@ -11,16 +11,16 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from stepflow.sdk.app import App
-from stepflow.sdk.serve import Endpoint, ServeOptions
+from stepflow.sdk.serve import ServeHandler, ServeOptions
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def handler(app: App, options: ServeOptions | None = None) -> Handler:
-    endpoint = Endpoint(app, options)
+    serving = ServeHandler(app, options)
 
     async def handle(request: web.Request) -> web.Response:
-        reply = await endpoint.handle(request.method, str(request.url), dict(request.query),
+        reply = await serving.handle(request.method, str(request.url), dict(request.query),
                                       dict(request.headers), await request.read())
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from stepflow.sdk.app import App
-from stepflow.sdk.serve import Endpoint, ServeOptions
+from stepflow.sdk.serve import ServeHandler, ServeOptions
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -19,7 +19,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 def asgi_app(app: App, options: ServeOptions | None = None) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    endpoint = Endpoint(app, options)
+    serving = ServeHandler(app, options)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -45,7 +45,7 @@ def asgi_app(app: App, options: ServeOptions | None = None) -> Callable[[Scope, 
             path = root + path
         url = f"{scope.get('scheme', 'http')}://{host}{path}"
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        reply = await endpoint.handle(scope["method"], url, query, headers, body)
+        reply = await serving.handle(scope["method"], url, query, headers, body)
         await send({"type": "http.response.start", "status": reply.status,
                     "headers": [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]})
         await send({"type": "http.response.body", "body": reply.body})

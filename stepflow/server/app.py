@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from stepflow import codec
-from stepflow.engine import Engine
+from stepflow.engine import EngineCore
 from stepflow.errors import (
     InvalidArgumentError,
     InvalidRequestError,
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stepflow.server")
 
-ENGINE_KEY: web.AppKey[Engine] = web.AppKey("engine", Engine)
+ENGINE_KEY: web.AppKey[EngineCore] = web.AppKey("engine", EngineCore)
 
 
 @dataclass(slots=True)
@@ -144,12 +144,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def create_app(engine: Engine | EmbeddedEngine, settings: ServerSettings) -> web.Application:
+def create_app(engine: EngineCore | EmbeddedEngine, settings: ServerSettings) -> web.Application:
     from stepflow.server import openapi, routes_apps, routes_endpoints, routes_events, routes_rest
 
-    core = engine if isinstance(engine, Engine) else getattr(engine, "core", None)  # stepflow.Engine's core
-    if not isinstance(core, Engine):
-        raise InvalidArgumentError(f"create_app() takes a stepflow.Engine or a stepflow.engine.Engine, "
+    core = engine if isinstance(engine, EngineCore) else getattr(engine, "core", None)  # stepflow.Engine's core
+    if not isinstance(core, EngineCore):
+        raise InvalidArgumentError(f"create_app() takes a stepflow.Engine or a stepflow.engine.EngineCore, "
                         f"not {type(engine).__name__}")
     app = web.Application(middlewares=[error_middleware, printable_middleware, auth_middleware],
                           client_max_size=settings.max_request_bytes)

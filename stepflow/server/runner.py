@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from stepflow.definitions import load_function_file
-from stepflow.engine import Engine, EngineConfig
+from stepflow.engine import EngineConfig, EngineCore
 from stepflow.errors import DefinitionError
 from stepflow.server.app import ServerSettings, create_app
 from stepflow.server.http_protocol import StepflowAppRunner
@@ -42,7 +42,7 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
         if fn.id in seen:
             raise DefinitionError(f"declared in both {seen[fn.id]} and {fn.source}", function=fn.id)
         seen[fn.id] = fn.source
-    engine = Engine(store_from_url(options.store_url), options.engine, run_workers=options.run_workers)
+    engine = EngineCore(store_from_url(options.store_url), options.engine, run_workers=options.run_workers)
     await engine.start()
     runner: web.AppRunner | None = None
     try:
@@ -96,7 +96,7 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
 
 async def run_worker(store_url: str, config: EngineConfig, announce: Callable[[str], None] = print) -> None:
     """An engine with no HTTP: claims and executes jobs from the shared store until SIGINT/SIGTERM."""
-    engine = Engine(store_from_url(store_url), config)
+    engine = EngineCore(store_from_url(store_url), config)
     await engine.start()
     try:
         announce(f"stepflow worker {engine.worker_id} on {engine.store.url.split('@')[-1]}: "

@@ -84,7 +84,7 @@ class SqliteStore(SqlStore):
         self._conn: _Connection | None = None
         self._lock_fd: int | None = None
         self._lock_identity: tuple[int, int] = (0, 0)
-        self._checkpointer: _Checkpointer | None = None
+        self._wal_checkpoints: _WalCheckpointThread | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -111,13 +111,13 @@ class SqliteStore(SqlStore):
             raise
         self._db = db
         self._conn = _Connection(db)
-        self._checkpointer = _Checkpointer(self.path)
-        self._checkpointer.start()
+        self._wal_checkpoints = _WalCheckpointThread(self.path)
+        self._wal_checkpoints.start()
 
     async def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
-            self._checkpointer = None
+        if self._wal_checkpoints is not None:
+            self._wal_checkpoints.stop()
+            self._wal_checkpoints = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -272,7 +272,7 @@ def _flock_holder(fd: int) -> str | None:
     return inode_only
 
 
-class _Checkpointer(threading.Thread):
+class _WalCheckpointThread(threading.Thread):
     """Checkpoints the WAL every `interval` seconds from its own connection (PASSIVE: never blocks writers)."""
 
     def __init__(self, path: Path, interval: float = 0.5) -> None:
