@@ -127,7 +127,10 @@ def checkout_routes(calls: Counter[str], sleep: str = "300ms", **options: Any) -
         receipt = await step.run("receipt", send_receipt, charge)
         return web.json_response(receipt, status=201, headers={"X-Receipt": receipt["receipt"]})
 
-    return lambda app: app.router.add_post("/checkout", checkout)
+    def routes(app: web.Application) -> None:
+        app.router.add_post("/checkout", checkout)
+
+    return routes
 
 
 

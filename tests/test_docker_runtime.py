@@ -204,7 +204,7 @@ async def test_code_function_step_on_docker(tmp_path: Path) -> None:
     app = stepflow.App("dk")
 
     @app.function(id="mixed", trigger=stepflow.event("dk/mixed"))
-    async def mixed(ctx: stepflow.Context) -> dict:
+    async def mixed(ctx: stepflow.Context) -> dict[str, Any]:
         local = await ctx.step.run("local", lambda: 20)
         remote = await ctx.step.docker(
             "remote", image=BUSYBOX, data={"add": local},

@@ -164,7 +164,7 @@ def test_runnable_block(block: Block, tmp_path: Path, request: pytest.FixtureReq
         done = subprocess.run([PYTHON, script.name], cwd=work, env=clean_env(), capture_output=True, text=True,
                               check=False, timeout=TIMEOUT)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{block.id}: still running after {TIMEOUT}s\nstdout:\n{exc.stdout}\nstderr:\n{exc.stderr}")
+        pytest.fail(f"{block.id}: still running after {TIMEOUT}s\nstdout:\n{exc.stdout!r}\nstderr:\n{exc.stderr!r}")
     assert done.returncode == 0, (f"{block.id} exited with {done.returncode}\n--- code\n{block.code}"
                                   f"--- stdout\n{done.stdout}--- stderr\n{done.stderr}")
 

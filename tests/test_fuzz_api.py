@@ -197,7 +197,7 @@ def call_and_validate(case: Any, server: LiveServer) -> None:
         raise
 
 
-@SCHEMA.parametrize()
+@SCHEMA.parametrize()  # type: ignore[untyped-decorator]
 @settings(deadline=None, suppress_health_check=list(HealthCheck))
 def test_fuzz(case: Any, live_server: LiveServer) -> None:
     call_and_validate(case, live_server)

@@ -160,5 +160,5 @@ def test_the_core_engine_keeps_its_old_name_with_a_warning() -> None:
     import stepflow.engine
 
     with pytest.warns(DeprecationWarning, match="EngineCore"):
-        old = stepflow.engine.Engine  # type: ignore[attr-defined]
+        old = stepflow.engine.Engine
     assert old is stepflow.engine.EngineCore

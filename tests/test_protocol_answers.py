@@ -137,7 +137,7 @@ async def test_a_targeted_call_is_addressed_by_the_query(stepflow: RunningServer
     await code_function(stepflow, step_server, answer)
     run = await start(stepflow)
     assert run["status"] == "Completed" and run["output"] == sorted([h("a")[:4], h("b")[:4]])
-    assert seen[0] == ("fn", "step") and sorted(t for _, t in seen[1:3]) == sorted([h("a"), h("b")])
+    assert seen[0] == ("fn", "step") and sorted(str(t) for _, t in seen[1:3]) == sorted([h("a"), h("b")])
     assert seen[3] == ("fn", "step") and len(seen) == 4
 
 

@@ -274,7 +274,7 @@ async def test_step_output_just_under_1_mib_is_stored(tmp_path: Path) -> None:
     async def f(ctx: Context) -> int:
         data = await ctx.step.run("export", lambda: "x" * (MiB - 100))
         await ctx.step.sleep("replay", "10ms")
-        return len(data)  # type: ignore[arg-type]
+        return len(data)
 
     async with embedded(tmp_path, app) as engine:
         ids = await engine.send({"name": "t/go"})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,8 @@ def csv_app(calls: Calls) -> sf.App:
 
     async def parse_rows(rows: list[str]) -> tuple[list[int], list[int]]:
         calls.hit("parse")
-        good, bad = [], []
+        good: list[int] = []
+        bad: list[int] = []
         for row in rows[1:]:
             ident, email = row.split(",")
             (good if "@" in email else bad).append(int(ident))
@@ -624,11 +625,11 @@ async def test_asgi_lifespan_is_answered() -> None:
     messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
     sent: list[dict[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> MutableMapping[str, Any]:
         return messages.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
 
     await asyncio.wait_for(app({"type": "lifespan"}, receive, send), 2)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]

@@ -197,7 +197,7 @@ async def test_start_timeout_cancels_a_run_that_cannot_start_in_time(tmp_path: P
         hog_run = await _run_id(engine, hogs[0])
 
         async def hogging() -> bool:
-            return (await engine.get_run(hog_run))["status"] == "Running"
+            return bool((await engine.get_run(hog_run))["status"] == "Running")
 
         await wait_for(hogging, what="the hog to start")
         ids = await engine.send({"name": "t/go"})
@@ -276,7 +276,7 @@ def test_invalid_options_fail_at_decoration_time() -> None:
     with pytest.raises((DefinitionError, ValueError)):
         app.function(id="bad-timeout", trigger=stepflow.event("t/go"), timeouts={"finish": "soon"})(body)
     with pytest.raises(DefinitionError):
-        app.function(id="sync-handler", trigger=stepflow.event("t/go"))(lambda ctx: None)  # type: ignore[arg-type]
+        app.function(id="sync-handler", trigger=stepflow.event("t/go"))(lambda ctx: None)  # type: ignore[arg-type, return-value]
     app.function(id="ok", trigger=stepflow.event("t/go"))(body)
     with pytest.raises(DefinitionError):
         app.function(id="ok", trigger=stepflow.event("t/go"))(body)   # declared twice

@@ -49,7 +49,7 @@ async def wait_ended(engine: Any, run_id: str, timeout: float = 10.0) -> dict[st
     while True:
         run = await engine.get_run(run_id)
         if run["status"] in ("Completed", "Failed", "Cancelled"):
-            return run
+            return dict(run)
         assert time.monotonic() < deadline, f"run {run_id} still {run['status']} after {timeout}s"
         await asyncio.sleep(0.02)
 

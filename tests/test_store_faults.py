@@ -153,7 +153,7 @@ class Prober:
                 async with http.post(f"{self.base}/e/{EVENT_KEY}", json=event) as resp:
                     self.statuses[resp.status] += 1
                     if resp.status == 200:
-                        self.acknowledged.append(event["id"])
+                        self.acknowledged.append(str(event["id"]))
                         break
                     self.refusals.append((time.monotonic(), resp.status, await resp.text()))
                 await asyncio.sleep(0.1)

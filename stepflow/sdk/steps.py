@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from stepflow.durations import parse_duration
 from stepflow.errors import InvalidStepUsage, StepError
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from stepflow.sdk.execution import Execution
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 # Set while a step's callable executes, in its task's context only: a step reached from inside it is nested,
 # while a step reached by a sibling task (asyncio.gather) at the same time is merely parallel.
@@ -86,8 +87,22 @@ class StepTools:
 
     # --- the tools ----------------------------------------------------------------------------------------
 
-    async def run(self, step_id: str, fn: Callable[..., Awaitable[T]] | Callable[..., T], *args: Any,
-                  output_type: Any = None, **kwargs: Any) -> T:
+    # Typed with ParamSpec: `step.run("x", add, 1, "a")` is checked against `add`'s parameters, and its value has
+    # `add`'s return type (awaited, for a coroutine function). `output_type=` is outside `fn`'s parameters
+    # (PEP 612 allows no keyword between P.args and P.kwargs), hence its own overload.
+    @overload
+    async def run(self, step_id: str, fn: Callable[P, Awaitable[T]], /, *args: P.args,
+                  **kwargs: P.kwargs) -> T: ...
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, output_type: type[T],
+                  **kwargs: Any) -> T: ...
+
+    async def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, output_type: Any = None,
+                  **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` once; its result is stored and replayed on every later call.
 
         Sync callables run in a worker thread so they cannot stall the event loop.
@@ -96,7 +111,7 @@ class StepTools:
         found, value = self._replay(hashed, display)
         if found:  # only a replay needs the type (resolving annotations is not free)
             annotation = output_type if output_type is not None else return_annotation(fn)
-            return decode_as(value, annotation)  # type: ignore[no-any-return]
+            return decode_as(value, annotation)
 
         async def execute() -> Any:
             token = _INSIDE_STEP.set(True)
@@ -111,7 +126,7 @@ class StepTools:
                 _INSIDE_STEP.reset(token)
             return result
 
-        return await self._x.report(FoundStep(hashed, display, Op.STEP_RUN, run=execute))  # type: ignore[no-any-return]
+        return await self._x.report(FoundStep(hashed, display, Op.STEP_RUN, run=execute))
 
     async def sleep(self, step_id: str, duration: str | float | timedelta) -> None:
         """Pause the run durably for `duration` ("10s", "2h", a timedelta, or seconds)."""

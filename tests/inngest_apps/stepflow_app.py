@@ -26,7 +26,7 @@ async def double(ctx: stepflow.Context) -> dict[str, Any]:
     n = ctx.event.data["n"]
 
     def twice() -> int:
-        return n * 2
+        return int(n) * 2
 
     return {"doubled": await ctx.step.run("twice", twice), "by": "stepflow"}
 
@@ -41,7 +41,10 @@ async def call_inngest(ctx: stepflow.Context) -> dict[str, Any]:
 def main() -> None:
     web_app = web.Application()
     add_routes(web_app, app, path="/api/stepflow")
-    web_app.router.add_get("/health", lambda _: web.json_response({"ok": True, "sdk": "stepflow"}))
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "sdk": "stepflow"})
+
+    web_app.router.add_get("/health", health)
     web.run_app(web_app, host="127.0.0.1", port=int(os.environ.get("PORT", "8010")), print=None,
                 access_log=None)
 
