@@ -231,7 +231,7 @@ async def run_client(args: argparse.Namespace, api_pid: int, server_pid: int, ur
     other_cpu = {"api": 0.0, "server": 0.0}
     connector = aiohttp.TCPConnector(limit=max(1, args.concurrency) * 2)
     async with aiohttp.ClientSession(connector=connector) as http:
-        for name, url in urls.items():  # warm-up, not counted
+        for url in urls.values():  # warm-up, not counted
             for i in range(args.warmup):
                 await one(http, url, None, i)
         await drain(http, durable_root)
@@ -326,8 +326,8 @@ async def run_client(args: argparse.Namespace, api_pid: int, server_pid: int, ur
     if run is not None:
         print(f"sample run {run['run_id']}: {run['status']}, steps "
               f"{[(st['step_id'], st['status']) for st in steps]}")
-    ok = final["sent"] == total_durable * 5 and final["refused"] == 0 and run is not None and run["status"] == "Completed" and \
-        [st["step_id"] for st in steps] == ["validate", "price", "confirm"]
+    ok = (final["sent"] == total_durable * 5 and final["refused"] == 0 and run is not None
+          and run["status"] == "Completed" and [st["step_id"] for st in steps] == ["validate", "price", "confirm"])
     added = p["durable"][0] - p["plain"][0]
     print(f"\ntarget: <= 1 ms added at p50   measured {added:+.3f} ms (client), "
           f"{ps['durable'][0] - ps['plain'][0]:+.3f} ms (in-process) -> {'met' if added <= 1.0 else 'MISSED'}")
@@ -368,8 +368,8 @@ def main() -> None:
         server = subprocess.Popen([str(Path(py).with_name("stepflow")), "dev", "--port", str(server_port),
                                    "--db", f"{workdir}/bench.db"], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, env=env)
-        api = subprocess.Popen([py, __file__, "--loop", args.loop, "--steps", args.steps, "--serve", str(plain_port), str(durable_port),
-                                base], stdout=subprocess.PIPE, text=True, env=env)
+        api = subprocess.Popen([py, __file__, "--loop", args.loop, "--steps", args.steps, "--serve", str(plain_port),
+                                str(durable_port), base], stdout=subprocess.PIPE, text=True, env=env)
         try:
             assert api.stdout is not None
             if api.stdout.readline().strip() != "ready":

@@ -35,10 +35,10 @@ from typing import Any
 
 import orjson
 
-from stepflow.protocol.contract import StepContext
 from stepflow.kit.lambda_zip import build_zip
-from stepflow.runtimes.aws_lambda import LambdaRuntime
 from stepflow.protocol.answers import interpret
+from stepflow.protocol.contract import StepContext
+from stepflow.runtimes.aws_lambda import LambdaRuntime
 from stepflow.runtimes.base import Invocation
 
 STEP = '''import time

@@ -495,9 +495,11 @@ def report(results: list[Result], args: argparse.Namespace, load_before: float, 
             named = sum(r.others.values())
             top = ", ".join(f"{k} {v:.2f} s" for k, v in list(r.others.items())[:4])
             lines.append(f"  other: {min(named, r.cpu['other']):.2f} s in other processes ({top or '-'}), "
-                         f"{max(0.0, r.cpu['other'] - named):.2f} s elsewhere (processes that exited meanwhile, interrupts)")
-        lines.append(f"  context switches: stepflow processes {r.ctxt_stepflow} ({r.ctxt_stepflow / max(1, r.completed):.1f}"
-                     f"/run), machine {r.ctxt_machine} ({r.ctxt_machine / max(1, r.completed):.1f}/run)")
+                         f"{max(0.0, r.cpu['other'] - named):.2f} s elsewhere (processes that exited meanwhile, "
+                         "interrupts)")
+        per_run = max(1, r.completed)
+        lines.append(f"  context switches: stepflow processes {r.ctxt_stepflow} ({r.ctxt_stepflow / per_run:.1f}"
+                     f"/run), machine {r.ctxt_machine} ({r.ctxt_machine / per_run:.1f}/run)")
         if r.pg and r.completed:
             n = r.completed
             lines.append(f"  PostgreSQL (cluster-wide): {r.pg['xact_commit'] / n:.1f} commits/run, "

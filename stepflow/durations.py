@@ -29,7 +29,8 @@ def parse_duration(value: str | float | timedelta) -> float:
             seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
             pos = match.end()
         if pos != len(text) or not text:
-            raise InvalidDurationError(f"invalid duration {value!r}: expected e.g. '500ms', '2s', '1m30s', '15m', '1h', '1d'")
+            raise InvalidDurationError(f"invalid duration {value!r}: expected e.g. '500ms', '2s', '1m30s', '15m', "
+                                       "'1h', '1d'")
     else:
         raise InvalidDurationError(f"invalid duration {value!r}")
     if seconds < 0:

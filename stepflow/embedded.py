@@ -20,8 +20,7 @@ import time
 from typing import Any, TypeGuard
 
 from stepflow.definitions import FunctionDef, parse_function
-from stepflow.engine import EngineCore
-from stepflow.engine import EngineConfig
+from stepflow.engine import EngineConfig, EngineCore
 from stepflow.errors import InvalidArgumentError, NotFoundError, RunFailedError, WaitTimeoutError
 from stepflow.ids import is_ulid, now_ms
 from stepflow.runtimes import default_runtimes

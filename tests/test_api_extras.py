@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-
 from conftest import RunningServer, StepServer, free_port, workflow_config
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from conftest import RunningServer, StepServer, workflow_config
+
 from stepflow.ids import new_ulid
 
 

@@ -208,7 +208,8 @@ async def test_code_function_step_on_docker(tmp_path: Path) -> None:
         local = await ctx.step.run("local", lambda: 20)
         remote = await ctx.step.docker(
             "remote", image=BUSYBOX, data={"add": local},
-            command=["sh", "-c", 'echo "{\\"status\\":200,\\"body\\":{\\"seen\\":$(echo "$1" | grep -c add)}}"', "step"])
+            command=["sh", "-c", 'echo "{\\"status\\":200,\\"body\\":{\\"seen\\":$(echo "$1" | grep -c add)}}"',
+                     "step"])
         return {"local": local, "remote": remote}
 
     async with stepflow.Engine(app, store=f"sqlite:///{tmp_path}/mixed.db") as engine:

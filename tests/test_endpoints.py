@@ -293,7 +293,8 @@ async def test_output_url_tokens_are_run_scoped_and_expire(
         run_id = (await resp.json())["run_id"]
     output = f"{server.url}/v1/runs/{run_id}/output"
     other_run = new_ulid()
-    for token, reason in [("", "malformed"), ("garbage", "malformed"), (f"{int(time.time()) + 100}.abc", "not valid for this run"),
+    for token, reason in [("", "malformed"), ("garbage", "malformed"),
+                          (f"{int(time.time()) + 100}.abc", "not valid for this run"),
                           (make_token(other_run, None), "not valid for this run"),
                           (make_token(run_id, "another-key"), "not valid for this run"),
                           (make_token(run_id, None, ttl=-5), "expired")]:

@@ -7,14 +7,14 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 import uvicorn
 from conftest import RunningServer, ServerFactory, free_port
+from endpoints_support import FAST, Api, ApiFactory, http, server  # noqa: F401 - shared fixtures
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -22,12 +22,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stepflow import codec, endpoints
-from stepflow.protocol import signing
 from stepflow.endpoints.core import Provider
 from stepflow.engine import EngineConfig
 from stepflow.ids import new_ulid
+from stepflow.protocol import signing
 from stepflow.server import ServerSettings
-from endpoints_support import FAST, Api, ApiFactory, http, server  # noqa: F401 - shared fixtures
+
 
 @pytest.fixture
 async def asgi_factory() -> AsyncIterator[ApiFactory]:
@@ -51,9 +51,9 @@ async def asgi_factory() -> AsyncIterator[ApiFactory]:
         return Api(url=f"http://127.0.0.1:{port}", provider=provider)
 
     yield start
-    for server, task, provider in reversed(started):
+    for uvicorn_server, task, provider in reversed(started):
         await provider.close()
-        server.should_exit = True
+        uvicorn_server.should_exit = True
         await asyncio.wait_for(task, 5)
 
 

@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 from conftest import RunningServer, ServerFactory, StepServer, free_port, workflow_config
 
-from stepflow.protocol import signing
-from stepflow.protocol.contract import canonical_json
 from stepflow.engine import EngineConfig
 from stepflow.errors import UnauthorizedError
+from stepflow.protocol import signing
 from stepflow.protocol.answers import parse_retry_after
+from stepflow.protocol.contract import canonical_json
 
 MiB = 1024 * 1024
 

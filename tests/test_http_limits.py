@@ -8,8 +8,8 @@ import asyncio
 import time
 
 import pytest
-
 from conftest import RunningServer, ServerFactory
+
 from stepflow import codec
 from stepflow.server import ServerSettings
 

@@ -64,7 +64,8 @@ def score_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A step packaged once with `stepflow package lambda`'s code (it copies ~15 MB of dependencies)."""
     root = tmp_path_factory.mktemp("score")
     step = root / "score.py"
-    step.write_text("def score(payload):\n    return {'status': 200, 'body': {'score': payload['event']['data']['n'] * 2}}\n")
+    step.write_text("def score(payload):\n"
+                    "    return {'status': 200, 'body': {'score': payload['event']['data']['n'] * 2}}\n")
     return build_zip(f"{step}:score", root / "score.zip")
 
 

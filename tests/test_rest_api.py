@@ -199,7 +199,7 @@ async def test_completed_run_through_event_run_and_steps(api: Api, stepflow: Run
 
     steps = (await api.ok(f"/v1/runs/{run_id}/steps"))["data"]
     assert [s["step_id"] for s in steps] == ["parse", "report"]
-    for step, body in zip(steps, [{"processedItems": 98, "failedItems": 2}, run["output"]]):
+    for step, body in zip(steps, [{"processedItems": 98, "failedItems": 2}, run["output"]], strict=True):
         assert {"step_id", "status", "attempts", "started_at", "ended_at", "output", "error"} <= set(step)
         assert step["status"] == "completed" and step["attempts"] == 1
         assert step["output"] == {"status": 200, "body": body} and step["error"] is None

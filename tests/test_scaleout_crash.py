@@ -48,8 +48,9 @@ async def test_kill_9_of_a_worker_loses_nothing(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(HERE), "CRASH_TEST_DSN": base_dsn, "CRASH_TEST_SCHEMA": schema,
            "STEPFLOW_LEASE_SECONDS": "3"}
     port = free_port()
-    api = subprocess.Popen([stepflow_bin, "serve", "--no-workers", "--db", url, "--port", str(port), "-f", str(workflow),
-                            "--signing-key", SK, "--event-key", EK], env=env, stdout=subprocess.DEVNULL,
+    api = subprocess.Popen([stepflow_bin, "serve", "--no-workers", "--db", url, "--port", str(port),
+                            "-f", str(workflow), "--signing-key", SK, "--event-key", EK], env=env,
+                           stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
     workers = [subprocess.Popen([stepflow_bin, "worker", "--db", url, "--concurrency", str(WORKER_CONCURRENCY)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]

@@ -7,13 +7,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pydantic
-import pytest
 from aiohttp import web
 from conftest import StepServer
 from test_sdk_support import Calls, embedded, first_run, wait_for

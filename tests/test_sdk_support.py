@@ -14,8 +14,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import stepflow
 from conftest import make_store
+
+import stepflow
 from stepflow import EngineConfig
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.1, "poll_interval": 0.2}

@@ -252,7 +252,7 @@ async def test_postgres_restart_and_outage_under_500_in_flight_runs(
         assert "Traceback" not in json.dumps(down_body)
         assert set(prober.statuses) <= {200, 503}, prober.statuses   # never a 500
         assert any(at >= stopped_at for at, _, _ in prober.refusals), prober.refusals
-        for _, status, body in prober.refusals:
+        for _, _status, body in prober.refusals:
             assert json.loads(body)["code"] == "store_unavailable", body
         for name, used in cpu_used.items():  # waiting for the database, not spinning on it
             assert used < 0.6, f"{name} used {used:.2f}s of CPU in 2s while the database was down"

@@ -88,7 +88,8 @@ def _start(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: i
 @click.option("--signing-key", envvar="STEPFLOW_SIGNING_KEY", default=None,
               help="Optional in dev: when set, the REST API requires it and step requests are signed.")
 @click.option("--event-key", envvar="STEPFLOW_EVENT_KEY", default=None, help="Optional in dev.")
-def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None, concurrency: int | None,
+def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
+        concurrency: int | None,
         backoff_base: float | None, step_timeout: float | None, verbose: bool, header_timeout: float,
         body_timeout: float, signing_key: str | None, event_key: str | None) -> None:
     """Everything in one process on embedded SQLite, keyless unless keys are given."""

@@ -21,9 +21,9 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> N
         return
     cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
     widths = [max(len(heading), *(len(c[i]) for c in cells)) for i, (_, heading) in enumerate(columns)]
-    click.echo("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths)).rstrip())
+    click.echo("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip())
     for c in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
+        click.echo("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
 
 
 def _cell(value: Any, limit: int = 60) -> str:

@@ -332,7 +332,7 @@ def _parse_step(sid: str, raw: Any, fail: Any) -> StepDef:
 def parse_runtime(raw: Any, fail: Any) -> RuntimeSpec:
     """A `runtime` object (`{"type": …, <options>}`) checked; `fail(problem)` makes the error to raise."""
     if not isinstance(raw, dict) or "type" not in raw:
-        raise fail("'runtime' must be an object with a 'type' (one of %s)" % ", ".join(RUNTIME_TYPES))
+        raise fail(f"'runtime' must be an object with a 'type' (one of {', '.join(RUNTIME_TYPES)})")
     rtype = raw["type"]
     if rtype not in RUNTIME_TYPES:
         raise fail(f"unknown runtime type {rtype!r}; expected one of {', '.join(RUNTIME_TYPES)}")

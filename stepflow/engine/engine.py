@@ -1,4 +1,5 @@
-"""The engine core (`EngineCore`): owns the store, the function registry and the runtimes; accepts events; runs the worker loop.
+"""The engine core (`EngineCore`): owns the store, the function registry and the runtimes; accepts events;
+runs the worker loop.
 
 Worker loop: claim due jobs (up to the free concurrency), execute each in its own task, sleep until new
 work is announced, a slot frees up, or the earliest scheduled job falls due (never longer than the poll

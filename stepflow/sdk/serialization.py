@@ -136,7 +136,7 @@ def _decode_structurally(value: Any, annotation: Any) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_decode_structurally(v, args[0]) for v in value)
         if args and len(args) == len(value):
-            return tuple(_decode_structurally(v, a) for v, a in zip(value, args))
+            return tuple(_decode_structurally(v, a) for v, a in zip(value, args, strict=True))
         return tuple(value)
     if origin in (dict, typing.Dict) and isinstance(value, dict) and len(args) == 2:  # noqa: UP006
         return {k: _decode_structurally(v, args[1]) for k, v in value.items()}

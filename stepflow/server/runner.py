@@ -75,7 +75,8 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
         if not options.settings.rest_auth_required:
             announce("  dev mode: no keys configured — the REST API and the event API accept any caller")
         server_url = f"http://{options.host}:{options.port}"
-        syncs = [asyncio.create_task(sync_app(url, server_url, app[SYNC_LOG_KEY], announce)) for url in options.app_urls]
+        sync_log = app[SYNC_LOG_KEY]
+        syncs = [asyncio.create_task(sync_app(url, server_url, sync_log, announce)) for url in options.app_urls]
         for url in options.app_urls:
             announce(f"  app: {url} (syncing)")
         stop = asyncio.Event()

@@ -8,7 +8,6 @@ from typing import Any
 
 from stepflow.store.records import EventRecord, RunRecord, StepRecord
 
-
 MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last instant ISO 8601 dates can write
 
 

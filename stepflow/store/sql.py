@@ -384,7 +384,8 @@ class SqlStore(Store):
         if run.event_id is not None:
             payload = await c.fetchval("SELECT payload FROM events WHERE id=?", run.event_id)
             event = codec.unpack(bytes(payload)) if payload is not None else None
-        steps = {r[1]: step_record(r) for r in await c.fetch(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id=?", run_id)}
+        rows = await c.fetch(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id=?", run_id)
+        steps = {r[1]: step_record(r) for r in rows}
         jobs = await c.fetch("SELECT step_id FROM jobs WHERE run_id=? AND kind != 'run_timeout'", run_id)
         pauses = await c.fetch("SELECT step_id FROM pauses WHERE run_id=? AND kind != 'cancel'", run_id)
         busy = frozenset(row[0] for row in (*jobs, *pauses) if row[0])
@@ -435,7 +436,8 @@ class SqlStore(Store):
                 "available_at=?, token=token+1 WHERE id IN "
                 "(SELECT j.id FROM jobs j WHERE j.available_at<=? AND NOT (j.kind='call' AND j.payload IS NULL "
                 " AND EXISTS (SELECT 1 FROM jobs k WHERE k.run_id=j.run_id AND k.kind='call' AND k.payload IS "
-                f" NULL AND k.lease_owner IS NOT NULL AND k.id != j.id)) ORDER BY j.available_at LIMIT ?{self.skip_locked}) "
+                " NULL AND k.lease_owner IS NOT NULL AND k.id != j.id)) ORDER BY j.available_at "
+                f"LIMIT ?{self.skip_locked}) "
                 "RETURNING id, run_id, step_id, token, attempt, kind, payload",
                 worker_id, now + lease_ms, now, limit)
             jobs: list[Job] = []

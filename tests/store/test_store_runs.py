@@ -26,7 +26,8 @@ async def test_settling_records_the_result_and_applies_the_decision_in_one_go(st
     run = await store.settle_job(job, update, decide, now + 5)
     assert run is not None and run.status is RunStatus.RUNNING and seen == [0]
     steps = {s.step_id: s for s in await store.get_run_steps(job.run_id)}
-    assert (steps["a"].status, steps["a"].output, steps["a"].seq) == (StepStatus.COMPLETED, {"status": 200, "body": 1}, 1)
+    assert (steps["a"].status, steps["a"].output, steps["a"].seq) == (StepStatus.COMPLETED,
+                                                                       {"status": 200, "body": 1}, 1)
     assert steps["b"].status is StepStatus.SCHEDULED
     [next_job] = await store.claim_jobs("w", 10, 1000, now + 10)
     ended = await store.settle_job(next_job, StepUpdate(status=StepStatus.COMPLETED, ended_at=now + 20),

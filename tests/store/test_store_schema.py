@@ -56,7 +56,7 @@ async def postgres_shape(store: Any) -> dict[str, Any]:
         shape.setdefault(table, {"columns": [], "primary_key": [], "indexes": []})["columns"].append(column)
     for table, index in indexes:
         shape[table]["indexes"].append(index)
-    for table, column, position in sorted(keys, key=lambda r: (r[0], r[2])):
+    for table, column, _position in sorted(keys, key=lambda r: (r[0], r[2])):
         shape[table]["primary_key"].append(column)
     for table in shape.values():
         table["columns"].sort()
