@@ -14,12 +14,10 @@ server, so the figures compare the SDKs, not two machines' moods.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +26,12 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_sdk import event_loop_runner, free_port, load, pct, sequential, workload_args  # noqa: E402
+from bench_sdk import event_loop_runner, free_port, load, pct, sequential, wait_until_synced, workload_args
 
 SDKS = {  # label: (event prefix, app URL path, function ids)
     "stepflow SDK": ("bench/sdk", "/api/stepflow", "bench"),
     "Inngest Python SDK": ("bench/inngest", "/api/inngest", "bench-inngest"),
 }
-
-
-async def wait_until_synced(http: aiohttp.ClientSession, base: str, count: int) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            async with http.get(f"{base}/v1/functions") as resp:
-                if resp.status == 200 and len((await resp.json())["data"]) >= count:
-                    return
-        except aiohttp.ClientError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("the server did not register both SDK apps in time")
-        await asyncio.sleep(0.2)
 
 
 async def drive(http: aiohttp.ClientSession, base: str, prefix: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -98,17 +98,7 @@ async def over_http(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     try:
         connector = aiohttp.TCPConnector(limit=args.concurrency * 2)
         async with aiohttp.ClientSession(connector=connector) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    async with http.get(f"{base}/v1/functions") as resp:
-                        if resp.status == 200 and len((await resp.json())["data"]) >= 2:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not register the SDK app in time")
-                await asyncio.sleep(0.1)
+            await wait_until_synced(http, base, 2)
 
             async def start_and_wait(name: str) -> None:
                 async with http.post(f"{base}/e/bench", json={"name": name, "data": {}}) as resp:
@@ -130,6 +120,21 @@ async def over_http(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         for proc in (server, app_proc):
             proc.terminate()
             proc.wait(10)
+
+
+async def wait_until_synced(http: aiohttp.ClientSession, base: str, count: int, timeout: float = 60.0) -> None:
+    """Until the server lists `count` functions (the apps synced with `-u` registered)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with http.get(f"{base}/v1/functions") as resp:
+                if resp.status == 200 and len((await resp.json())["data"]) >= count:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the server did not register the SDK apps' {count} functions in time")
+        await asyncio.sleep(0.1)
 
 
 def workload_args(description: str) -> argparse.Namespace:
