@@ -17,6 +17,7 @@ and the answer is 200 + the function's output, 206 + a list of ops, or an error 
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -124,6 +125,7 @@ def call_input(*, event: dict[str, Any], steps: dict[str, Any], run_id: str, att
     return {"event": event, "events": [event], "steps": steps, "ctx": ctx, "use_api": False, "version": version}
 
 
+@lru_cache(maxsize=4096)  # one URL per function and target: built once, not on every call
 def call_url(url: str, fn_id: str, target: str | None) -> str:
     """The app's URL with `fnId` and `stepId` set: the official SDKs read the targeted step only from the
     query (stepflow's SDK reads `ctx.step_id` too)."""

@@ -554,9 +554,8 @@ class SqlStore(Store):
                                 "logs=COALESCE(?, logs) WHERE run_id=? AND step_id=?",
                                 update.status.value, update.ended_at, pack(update.output), pack(update.error), seq,
                                 update.logs, job.run_id, job.step_id)
-            if advance is not None:
-                await self._advance(c, job.run_id, advance, now)
-            if job.kind is not JobKind.RUN_TIMEOUT:
+            progressed = advance is not None and await self._advance(c, job.run_id, advance, now)
+            if job.kind is not JobKind.RUN_TIMEOUT and not progressed:
                 await self._fail_if_stalled(c, job, now)
             row = await c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", job.run_id)
             return run_record(row) if row else None
@@ -615,7 +614,9 @@ class SqlStore(Store):
             function_id, key, now))
         return run_record(row) if row else None
 
-    async def _advance(self, c: Conn, run_id: str, advance: AdvanceRun, now: int) -> None:
+    async def _advance(self, c: Conn, run_id: str, advance: AdvanceRun, now: int) -> bool:
+        """Apply the decision; True when it certainly leaves the run ended or with something pending (it finished
+        the run, queued work or a wait, or asked for a call when idle), so the no-progress check can be spared."""
         state = await self._load_run_state(c, run_id)
         if state is None:
             raise StoreError(f"run {run_id} vanished while it was being advanced")
@@ -638,6 +639,7 @@ class SqlStore(Store):
             await self._call_if_idle(c, run_id, now)
         if decision.jobs or decision.events or decision.call_when_idle:
             await self._work_added(c)
+        return bool(decision.finish is not None or decision.jobs or decision.pauses or decision.call_when_idle)
 
     async def retry_job(self, job: Job, update: StepUpdate, available_at: int) -> bool:
         async def body(c: Conn) -> bool:
