@@ -15,20 +15,17 @@ from stepflow.endpoints.core import (
     Failed,
     Final,
     GoneAsync,
-    HttpResponse,
     Provider,
     RequestInfo,
     claim_idempotent,
     current_call,
     idempotent_response,
     identifiers_error,
-    is_resume,
-    open_resume,
-    recorded_result,
     release_idempotent,
     render_async_response,
-    sdk_answer,
 )
+from stepflow.endpoints.records import HttpResponse, recorded_result
+from stepflow.endpoints.resume import is_resume, open_resume, sdk_answer
 from stepflow.errors import ConfigError, InvalidArgumentError
 from stepflow.protocol.wire import NO_RETRY_HEADER, RUN_ID_HEADER
 

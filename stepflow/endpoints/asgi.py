@@ -22,20 +22,17 @@ from stepflow.endpoints.core import (
     EndpointResumeInterrupt,
     Failed,
     Final,
-    HttpResponse,
     Provider,
     RequestInfo,
     claim_idempotent,
     current_call,
     idempotent_response,
     identifiers_error,
-    is_resume,
-    open_resume,
-    recorded_result,
     release_idempotent,
     render_async_response,
-    sdk_answer,
 )
+from stepflow.endpoints.records import HttpResponse, recorded_result
+from stepflow.endpoints.resume import is_resume, open_resume, sdk_answer
 from stepflow.errors import ConfigError, InvalidArgumentError
 from stepflow.ids import new_ulid
 

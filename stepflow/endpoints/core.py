@@ -7,33 +7,33 @@ retried, the request stops there: the run is handed to the engine (which later c
 the memoized steps, signed) and the caller gets the async response (a redirect to a URL that blocks until the
 run ends and replays the final response, a token, or a custom response).
 
-Everything here is framework-neutral, and imports neither the engine nor the server: the request and response
-records (`RequestInfo`, `HttpResponse`), the API result stored with a run and back (`recorded_result`,
-`replayed_response`), bodies and headers on the way (`body_fields`, `body_bytes`, `kept_headers`), the async
-response (`render_async_response`), idempotent repeats (`idempotent_response`), the resume call's checks
-(`open_resume`) and the SDK answer to it (`sdk_answer`). The aiohttp and ASGI adapters only translate between
-these records and their framework.
+Everything here is framework-neutral, and imports neither the engine nor the server: the request
+(`RequestInfo`), the execution (`EndpointCall`), the async response (`render_async_response`) and idempotent
+repeats (`idempotent_response`); the HTTP records are in `records.py`, resume calls in `resume.py`. The aiohttp
+and ASGI adapters only translate between these records and their framework.
 """
 
 from __future__ import annotations
 
-import base64
 import contextvars
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ulid import ULID
 
-from stepflow import codec
 from stepflow.endpoints.checkpointer import Checkpointer
-from stepflow.errors import CheckpointError, ConfigError, DefinitionError, UnauthorizedError
+from stepflow.endpoints.records import (
+    HttpResponse,
+    body_fields,
+    replayed_response,
+)
+from stepflow.errors import CheckpointError, ConfigError, DefinitionError
 from stepflow.ids import new_ulid
-from stepflow.protocol import signing
-from stepflow.protocol.wire import NO_RETRY_HEADER, REQUEST_EVENT, RESUME_HEADER, RUN_ID_HEADER, Op
+from stepflow.protocol.wire import REQUEST_EVENT, RUN_ID_HEADER, Op
 from stepflow.sdk.app import FunctionSpec
 from stepflow.sdk.execution import Execution, SdkResponse, error_body
 from stepflow.sdk.steps import StepTools
@@ -75,74 +75,6 @@ class RequestInfo:
         if not omit_body:
             data.update(body_fields(self.body))
         return data
-
-
-# --- bodies, headers, responses: the records both adapters translate ----------------------------------------
-
-# headers of a response that its server sets again when it is sent: not recorded, not replayed
-SERVER_SET_HEADERS = frozenset({"content-length", "date", "server"})
-REPLAY_DROPPED_HEADERS = SERVER_SET_HEADERS | {"transfer-encoding"}
-
-
-def body_fields(raw: bytes | bytearray) -> dict[str, str]:
-    """A body as it is recorded: `{"body": text}`, or base64 with `"body_encoding": "base64"` when the bytes
-    are not UTF-8."""
-    try:
-        return {"body": bytes(raw).decode()}
-    except UnicodeDecodeError:
-        return {"body": base64.b64encode(bytes(raw)).decode(), "body_encoding": "base64"}
-
-
-def body_bytes(fields: Mapping[str, Any], *, strict: bool = False) -> bytes:
-    """The bytes of a recorded body (`body_fields` back); none is empty. `strict`: a base64 body with anything
-    but base64 in it raises ValueError (else such characters are skipped)."""
-    body = fields.get("body")
-    if body is None:
-        return b""
-    if fields.get("body_encoding") == "base64":
-        return base64.b64decode(str(body), validate=strict)
-    return str(body).encode()
-
-
-def kept_headers(items: Iterable[tuple[Any, Any]],
-                 dropped: frozenset[str] = SERVER_SET_HEADERS) -> dict[str, str]:
-    """Headers without those the server sets again (`dropped`, lower-case names)."""
-    return {str(k): str(v) for k, v in items if str(k).lower() not in dropped}
-
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """A request header, from aiohttp's case-insensitive headers or from ASGI's, which arrive lower-cased."""
-    return headers.get(name) or headers.get(name.lower())
-
-
-@dataclass(slots=True)
-class HttpResponse:
-    """A response as the core makes it; each adapter turns it into its framework's (or sends it as is)."""
-
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-    @classmethod
-    def json(cls, data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> HttpResponse:
-        return cls(status, {"Content-Type": "application/json", **(headers or {})}, codec.dumps(data))
-
-
-def recorded_result(status: int, headers: Iterable[tuple[Any, Any]],
-                    body: bytes | bytearray | None) -> dict[str, Any]:
-    """A response as the API result stored with the run (and replayed by the output URL). `body` None: a
-    streamed response, whose body was not in hand — recorded without it."""
-    result: dict[str, Any] = {"status_code": status, "headers": kept_headers(headers)}
-    if body is not None:
-        result.update(body_fields(body))
-    return result
-
-
-def replayed_response(result: Mapping[str, Any], run_id: str) -> HttpResponse:
-    """A stored API result back into the response it recorded, naming its run."""
-    headers = kept_headers(dict(result.get("headers") or {}).items(), REPLAY_DROPPED_HEADERS)
-    headers[RUN_ID_HEADER] = run_id
-    return HttpResponse(int(result.get("status_code", 200)), headers, body_bytes(result))
 
 
 @dataclass(slots=True)
@@ -433,71 +365,8 @@ def identifiers_error(route: str) -> DefinitionError:
                            "@endpoints.durable(id=\"get-user\")), or every user id would become a function")
 
 
-def is_resume(headers: Mapping[str, str]) -> bool:
-    """The engine's resume call (aiohttp headers are case-insensitive; ASGI ones arrive lower-cased)."""
-    return bool(header(headers, RESUME_HEADER))
-
-
 def update_omit_response_body(omit: bool) -> None:
     """Change, during a durable handler, whether its response body is recorded (e.g. keep it only for errors)."""
     call = current_call.get()
     if call is not None:
         call.omit_response_body = omit
-
-
-@dataclass(slots=True)
-class ResumeCall:
-    """A resume call from the engine, read: the Input, and the original request it re-plays."""
-
-    document: dict[str, Any]
-    method: str
-    path: str
-    query: str
-    body: bytes
-    fn: str | None
-
-
-def open_resume(provider: Provider, headers: Mapping[str, str], body: bytes,
-                default_path: str) -> ResumeCall | HttpResponse:
-    """A resume call checked: its signature (unless in dev mode), then its Input. A response is the refusal to
-    send instead: 401 for a bad signature, 400 not-retried for an Input that is not one."""
-    if not provider.dev:
-        try:
-            signing.verify(body, header(headers, signing.SIGNATURE_HEADER), provider.keys or ["-"])
-        except UnauthorizedError as exc:
-            return HttpResponse.json({"error": {"code": "unauthorized", "message": exc.message}}, 401)
-    call = read_resume(body, default_path)
-    if isinstance(call, str):
-        return HttpResponse.json({"name": "InvalidResume", "message": call}, 400, {NO_RETRY_HEADER: "true"})
-    return call
-
-
-def sdk_answer(reply: SdkResponse, run_id: str | None) -> HttpResponse:
-    """The answer to a resume call: the SDK protocol's reply to the engine."""
-    headers = {**reply.headers, **({RUN_ID_HEADER: run_id} if run_id else {})}
-    return HttpResponse.json(reply.body, reply.status, headers)
-
-
-def read_resume(raw: bytes, default_path: str) -> ResumeCall | str:
-    """Read a (correctly signed) resume call's Input; a string says why it cannot be one. Only the engine sends
-    these, but a malformed one must get a clean 400, not a crash inside the user's web app."""
-    try:
-        document = codec.loads(raw)
-    except codec.JSONDecodeError as exc:
-        return f"the resume call's body is not JSON: {exc}"
-    if not isinstance(document, dict):
-        return "the resume call's body must be the Input object"
-    event = document.get("event") or {}
-    data = event.get("data") if isinstance(event, dict) else None
-    if not isinstance(event, dict) or not isinstance(data or {}, dict):
-        return "the resume call's 'event' must be an object with 'data' an object"
-    data = data or {}
-    for field_name in ("method", "path", "query_params", "body", "body_encoding", "fn"):
-        if data.get(field_name) is not None and not isinstance(data[field_name], str):
-            return f"the resume call's event.data.{field_name} must be a string"
-    try:
-        body = body_bytes(data, strict=True)
-    except ValueError:
-        return "the resume call's event.data.body is not valid base64"
-    return ResumeCall(document=document, method=data.get("method") or "GET", path=data.get("path") or default_path,
-                      query=data.get("query_params") or "", body=body, fn=data.get("fn"))

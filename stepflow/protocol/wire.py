@@ -17,8 +17,8 @@ and the answer is 200 + the function's output, 206 + a list of ops, or an error 
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 

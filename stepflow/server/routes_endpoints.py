@@ -10,7 +10,7 @@ from aiohttp import web
 
 from stepflow import codec
 from stepflow.endpoints.aiohttp_middleware import to_aiohttp
-from stepflow.endpoints.core import replayed_response
+from stepflow.endpoints.records import replayed_response
 from stepflow.engine.endpoints import EndpointCheckpoints, _function_id
 from stepflow.errors import InvalidRequestError, NotFoundError, UnauthorizedError
 from stepflow.ids import is_ulid, now_ms
