@@ -159,6 +159,13 @@ class StoreUnavailableError(StoreError):
     status = 503
 
 
+class StoreConflictError(StoreError):
+    """A write conflicts with what is stored (a constraint of the database refused it); nothing was written."""
+
+    code = "conflict"
+    status = 409
+
+
 class StoreFullError(StoreUnavailableError):
     """The disk holding the database is full: reads still work, writes fail until space is freed (503)."""
 

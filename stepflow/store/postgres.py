@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from stepflow.errors import ConfigError, SchemaVersionError, StoreError, StoreUnavailableError
+from stepflow.errors import ConfigError, SchemaVersionError, StoreConflictError, StoreError, StoreUnavailableError
 from stepflow.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 from stepflow.store.sql import Conn, Row, SqlStore
 
@@ -237,7 +237,7 @@ class PostgresStore(SqlStore):
                     lost = await self._after_disconnect(exc, lost, committing)
                     continue
                 if getattr(exc, "sqlstate", None) not in _RETRYABLE or attempt == 5:
-                    raise
+                    raise _mapped(exc) from exc
                 await asyncio.sleep(0.005 * (attempt + 1))
             except Exception as exc:
                 if not _is_disconnect(asyncpg, exc):
@@ -272,7 +272,7 @@ class PostgresStore(SqlStore):
                         raise
             except Exception as exc:
                 if not _is_disconnect(asyncpg, exc):
-                    raise
+                    raise _mapped(exc) from exc if isinstance(exc, asyncpg.PostgresError) else exc
                 lost = await self._after_disconnect(exc, lost, False)
 
     async def _lock_run(self, c: Conn, run_id: str) -> None:
@@ -372,3 +372,12 @@ def _safe(url: str) -> str:
         userinfo, host = netloc.rsplit("@", 1)
         netloc = f"{userinfo.split(':', 1)[0]}@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def _mapped(exc: Exception) -> StoreError:
+    """The stepflow error for a PostgreSQL error that is not a lost connection: no asyncpg error crosses the
+    store boundary. A constraint violation (SQLSTATE class 23) is a conflict (409); anything else a store error."""
+    state = str(getattr(exc, "sqlstate", "") or "")
+    if state.startswith("23"):
+        return StoreConflictError(f"the write conflicts with what is stored ({exc}); nothing was written")
+    return StoreError(f"PostgreSQL refused the operation ({state or type(exc).__name__}: {exc})")

@@ -31,7 +31,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stepflow.errors import ConfigError, SchemaVersionError, StoreError, StoreFullError, StoreUnavailableError
+from stepflow.errors import (
+    ConfigError,
+    SchemaVersionError,
+    StoreConflictError,
+    StoreError,
+    StoreFullError,
+    StoreUnavailableError,
+)
 from stepflow.store.sql import EVENT_DEDUP_WINDOW_MS, IDEMPOTENCY_TTL_MS, Conn, Row, SqlStore
 from stepflow.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -165,8 +172,8 @@ class SqliteStore(SqlStore):
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _fault(self, exc: sqlite3.Error) -> StoreError | None:
-        """The store error for a failure of the file or the disk (None: a bug, raised as it is)."""
+    def _fault(self, exc: sqlite3.Error) -> StoreError:
+        """The stepflow error for a driver error: no sqlite3 error crosses the store boundary."""
         name = str(getattr(exc, "sqlite_errorname", "") or "")
         if name == "SQLITE_FULL" or "disk is full" in str(exc):
             return StoreFullError(f"the disk holding the SQLite database {self.path} is full ({exc}); nothing was "
@@ -174,7 +181,9 @@ class SqliteStore(SqlStore):
         if name.startswith(("SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_READONLY")):
             return StoreUnavailableError(f"the SQLite database {self.path} cannot be used right now ({exc}); "
                                          "nothing was written. Try again")
-        return None
+        if isinstance(exc, sqlite3.IntegrityError):
+            return StoreConflictError(f"the write conflicts with what is stored ({exc}); nothing was written")
+        return StoreError(f"SQLite failed on {self.path}: {exc}")
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -206,20 +215,14 @@ class SqliteStore(SqlStore):
                         pass
                 raise
         except sqlite3.Error as exc:
-            fault = self._fault(exc)
-            if fault is None:
-                raise
-            raise fault from exc
+            raise self._fault(exc) from exc
         return result
 
     async def _read(self, body: Callable[[Conn], Awaitable[T]]) -> T:
         try:
             return await body(self._connection())
         except sqlite3.Error as exc:
-            fault = self._fault(exc)
-            if fault is None:
-                raise
-            raise fault from exc
+            raise self._fault(exc) from exc
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")

@@ -70,3 +70,37 @@ async def test_two_claimers_at_once_never_share_a_job(store: Store) -> None:
     batches = await asyncio.gather(*(store.claim_jobs(f"w{i}", 7, 60_000, now) for i in range(12)))
     claimed = [job.id for batch in batches for job in batch]
     assert len(claimed) == 60 and len(set(claimed)) == 60
+
+
+async def test_driver_errors_do_not_cross_the_boundary(store: Store) -> None:
+    """A constraint the database enforces is a StoreConflictError (409); any other driver error a StoreError —
+    never an sqlite3 or asyncpg exception (the API would answer those 500 with a driver traceback)."""
+    from stepflow.errors import StoreConflictError, StoreError
+    from stepflow.store.sql_base import Conn, SqlBase
+
+    assert isinstance(store, SqlBase)
+    await store.ingest_events([event("e1", 1)], one_step_run)
+
+    async def duplicate(c: Conn) -> None:
+        await c.execute("INSERT INTO events (id, name, payload, ts, received_at) SELECT id, name, payload, ts, "
+                        "received_at FROM events WHERE id=?", "e1")
+
+    async def nonsense(c: Conn) -> None:
+        await c.execute("SELECT no_such_column FROM runs")
+
+    try:
+        await store._transaction(duplicate)
+    except StoreConflictError as exc:
+        assert exc.status == 409 and "conflicts with what is stored" in exc.message
+    else:
+        raise AssertionError("a duplicate primary key was accepted")
+    for operation in (store._transaction, store._read):
+        try:
+            await operation(nonsense)
+        except StoreConflictError:
+            raise AssertionError("not a conflict") from None
+        except StoreError as exc:
+            assert "no_such_column" in exc.message
+        else:
+            raise AssertionError("a bad query succeeded")
+    assert [e.id for e in [await store.get_event("e1")] if e] == ["e1"]  # the failed writes left nothing
