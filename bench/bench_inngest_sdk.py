@@ -26,7 +26,16 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_sdk import event_loop_runner, free_port, load, pct, sequential, wait_until_synced, workload_args
+from bench_sdk import (
+    event_loop_runner,
+    free_port,
+    load,
+    pct,
+    run_over_http,
+    sequential,
+    wait_until_synced,
+    workload_args,
+)
 
 SDKS = {  # label: (event prefix, app URL path, function ids)
     "stepflow SDK": ("bench/sdk", "/api/stepflow", "bench"),
@@ -38,18 +47,7 @@ async def drive(http: aiohttp.ClientSession, base: str, prefix: str, args: argpa
     run_ids: list[str] = []
 
     async def start_and_wait(name: str) -> None:
-        name = name.replace("bench/sdk", prefix)
-        async with http.post(f"{base}/e/bench", json={"name": name, "data": {}}) as resp:
-            event_id = (await resp.json())["ids"][0]
-        async with http.get(f"{base}/v1/events/{event_id}/runs") as resp:
-            run_id = (await resp.json())["data"][0]["run_id"]
-        while True:
-            async with http.get(f"{base}/v1/runs/{run_id}?wait=30s") as resp:
-                run = (await resp.json())["data"]
-            if run["status"] == "Completed":
-                run_ids.append(run_id)
-                return
-            assert run["status"] in ("Queued", "Running"), run
+        run_ids.append(await run_over_http(http, base, name.replace("bench/sdk", prefix)))
 
     await sequential(start_and_wait, 20)  # warm up
     run_ids.clear()

@@ -101,16 +101,7 @@ async def over_http(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             await wait_until_synced(http, base, 2)
 
             async def start_and_wait(name: str) -> None:
-                async with http.post(f"{base}/e/bench", json={"name": name, "data": {}}) as resp:
-                    event_id = (await resp.json())["ids"][0]
-                async with http.get(f"{base}/v1/events/{event_id}/runs") as resp:
-                    run_id = (await resp.json())["data"][0]["run_id"]
-                while True:
-                    async with http.get(f"{base}/v1/runs/{run_id}?wait=30s") as resp:
-                        status = (await resp.json())["data"]["status"]
-                    if status == "Completed":
-                        return
-                    assert status in ("Queued", "Running"), status
+                await run_over_http(http, base, name)
 
             await sequential(start_and_wait, 20)
             rate, lat = await load(start_and_wait, args.runs, args.concurrency)
@@ -120,6 +111,20 @@ async def over_http(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         for proc in (server, app_proc):
             proc.terminate()
             proc.wait(10)
+
+
+async def run_over_http(http: aiohttp.ClientSession, base: str, name: str) -> str:
+    """Send one event and wait until the run it started has completed; returns the run's id."""
+    async with http.post(f"{base}/e/bench", json={"name": name, "data": {}}) as resp:
+        event_id = (await resp.json())["ids"][0]
+    async with http.get(f"{base}/v1/events/{event_id}/runs") as resp:
+        run_id: str = (await resp.json())["data"][0]["run_id"]
+    while True:
+        async with http.get(f"{base}/v1/runs/{run_id}?wait=30s") as resp:
+            status = (await resp.json())["data"]["status"]
+        if status == "Completed":
+            return run_id
+        assert status in ("Queued", "Running"), status
 
 
 async def wait_until_synced(http: aiohttp.ClientSession, base: str, count: int, timeout: float = 60.0) -> None:
