@@ -104,6 +104,11 @@ class Client:
     async def get_run_steps(self, run_id: str) -> list[dict[str, Any]]:
         return (await self._request("GET", f"/v1/runs/{run_id}/steps"))["data"]  # type: ignore[no-any-return]
 
+    async def invoke(self, function_id: str, data: dict[str, Any] | None = None) -> str:
+        """Start one run of a function with `data` (its event: `inngest/function.invoked`); returns the run id."""
+        answer = await self._request("POST", f"/v2/functions/{function_id}/invoke", body={"data": data or {}})
+        return str(answer["data"]["run_id"])
+
     async def list_runs(self, *, status: str | None = None, function_id: str | None = None,
                         cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
         """One page: `{"data": [...], "cursor": next page or None, "has_more": bool}`."""
@@ -196,6 +201,9 @@ class SyncClient:
 
     def get_run_steps(self, run_id: str) -> list[dict[str, Any]]:
         return self._call(self._client.get_run_steps(run_id))
+
+    def invoke(self, function_id: str, data: dict[str, Any] | None = None) -> str:
+        return self._call(self._client.invoke(function_id, data))
 
     def list_runs(self, **kwargs: Any) -> dict[str, Any]:
         return self._call(self._client.list_runs(**kwargs))

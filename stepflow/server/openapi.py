@@ -403,6 +403,23 @@ def _paths() -> dict[str, Any]:
         "/v1/functions": {"get": _rest("The functions the server runs, sorted by id",
                                        _json(_data({"type": "array", "items": _ref("Function")}), "the functions"),
                                        errors=(401, 500), tag="functions")},
+        "/v2/functions/{function_id}/invoke": {"post": {
+            "summary": "Start one run of a function with a payload, whatever its triggers", "tags": ["functions"],
+            "security": REST_SECURITY,
+            "description": "The run's event is `inngest/function.invoked` with the given `data`, as `step.invoke` "
+                           "sends it.",
+            "parameters": [{"name": "function_id", "in": "path", "required": True,
+                            "schema": {"type": "string", "minLength": 1}, "example": "wf"}],
+            "requestBody": {"required": False, "content": {JSON: {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"data": {"type": "object"}, "user": {"type": "object"}}}}}},
+            "responses": {"201": _json(_data({"type": "object", "required": ["run_id", "event_id"],
+                                              "additionalProperties": False,
+                                              "properties": {"run_id": {"type": "string"},
+                                                             "event_id": {"type": "string"}}}),
+                                       "the run started"),
+                          **_errors(400, 401, 404, 413, 500)},
+        }},
         "/v1/events/{event_id}": {"get": _rest("One event", event, params=[EVENT_ID], tag="events")},
         "/v1/events/{event_id}/runs": {"get": _rest(
             "The runs an event started (fan-out), oldest first",

@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from stepflow import codec
+from stepflow.engine.ops import INVOKED_EVENT
 from stepflow.errors import InvalidRequestError, UnauthorizedError
 from stepflow.protocol.signing import bearer_matches
 from stepflow.protocol.wire import STEPFLOW_SERVER_HEADER as SERVER_HEADER
@@ -135,7 +136,26 @@ async def list_functions(request: web.Request) -> web.Response:
     return json_response({"data": data})
 
 
+async def invoke_function(request: web.Request) -> web.Response:
+    """`POST /v2/functions/{function_id}/invoke {"data": {...}, "user"?: {...}}`: start one run of the function,
+    whatever its triggers, with the `inngest/function.invoked` event `step.invoke` uses."""
+    function_id = request.match_info["function_id"]
+    raw = await read_body(request)
+    try:
+        payload = codec.loads(raw) if raw.strip() else {}
+    except codec.JSONDecodeError as exc:
+        raise InvalidRequestError(f"the request body is not JSON: {exc}") from exc
+    if not isinstance(payload, dict) or set(payload) - {"data", "user"}:
+        raise InvalidRequestError('expected {"data": {...}, "user"?: {...}}')
+    event = {"name": INVOKED_EVENT, "data": payload.get("data") or {}}
+    if payload.get("user") is not None:
+        event["user"] = payload["user"]
+    event_id, run_id = await request.app[ENGINE_KEY].invoke(function_id, event)
+    return json_response({"data": {"run_id": run_id, "event_id": event_id}}, status=201)
+
+
 def setup(app: web.Application) -> None:
     app[SYNC_LOG_KEY] = SyncLog()
     app.router.add_post("/fn/register", register_app)
     app.router.add_get("/v1/functions", list_functions)
+    app.router.add_post("/v2/functions/{function_id}/invoke", invoke_function)
