@@ -80,6 +80,7 @@ class _Steps(BaseHTTPRequestHandler):
     release = threading.Event()
     gate = threading.Event()
     gate_calls = 0
+    flaky_calls = 0
 
     def do_POST(self) -> None:
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -89,6 +90,9 @@ class _Steps(BaseHTTPRequestHandler):
         elif self.path == "/hold":
             self.release.wait(10)
             answer = {"status": 200, "body": {"held": True}}
+        elif self.path == "/flaky":  # 503 on every other call: each run's step succeeds on its second attempt
+            type(self).flaky_calls += 1
+            answer = {"status": 503 if self.flaky_calls % 2 else 200, "body": {"flaky": True}}
         elif self.path == "/gate":
             type(self).gate_calls += 1
             self.gate.wait(10)
@@ -167,6 +171,8 @@ def workflow_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
          "steps": {"hold": {"runtime": {"type": "http", "url": steps + "/hold"}}}},
         {"id": "gated", "triggers": [{"event": "busy/go"}],
          "steps": {"gate": {"runtime": {"type": "http", "url": steps + "/gate"}}}},
+        {"id": "flaky", "triggers": [{"event": "math/flaky"}],
+         "steps": {"wobbly": {"runtime": {"type": "http", "url": steps + "/flaky"}}}},
     ]}))
     yield path
     _Steps.release.set()
@@ -195,6 +201,50 @@ def run_id_of(dev: Server, event_id: str) -> str:
 
 
 # --- dev ---------------------------------------------------------------------------------------------------
+
+
+def wait_for_log(server: Server, *needles: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = server.log.read_text()
+        if all(n in text for n in needles) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
+def test_dev_prints_a_line_per_event_retry_and_ended_run(workflow_file: Path) -> None:
+    with server_process("dev", workflow_file.parent, "-f", str(workflow_file), "--backoff-base", "0.01") as dev:
+        added = send(dev, "math/add", {"a": 1, "b": 2})
+        broken = send(dev, "math/break")
+        flaky = send(dev, "math/flaky")
+        runs = {name: run_id_of(dev, event) for name, event in (("add", added), ("break", broken),
+                                                               ("flaky", flaky))}
+        text = wait_for_log(dev, f"run {runs['flaky']} (flaky) Completed", f"run {runs['break']} (breaker) Failed",
+                            f"run {runs['add']} (adder) Completed")
+    assert f"event math/add ({added}) received; started 1 run(s): adder" in text, text
+    assert re.search(rf"INFO stepflow.activity: run {runs['add']} \(adder\) Completed in \d+\.\d{{3}}s", text), text
+    assert re.search(rf"WARNING stepflow.activity: run {runs['break']} \(breaker\) Failed in [\d.]+s: the step "
+                     r"answered status 400", text), text
+    assert re.search(rf"run {runs['flaky']} \(flaky\): step wobbly failed attempt 1 \(the step answered status "
+                     r"503\); retrying in", text), text
+    assert "synced app" not in text and "Traceback" not in text
+
+
+def test_dev_logs_json_lines_or_nothing_when_quiet(workflow_file: Path) -> None:
+    with server_process("dev", workflow_file.parent, "-f", str(workflow_file), "--log-format", "json") as dev:
+        event_id = send(dev, "math/add", {"a": 2, "b": 2})
+        run_id = run_id_of(dev, event_id)
+        text = wait_for_log(dev, f'"run_id":"{run_id}","function_id":"adder","status":"Completed"')
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    kinds = {(line.get("kind"), line.get("status")) for line in lines if line["logger"] == "stepflow.activity"}
+    assert {("event", None), ("run", "Completed")} <= kinds, lines
+    [event_line] = [line for line in lines if line.get("kind") == "event"]
+    assert event_line["event_id"] == event_id and event_line["functions"] == ["adder"]
+    with server_process("dev", workflow_file.parent, "-f", str(workflow_file), "--quiet") as quiet:
+        run_id = run_id_of(quiet, send(quiet, "math/add", {"a": 1, "b": 1}))
+        cli("run", run_id, "--wait", "--json", "--url", quiet.url)
+        time.sleep(0.3)
+        assert "stepflow.activity" not in quiet.log.read_text()
 
 
 def test_dev_says_where_the_store_and_api_are(dev: Server) -> None:

@@ -13,6 +13,7 @@ from stepflow import codec
 from stepflow.cli.output import fail, print_json, print_table
 from stepflow.client import Client
 from stepflow.engine import EngineConfig
+from stepflow.engine.activity import JsonLines
 from stepflow.errors import StepflowError
 from stepflow.server.app import ServerSettings
 from stepflow.server.keys import check_production_keys
@@ -54,7 +55,11 @@ def _server_options(func: Any) -> Any:
         click.option("--backoff-base", type=float, default=None,
                      help="First retry delay in seconds (doubles each retry) [default: 1]"),
         click.option("--step-timeout", type=float, default=None, help="Default step timeout, seconds [900]"),
-        click.option("-v", "--verbose", is_flag=True, help="Log engine activity."),
+        click.option("-v", "--verbose", is_flag=True, help="Log everything at INFO (stepflow's internals too)."),
+        click.option("-q", "--quiet", is_flag=True,
+                     help="Only warnings and errors (dev prints a line per event, retry and ended run otherwise)."),
+        click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                     envvar="STEPFLOW_LOG_FORMAT", help="json: one JSON object per line, for log collectors."),
         click.option("--header-timeout", type=float, default=10.0, show_default=True,
                      envvar="STEPFLOW_HEADER_TIMEOUT",
                      help="Seconds a request's headers may take to arrive (slow clients are cut off; 0: no limit)."),
@@ -66,11 +71,27 @@ def _server_options(func: Any) -> Any:
     return func
 
 
+def configure_logging(*, verbose: bool, quiet: bool, log_format: str, activity: bool) -> None:
+    """WARNING and above always; the activity lines (events, retries, ended runs, syncs) when `activity` and not
+    `quiet`; everything at INFO with `verbose`. Text for people, JSON lines for machines."""
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose and not quiet else logging.WARNING)
+    logging.getLogger("stepflow.activity").setLevel(
+        logging.WARNING if quiet else logging.INFO if (activity or verbose) else logging.WARNING)
+
+
 def _start(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
            concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool,
-           settings: ServerSettings, run_workers: bool = True) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+           settings: ServerSettings, run_workers: bool = True, *, quiet: bool = False,
+           log_format: str = "text") -> None:
+    # dev tells what happens by default, as Inngest's dev server does; a production server only with -v
+    configure_logging(verbose=verbose, quiet=quiet, log_format=log_format, activity=settings.dev)
     engine = EngineConfig.from_env(concurrency=concurrency, backoff_base=backoff_base, step_timeout=step_timeout,
                                    signing_key=settings.signing_keys[0] if settings.signing_keys else None)
     options = ServerOptions(host=host, port=port, store_url=db, function_files=list(files), settings=settings,
@@ -89,14 +110,15 @@ def _start(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: i
               help="Optional in dev: when set, the REST API requires it and step requests are signed.")
 @click.option("--event-key", envvar="STEPFLOW_EVENT_KEY", default=None, help="Optional in dev.")
 def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
-        concurrency: int | None,
-        backoff_base: float | None, step_timeout: float | None, verbose: bool, header_timeout: float,
-        body_timeout: float, signing_key: str | None, event_key: str | None) -> None:
+        concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool, quiet: bool,
+        log_format: str, header_timeout: float, body_timeout: float, signing_key: str | None,
+        event_key: str | None) -> None:
     """Everything in one process on embedded SQLite, keyless unless keys are given."""
     settings = ServerSettings(signing_keys=[signing_key] if signing_key else [],
                               event_keys=[event_key] if event_key else [], dev=True,
                               header_timeout=header_timeout, body_timeout=body_timeout)
-    _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings)
+    _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings,
+           quiet=quiet, log_format=log_format)
 
 
 @main.command()
@@ -109,8 +131,8 @@ def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int,
               help="Also execute steps in this process (--no-workers: APIs only, next to `stepflow worker`s).")
 def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
           concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool,
-          header_timeout: float, body_timeout: float, signing_key: str | None, signing_key_fallback: str | None,
-          event_keys: tuple[str, ...], workers: bool) -> None:
+          quiet: bool, log_format: str, header_timeout: float, body_timeout: float, signing_key: str | None,
+          signing_key_fallback: str | None, event_keys: tuple[str, ...], workers: bool) -> None:
     """The production server: the same as dev, but keys are required."""
     if not signing_key:
         fail("stepflow serve needs a signing key: --signing-key or STEPFLOW_SIGNING_KEY "
@@ -126,7 +148,8 @@ def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: in
         fail(f"stepflow serve: {exc.message}")
     settings = ServerSettings(signing_keys=keys, event_keys=list(event_keys), dev=False,
                               header_timeout=header_timeout, body_timeout=body_timeout)
-    _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings, workers)
+    _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings, workers,
+           quiet=quiet, log_format=log_format)
 
 
 @main.command()

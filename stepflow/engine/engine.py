@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from stepflow.definitions import FunctionDef
+from stepflow.engine import activity
 from stepflow.engine.config import EngineConfig
 from stepflow.engine.executor import Executor
 from stepflow.engine.planner import plan_runs_for_event
@@ -28,7 +29,7 @@ from stepflow.engine.registry import FunctionRegistry
 from stepflow.engine.runs import new_run
 from stepflow.engine.scheduler import CronScheduler
 from stepflow.engine.watch import RunWatcher
-from stepflow.errors import NotFoundError, StoreError, StoreUnavailableError
+from stepflow.errors import NotFoundError, StepflowError, StoreError, StoreUnavailableError
 from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid, now_ms
@@ -67,6 +68,7 @@ class EngineCore:
         self._cron_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._activity_tasks: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -139,11 +141,19 @@ class EngineCore:
         # keyed by the record itself: two events of one request may share an id (the second is a duplicate)
         matches = {id(ev): self.functions.matching(ev.name, ev.to_dict()) for ev in events}
 
+        planned: dict[int, list[str]] = {}  # the events stored (duplicates are not planned), and their runs
+
         def plan(ev: EventRecord) -> list[Any]:
-            return plan_runs_for_event(matches[id(ev)], ev)
+            runs = plan_runs_for_event(matches[id(ev)], ev)
+            planned[id(ev)] = [run.function_id for run in runs]
+            return runs
 
         ids = await self.store.ingest_events(events, plan)
         self._wake.set()  # new runs, or waits these events resolved
+        if activity.enabled():
+            for ev in events:
+                if id(ev) in planned:
+                    activity.event_received(ev, planned[id(ev)])
         return ids
 
     async def send(self, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
@@ -174,8 +184,22 @@ class EngineCore:
 
     def _run_ended(self, run_id: str) -> None:
         # called inside the store's transaction: only schedule the notification
-        asyncio.get_running_loop().call_soon(self.watcher.notify, run_id)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.watcher.notify, run_id)
         self._wake.set()  # an ended run may have resumed a parent (invoke) with new work
+        if activity.enabled():
+            task = loop.create_task(self._log_run_end(run_id))
+            self._activity_tasks.add(task)
+            task.add_done_callback(self._activity_tasks.discard)
+
+    async def _log_run_end(self, run_id: str) -> None:
+        await asyncio.sleep(0)  # after the transaction that ended it has committed
+        try:
+            run = await self.store.get_run(run_id)
+        except StepflowError:
+            return  # the store is closing or away: the line is not worth an error
+        if run is not None:
+            activity.run_ended(run)
 
     # --- worker -------------------------------------------------------------------------------------------
 

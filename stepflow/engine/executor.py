@@ -16,7 +16,7 @@ from typing import Any
 from stepflow import codec
 from stepflow.definitions import FunctionDef
 from stepflow.durations import parse_duration
-from stepflow.engine import code
+from stepflow.engine import activity, code
 from stepflow.engine.config import EngineConfig
 from stepflow.engine.planner import advance_workflow
 from stepflow.engine.registry import FunctionRegistry
@@ -176,6 +176,9 @@ class Executor:
         logs = attempt.answer.logs if attempt.answer else attempt.failure.logs if attempt.failure else None
         now = attempt.ended
         if isinstance(verdict, RetryLater):
+            if activity.enabled():
+                activity.step_retried(job.run_id, job.function_id, job.step_id, job.attempt, verdict.delay,
+                                      verdict.error)
             update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now, error=verdict.error, logs=logs)
             await self.store.retry_job(job, update, now + int(verdict.delay * 1000))
             return None
@@ -251,8 +254,20 @@ class Executor:
             error = {"code": attempt.failure.code, "message": attempt.failure.message, "attempt": job.attempt,
                      **attempt.failure.details}
             retryable, retry_after = attempt.failure.retryable, None
-        return await self._settle(
-            job, None, lambda s: code.advance_after_call(s, cc, response, error, retryable, retry_after), now)
+        decided: list[Advance] = []
+
+        def decide(state: RunState) -> Advance:
+            decided.append(code.advance_after_call(state, cc, response, error, retryable, retry_after))
+            return decided[-1]
+
+        ended = await self._settle(job, None, decide, now)
+        if decided and activity.enabled():
+            for write in decided[-1].steps:  # a step (or the call) put back for another attempt
+                if write.status is StepStatus.SCHEDULED and write.error is not None and write.attempts:
+                    delay = max(0.0, ((write.scheduled_at or now) - now) / 1000)
+                    activity.step_retried(job.run_id, job.function_id, write.name or write.step_id,
+                                          write.attempts - 1, delay, write.error)
+        return ended
 
     async def _code_remote_step(self, fn: FunctionDef, job: Job) -> RunRecord | None:
         """A RunStep: a step of a code function executed on another runtime, with the step contract."""

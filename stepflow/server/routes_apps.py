@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from stepflow import codec
+from stepflow.engine.activity import log as activity_log
 from stepflow.engine.ops import INVOKED_EVENT
 from stepflow.errors import InvalidRequestError, UnauthorizedError
 from stepflow.protocol.signing import bearer_matches
@@ -55,7 +56,7 @@ async def register_app(request: web.Request) -> web.Response:
                           "functions": registered, "removed": removed})
 
 
-async def sync_app(url: str, server_url: str, sync_log: SyncLog, announce: Callable[[str], None] = log.warning,
+async def sync_app(url: str, server_url: str, sync_log: SyncLog, announce: Callable[[str], None] | None = None,
                    *, attempts: int = 0, first_delay: float = 1.0, max_delay: float = 30.0) -> bool:
     """Ask the SDK endpoint at `url` to register with us (PUT), and report what really happened: the functions
     it registered, or the error it answered. Retries with a doubling delay (up to `max_delay`) while the app
@@ -80,8 +81,9 @@ async def sync_app(url: str, server_url: str, sync_log: SyncLog, announce: Calla
                 if status < 300 and received:
                     for record in received:
                         ids = ", ".join(record.function_ids) or "none"
-                        announce(f"synced app {record.app_id!r} at {url}: registered "
-                                 f"{len(record.function_ids)} function(s): {ids}")
+                        line = (f"synced app {record.app_id!r} at {url}: registered "
+                                f"{len(record.function_ids)} function(s): {ids}")
+                        (announce or activity_log.info)(line)  # routine: INFO, shown by `stepflow dev`
                     return True
                 if status < 300 and _app_error(text):
                     # the official Python SDK answers 200 with the server's refusal in the body
@@ -93,7 +95,7 @@ async def sync_app(url: str, server_url: str, sync_log: SyncLog, announce: Calla
                 else:
                     report = f"sync of the app at {url} failed ({status}): {_app_message(text)}"
             if report != last_report:
-                announce(f"{report}; retrying in {delay:g}s, then less often")
+                (announce or log.warning)(f"{report}; retrying in {delay:g}s, then less often")
                 last_report = report
             if attempts and tried >= attempts:
                 return False

@@ -76,7 +76,7 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
             announce("  dev mode: no keys configured — the REST API and the event API accept any caller")
         server_url = f"http://{options.host}:{options.port}"
         sync_log = app[SYNC_LOG_KEY]
-        syncs = [asyncio.create_task(sync_app(url, server_url, sync_log, announce)) for url in options.app_urls]
+        syncs = [asyncio.create_task(sync_app(url, server_url, sync_log)) for url in options.app_urls]
         for url in options.app_urls:
             announce(f"  app: {url} (syncing)")
         stop = asyncio.Event()
