@@ -90,6 +90,9 @@ class _Steps(BaseHTTPRequestHandler):
         elif self.path == "/hold":
             self.release.wait(10)
             answer = {"status": 200, "body": {"held": True}}
+        elif self.path == "/slow":  # answers after 3 s: a run that is certainly still running meanwhile
+            time.sleep(3)
+            answer = {"status": 200, "body": {"slow": True}}
         elif self.path == "/flaky":  # 503 on every other call: each run's step succeeds on its second attempt
             type(self).flaky_calls += 1
             answer = {"status": 503 if self.flaky_calls % 2 else 200, "body": {"flaky": True}}
@@ -171,6 +174,8 @@ def workflow_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
          "steps": {"hold": {"runtime": {"type": "http", "url": steps + "/hold"}}}},
         {"id": "gated", "triggers": [{"event": "busy/go"}],
          "steps": {"gate": {"runtime": {"type": "http", "url": steps + "/gate"}}}},
+        {"id": "slow", "triggers": [{"event": "math/slow"}],
+         "steps": {"nap": {"runtime": {"type": "http", "url": steps + "/slow"}}}},
         {"id": "flaky", "triggers": [{"event": "math/flaky"}],
          "steps": {"wobbly": {"runtime": {"type": "http", "url": steps + "/flaky"}}}},
     ]}))
@@ -498,3 +503,35 @@ def test_dev_refuses_unreadable_and_malformed_files(tmp_path: Path) -> None:
     other.write_text("id: x")
     result = cli("dev", "--port", str(free_port()), "--db", str(tmp_path / "x.db"), "-f", str(other))
     assert_clean_failure(result, str(other), ".json or .toml")
+
+
+# --- exit codes and errors scripts can rely on ----------------------------------------------------------------
+
+
+def test_exit_codes_say_what_went_wrong(dev: Server) -> None:
+    unreachable = cli("run", "01M8RSD81X91PSHM3J4SC5560N", "--url", f"http://127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 4
+    assert_clean_failure(unreachable, "cannot reach stepflow at http://127.0.0.1:")
+    assert "0 unreachable" not in unreachable.stderr  # a sentence, not a status code
+    missing = cli("run", "01M8RSD81X91PSHM3J4SC5560N", "--url", dev.url)
+    assert missing.returncode == 3
+    assert_clean_failure(missing, "404", "not found")
+    usage = cli("send", "t/x", "--data", "{nope", "--url", dev.url)
+    assert usage.returncode == 2
+    assert_clean_failure(usage, "--data is not valid JSON")
+    slow = run_id_of(dev, send(dev, "math/slow"))
+    timed_out = cli("run", slow, "--wait", "--timeout", "0.2", "--url", dev.url)
+    assert timed_out.returncode == 5
+    assert_clean_failure(timed_out, "still")
+    failed = run_id_of(dev, send(dev, "math/break"))
+    ended = cli("run", failed, "--wait", "--json", "--url", dev.url)
+    assert ended.returncode == 1 and json.loads(ended.stdout)["status"] == "Failed"
+
+
+def test_json_errors_are_json(dev: Server) -> None:
+    missing = cli("run", "01M8RSD81X91PSHM3J4SC5560N", "--json", "--url", dev.url)
+    assert missing.returncode == 3
+    error = json.loads(missing.stdout)["error"]
+    assert error["code"] == "not_found" and "not found" in error["message"]
+    unreachable = cli("runs", "some-event", "--json", "--url", f"http://127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 4 and json.loads(unreachable.stdout)["error"]["code"] == "unreachable"

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from stepflow import codec
-from stepflow.cli.output import fail, print_json, print_table
+from stepflow.cli.output import EXIT_FAILED, EXIT_USAGE, fail, fail_for, print_json, print_table
 from stepflow.client import Client
 from stepflow.engine import EngineConfig
 from stepflow.engine.activity import JsonLines
@@ -205,7 +205,8 @@ def _client_options(func: Any) -> Any:
     return func
 
 
-def _with_client(url: str, signing_key: str | None, action: Any, event_key: str | None = None) -> Any:
+def _with_client(url: str, signing_key: str | None, action: Any, event_key: str | None = None, *,
+                 as_json: bool = False) -> Any:
     async def go() -> Any:
         async with Client(url, signing_key=signing_key, event_key=event_key) as client:
             return await action(client)
@@ -213,7 +214,7 @@ def _with_client(url: str, signing_key: str | None, action: Any, event_key: str 
     try:
         return asyncio.run(go())
     except StepflowError as exc:
-        fail(exc.message)
+        fail_for(exc, as_json=as_json)
 
 
 @main.command()
@@ -228,11 +229,11 @@ def send(name: str, data: str, event_id: str | None, event_key: str | None, url:
     try:
         payload = codec.loads(data)
     except codec.JSONDecodeError as exc:
-        fail(f"--data is not valid JSON: {exc}")
+        fail(f"--data is not valid JSON: {exc}", EXIT_USAGE, as_json=as_json)
     event: dict[str, Any] = {"name": name, "data": payload}
     if event_id:
         event["id"] = event_id
-    ids = _with_client(url, signing_key, lambda c: c.send(event), event_key=event_key)
+    ids = _with_client(url, signing_key, lambda c: c.send(event), event_key=event_key, as_json=as_json)
     if as_json:
         print_json({"ids": ids})
     else:
@@ -245,7 +246,7 @@ def send(name: str, data: str, event_id: str | None, event_key: str | None, url:
 @_client_options
 def runs(event_id: str, url: str, signing_key: str | None, as_json: bool) -> None:
     """The runs that EVENT_ID started."""
-    data = _with_client(url, signing_key, lambda c: c.get_event_runs(event_id))
+    data = _with_client(url, signing_key, lambda c: c.get_event_runs(event_id), as_json=as_json)
     if as_json:
         print_json(data)
     else:
@@ -263,17 +264,17 @@ def run(run_id: str, wait: bool, timeout: float, url: str, signing_key: str | No
         info = await client.wait_for_run(run_id, timeout) if wait else await client.get_run(run_id)
         return info, await client.get_run_steps(run_id)
 
-    info, steps = _with_client(url, signing_key, action)
+    info, steps = _with_client(url, signing_key, action, as_json=as_json)
     if as_json:
         print_json({**info, "steps": steps})
-        return
-    print_table([info], RUN_COLUMNS)
-    if info.get("error"):
-        click.echo(f"error: {codec.dumps(info['error']).decode()}")
-    click.echo()
-    print_table(steps, STEP_COLUMNS)
+    else:
+        print_table([info], RUN_COLUMNS)
+        if info.get("error"):
+            click.echo(f"error: {codec.dumps(info['error']).decode()}")
+        click.echo()
+        print_table(steps, STEP_COLUMNS)
     if info["status"] in ("Failed", "Cancelled"):
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 @main.group()

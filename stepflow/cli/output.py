@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from stepflow import codec
+from stepflow.errors import ApiError, StepflowError, WaitTimeoutError
 
 
 def print_json(data: Any) -> None:
@@ -33,6 +34,27 @@ def _cell(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
+# Exit codes scripts can rely on (docs/operations.md): 0 ok, 1 failed (a run failed or was cancelled, or the
+# server could not do it), 2 usage (bad arguments or credentials), 3 not found, 4 server unreachable, 5 timed out.
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_TIMED_OUT = 1, 2, 3, 4, 5
+
+
+def fail(message: str, code: int = EXIT_FAILED, *, as_json: bool = False, error_code: str = "error") -> None:
+    if as_json:  # a script that asked for JSON gets its errors as JSON too, on stdout
+        click.echo(codec.dumps({"error": {"code": error_code, "message": message}}).decode())
+    else:
+        click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def fail_for(exc: StepflowError, *, as_json: bool = False) -> None:
+    """Exit for an error of a client call, with the exit code of its kind and a sentence for a person."""
+    if isinstance(exc, WaitTimeoutError):
+        fail(exc.message, EXIT_TIMED_OUT, as_json=as_json, error_code="timed_out")
+    if isinstance(exc, ApiError):
+        if exc.status == 0:
+            fail(exc.api_message, EXIT_UNREACHABLE, as_json=as_json, error_code="unreachable")
+        code = EXIT_NOT_FOUND if exc.status == 404 else EXIT_USAGE if exc.status in (400, 401, 403, 405, 413) \
+            else EXIT_FAILED
+        fail(exc.message, code, as_json=as_json, error_code=exc.code)
+    fail(exc.message, as_json=as_json, error_code=exc.code)
