@@ -283,7 +283,7 @@ def test_send_refuses_bad_data(dev: Server) -> None:
     assert_clean_failure(cli("send", "math/add", "--data", "{not json", "--url", dev.url),
                          "--data is not valid JSON")
     assert_clean_failure(cli("send", "math/add", "--data", "[1, 2]", "--url", dev.url),
-                         "'data' must be an object")
+                         "--data must be a JSON object")
 
 
 # --- runs and run ----------------------------------------------------------------------------------------------
@@ -535,3 +535,29 @@ def test_json_errors_are_json(dev: Server) -> None:
     assert error["code"] == "not_found" and "not found" in error["message"]
     unreachable = cli("runs", "some-event", "--json", "--url", f"http://127.0.0.1:{free_port()}")
     assert unreachable.returncode == 4 and json.loads(unreachable.stdout)["error"]["code"] == "unreachable"
+
+
+def test_runs_list_show_cancel_and_functions(dev: Server) -> None:
+    """The grouped commands, and the older spellings (`runs EVENT_ID`, `run RUN_ID`) that keep working."""
+    event_id = send(dev, "math/add", {"a": 20, "b": 22})
+    run_id = run_id_of(dev, event_id)
+    shown = cli("runs", "show", run_id, "--wait", "--json", "--url", dev.url)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["output"]["sum"] == 42
+    old = cli("run", run_id, "--json", "--url", dev.url)
+    assert json.loads(old.stdout)["run_id"] == run_id
+    listed = cli("runs", "list", "--function", "adder", "--status", "Completed", "--json", "--url", dev.url)
+    assert listed.returncode == 0 and run_id in [r["run_id"] for r in json.loads(listed.stdout)["data"]]
+    table = cli("runs", "list", "--limit", "5", "--url", dev.url)
+    assert table.stdout.startswith("RUN") and "adder" in table.stdout
+    slow = run_id_of(dev, send(dev, "math/slow"))
+    cancelled = cli("runs", "cancel", slow, "--json", "--url", dev.url)
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "Cancelled"
+    assert cli("runs", "show", slow, "--url", dev.url).returncode == 1  # a cancelled run: exit code 1
+    functions = json.loads(cli("functions", "list", "--json", "--url", dev.url).stdout)
+    assert {"adder", "breaker", "slow"} <= {f["id"] for f in functions}
+    invoked = cli("functions", "invoke", "adder", "--data", '{"a": 1, "b": 1}', "--wait", "--json", "--url", dev.url)
+    assert invoked.returncode == 0, invoked
+    assert json.loads(invoked.stdout)["output"]["sum"] == 2
+    unknown = cli("functions", "invoke", "nope", "--url", dev.url)
+    assert unknown.returncode == 3
+    assert_clean_failure(unknown, "no function 'nope'")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from typing import Any
 
 import click
 
-from stepflow import codec
-from stepflow.cli.output import EXIT_FAILED, EXIT_USAGE, fail, fail_for, print_json, print_table
-from stepflow.client import Client
+from stepflow.cli.client_commands import functions, run, runs, send
+from stepflow.cli.output import fail
 from stepflow.engine import EngineConfig
 from stepflow.engine.activity import JsonLines
 from stepflow.errors import StepflowError
@@ -19,11 +17,6 @@ from stepflow.server.app import ServerSettings
 from stepflow.server.keys import check_production_keys
 from stepflow.server.runner import ServerOptions, run_server
 from stepflow.store import DEFAULT_SQLITE_PATH
-
-RUN_COLUMNS = [("run_id", "RUN"), ("function_id", "FUNCTION"), ("status", "STATUS"),
-               ("run_started_at", "STARTED"), ("ended_at", "ENDED"), ("output", "OUTPUT")]
-STEP_COLUMNS = [("step_id", "STEP"), ("status", "STATUS"), ("attempts", "ATTEMPTS"), ("started_at", "STARTED"),
-                ("ended_at", "ENDED"), ("output", "OUTPUT"), ("error", "ERROR")]
 
 
 def _run_async(coro: Any) -> Any:
@@ -197,86 +190,6 @@ def migrate(db: str) -> None:
     click.echo(f"schema version {start} -> {end}" if start != end else f"schema already at version {end}")
 
 
-def _client_options(func: Any) -> Any:
-    func = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
-    func = click.option("--url", envvar="STEPFLOW_BASE_URL", default="http://127.0.0.1:8288", show_default=True,
-                        help="The stepflow server.")(func)
-    func = click.option("--signing-key", envvar="STEPFLOW_SIGNING_KEY", default=None)(func)
-    return func
-
-
-def _with_client(url: str, signing_key: str | None, action: Any, event_key: str | None = None, *,
-                 as_json: bool = False) -> Any:
-    async def go() -> Any:
-        async with Client(url, signing_key=signing_key, event_key=event_key) as client:
-            return await action(client)
-
-    try:
-        return asyncio.run(go())
-    except StepflowError as exc:
-        fail_for(exc, as_json=as_json)
-
-
-@main.command()
-@click.argument("name")
-@click.option("--data", default="{}", help="The event's data, a JSON object.")
-@click.option("--id", "event_id", default=None, help="An id for deduplication (24 h).")
-@click.option("--event-key", envvar="STEPFLOW_EVENT_KEY", default=None)
-@_client_options
-def send(name: str, data: str, event_id: str | None, event_key: str | None, url: str, signing_key: str | None,
-         as_json: bool) -> None:
-    """Send an event NAME with --data JSON."""
-    try:
-        payload = codec.loads(data)
-    except codec.JSONDecodeError as exc:
-        fail(f"--data is not valid JSON: {exc}", EXIT_USAGE, as_json=as_json)
-    event: dict[str, Any] = {"name": name, "data": payload}
-    if event_id:
-        event["id"] = event_id
-    ids = _with_client(url, signing_key, lambda c: c.send(event), event_key=event_key, as_json=as_json)
-    if as_json:
-        print_json({"ids": ids})
-    else:
-        for i in ids:
-            click.echo(i)
-
-
-@main.command()
-@click.argument("event_id")
-@_client_options
-def runs(event_id: str, url: str, signing_key: str | None, as_json: bool) -> None:
-    """The runs that EVENT_ID started."""
-    data = _with_client(url, signing_key, lambda c: c.get_event_runs(event_id), as_json=as_json)
-    if as_json:
-        print_json(data)
-    else:
-        print_table(data, RUN_COLUMNS)
-
-
-@main.command()
-@click.argument("run_id")
-@click.option("--wait", is_flag=True, help="Wait until the run ends.")
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait with --wait.")
-@_client_options
-def run(run_id: str, wait: bool, timeout: float, url: str, signing_key: str | None, as_json: bool) -> None:
-    """One run, with its steps."""
-    async def action(client: Client) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        info = await client.wait_for_run(run_id, timeout) if wait else await client.get_run(run_id)
-        return info, await client.get_run_steps(run_id)
-
-    info, steps = _with_client(url, signing_key, action, as_json=as_json)
-    if as_json:
-        print_json({**info, "steps": steps})
-    else:
-        print_table([info], RUN_COLUMNS)
-        if info.get("error"):
-            click.echo(f"error: {codec.dumps(info['error']).decode()}")
-        click.echo()
-        print_table(steps, STEP_COLUMNS)
-    if info["status"] in ("Failed", "Cancelled"):
-        sys.exit(EXIT_FAILED)
-
-
 @main.group()
 def package() -> None:
     """Package a Python step or an SDK app to run on a runtime."""
@@ -352,3 +265,7 @@ def lambda_serve(directory: str, host: str, port: int, max_workers: int, verbose
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+for command in (send, runs, run, functions):
+    main.add_command(command)

@@ -1,0 +1,203 @@
+"""The CLI's client commands: `send`, `runs list|show|cancel`, `functions list|invoke` (and the older spellings
+`runs EVENT_ID` and `run RUN_ID`, kept working). Exit codes and errors as in output.py."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import click
+
+from stepflow import codec
+from stepflow.cli.output import EXIT_FAILED, EXIT_USAGE, fail, fail_for, print_json, print_table
+from stepflow.client import Client
+from stepflow.errors import StepflowError
+
+RUN_COLUMNS = [("run_id", "RUN"), ("function_id", "FUNCTION"), ("status", "STATUS"),
+               ("run_started_at", "STARTED"), ("ended_at", "ENDED"), ("output", "OUTPUT")]
+STEP_COLUMNS = [("step_id", "STEP"), ("status", "STATUS"), ("attempts", "ATTEMPTS"), ("started_at", "STARTED"),
+                ("ended_at", "ENDED"), ("output", "OUTPUT"), ("error", "ERROR")]
+FUNCTION_COLUMNS = [("id", "FUNCTION"), ("app_id", "APP"), ("kind", "KIND"), ("version", "VERSION"),
+                    ("triggers", "TRIGGERS")]
+
+
+def _client_options(func: Any) -> Any:
+    func = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+    func = click.option("--url", envvar="STEPFLOW_BASE_URL", default="http://127.0.0.1:8288", show_default=True,
+                        help="The stepflow server.")(func)
+    func = click.option("--signing-key", envvar="STEPFLOW_SIGNING_KEY", default=None)(func)
+    return func
+
+
+def _with_client(url: str, signing_key: str | None, action: Any, event_key: str | None = None, *,
+                 as_json: bool = False) -> Any:
+    async def go() -> Any:
+        async with Client(url, signing_key=signing_key, event_key=event_key) as client:
+            return await action(client)
+
+    try:
+        return asyncio.run(go())
+    except StepflowError as exc:
+        fail_for(exc, as_json=as_json)
+
+
+def _json_object(text: str, option: str, as_json: bool) -> dict[str, Any]:
+    try:
+        value = codec.loads(text)
+    except codec.JSONDecodeError as exc:
+        fail(f"{option} is not valid JSON: {exc}", EXIT_USAGE, as_json=as_json)
+    if not isinstance(value, dict):
+        fail(f"{option} must be a JSON object", EXIT_USAGE, as_json=as_json)
+    return dict(value)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--data", default="{}", help="The event's data, a JSON object.")
+@click.option("--id", "event_id", default=None, help="An id for deduplication (24 h).")
+@click.option("--event-key", envvar="STEPFLOW_EVENT_KEY", default=None)
+@_client_options
+def send(name: str, data: str, event_id: str | None, event_key: str | None, url: str, signing_key: str | None,
+         as_json: bool) -> None:
+    """Send an event NAME with --data JSON."""
+    event: dict[str, Any] = {"name": name, "data": _json_object(data, "--data", as_json)}
+    if event_id:
+        event["id"] = event_id
+    ids = _with_client(url, signing_key, lambda c: c.send(event), event_key=event_key, as_json=as_json)
+    if as_json:
+        print_json({"ids": ids})
+    else:
+        for i in ids:
+            click.echo(i)
+
+
+class _RunsGroup(click.Group):
+    """`stepflow runs EVENT_ID`, the older spelling, still means `stepflow runs for-event EVENT_ID`."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                               list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["for-event", *args]
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_RunsGroup)
+def runs() -> None:
+    """Runs: list them, show one, cancel one (`runs EVENT_ID` lists the runs an event started)."""
+
+
+@runs.command("for-event")
+@click.argument("event_id")
+@_client_options
+def runs_for_event(event_id: str, url: str, signing_key: str | None, as_json: bool) -> None:
+    """The runs that EVENT_ID started."""
+    data = _with_client(url, signing_key, lambda c: c.get_event_runs(event_id), as_json=as_json)
+    if as_json:
+        print_json(data)
+    else:
+        print_table(data, RUN_COLUMNS)
+
+
+@runs.command("list")
+@click.option("--status", type=click.Choice(["Queued", "Running", "Completed", "Failed", "Cancelled"]),
+              default=None)
+@click.option("--function", "function_id", default=None, help="Only this function's runs.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@_client_options
+def runs_list(status: str | None, function_id: str | None, limit: int, url: str, signing_key: str | None,
+              as_json: bool) -> None:
+    """The newest runs, newest first."""
+    page = _with_client(url, signing_key, lambda c: c.list_runs(status=status, function_id=function_id,
+                                                                limit=limit), as_json=as_json)
+    if as_json:
+        print_json(page)
+    else:
+        print_table(page["data"], RUN_COLUMNS)
+
+
+def _show(run_id: str, wait: bool, timeout: float, url: str, signing_key: str | None, as_json: bool) -> None:
+    async def action(client: Client) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        info = await client.wait_for_run(run_id, timeout) if wait else await client.get_run(run_id)
+        return info, await client.get_run_steps(run_id)
+
+    info, steps = _with_client(url, signing_key, action, as_json=as_json)
+    if as_json:
+        print_json({**info, "steps": steps})
+    else:
+        print_table([info], RUN_COLUMNS)
+        if info.get("error"):
+            click.echo(f"error: {codec.dumps(info['error']).decode()}")
+        click.echo()
+        print_table(steps, STEP_COLUMNS)
+    if info["status"] in ("Failed", "Cancelled"):
+        sys.exit(EXIT_FAILED)
+
+
+def _show_options(func: Any) -> Any:
+    func = click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait with --wait.")(func)
+    func = click.option("--wait", is_flag=True, help="Wait until the run ends.")(func)
+    return click.argument("run_id")(func)
+
+
+@runs.command("show")
+@_show_options
+@_client_options
+def runs_show(run_id: str, wait: bool, timeout: float, url: str, signing_key: str | None, as_json: bool) -> None:
+    """One run, with its steps (exit code 1 if it failed or was cancelled)."""
+    _show(run_id, wait, timeout, url, signing_key, as_json)
+
+
+@click.command("run")
+@_show_options
+@_client_options
+def run(run_id: str, wait: bool, timeout: float, url: str, signing_key: str | None, as_json: bool) -> None:
+    """The older spelling of `stepflow runs show RUN_ID`."""
+    _show(run_id, wait, timeout, url, signing_key, as_json)
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@_client_options
+def runs_cancel(run_id: str, url: str, signing_key: str | None, as_json: bool) -> None:
+    """Cancel a run (a run that has ended is shown as it is)."""
+    info = _with_client(url, signing_key, lambda c: c.cancel(run_id), as_json=as_json)
+    if as_json:
+        print_json(info)
+    else:
+        print_table([info], RUN_COLUMNS)
+
+
+@click.group()
+def functions() -> None:
+    """Functions: list them, invoke one."""
+
+
+@functions.command("list")
+@_client_options
+def functions_list(url: str, signing_key: str | None, as_json: bool) -> None:
+    """The functions the server runs."""
+    data = _with_client(url, signing_key, lambda c: c._request("GET", "/v1/functions"), as_json=as_json)["data"]
+    if as_json:
+        print_json(data)
+    else:
+        print_table(data, FUNCTION_COLUMNS)
+
+
+@functions.command("invoke")
+@click.argument("function_id")
+@click.option("--data", default="{}", help="The run's event data, a JSON object.")
+@click.option("--wait", is_flag=True, help="Wait until the run ends and show it.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait with --wait.")
+@_client_options
+def functions_invoke(function_id: str, data: str, wait: bool, timeout: float, url: str, signing_key: str | None,
+                     as_json: bool) -> None:
+    """Start one run of FUNCTION_ID with --data, whatever its triggers; prints the run id."""
+    payload = _json_object(data, "--data", as_json)
+    run_id = _with_client(url, signing_key, lambda c: c.invoke(function_id, payload), as_json=as_json)
+    if wait:
+        _show(run_id, True, timeout, url, signing_key, as_json)
+    elif as_json:
+        print_json({"run_id": run_id})
+    else:
+        click.echo(run_id)
