@@ -109,6 +109,12 @@ class Client:
         answer = await self._request("POST", f"/v2/functions/{function_id}/invoke", body={"data": data or {}})
         return str(answer["data"]["run_id"])
 
+    async def rerun(self, run_id: str, *, from_step: str | None = None) -> dict[str, Any]:
+        """Rerun a run that has ended (from a step: keeping what came before it); returns the new run."""
+        body = {"from_step": from_step} if from_step else {}
+        answer = await self._request("POST", f"/v2/runs/{run_id}/rerun", body=body)
+        return dict(answer["data"])
+
     async def list_runs(self, *, status: str | None = None, function_id: str | None = None,
                         cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
         """One page: `{"data": [...], "cursor": next page or None, "has_more": bool}`."""
@@ -204,6 +210,9 @@ class SyncClient:
 
     def invoke(self, function_id: str, data: dict[str, Any] | None = None) -> str:
         return self._call(self._client.invoke(function_id, data))
+
+    def rerun(self, run_id: str, *, from_step: str | None = None) -> dict[str, Any]:
+        return self._call(self._client.rerun(run_id, from_step=from_step))
 
     def list_runs(self, **kwargs: Any) -> dict[str, Any]:
         return self._call(self._client.list_runs(**kwargs))

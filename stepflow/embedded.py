@@ -160,6 +160,10 @@ class Engine:
         self.core.watcher.notify(run_id)
         return run_v1(run, self._environment_id)
 
+    async def rerun(self, run_id: str, *, from_step: str | None = None) -> dict[str, Any]:
+        """Rerun a run that has ended (from a step: keeping what came before it); returns the new run."""
+        return run_v1(await self.core.rerun(run_id, from_step), self._environment_id)
+
     async def wait_for_run(self, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
         run = await self.core.wait_for_run(run_id, timeout)
         if run is None:

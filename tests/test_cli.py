@@ -558,6 +558,15 @@ def test_runs_list_show_cancel_and_functions(dev: Server) -> None:
     invoked = cli("functions", "invoke", "adder", "--data", '{"a": 1, "b": 1}', "--wait", "--json", "--url", dev.url)
     assert invoked.returncode == 0, invoked
     assert json.loads(invoked.stdout)["output"]["sum"] == 2
+    rerun = cli("runs", "rerun", run_id, "--from-step", "check", "--json", "--url", dev.url)
+    assert rerun.returncode == 0, rerun
+    again = json.loads(rerun.stdout)
+    assert again["original_run_id"] == run_id and again["run_id"] != run_id
+    shown_again = json.loads(cli("runs", "show", again["run_id"], "--wait", "--json", "--url", dev.url).stdout)
+    assert shown_again["output"] == {"sum": 42} and shown_again["steps"][0]["step_id"] == "add"
+    refused = cli("runs", "rerun", slow, "--from-step", "nope", "--url", dev.url)
+    assert refused.returncode == 3
+    assert_clean_failure(refused, "has no step 'nope'")
     unknown = cli("functions", "invoke", "nope", "--url", dev.url)
     assert unknown.returncode == 3
     assert_clean_failure(unknown, "no function 'nope'")

@@ -168,6 +168,19 @@ def runs_cancel(run_id: str, url: str, signing_key: str | None, as_json: bool) -
         print_table([info], RUN_COLUMNS)
 
 
+@runs.command("rerun")
+@click.argument("run_id")
+@click.option("--from-step", default=None, help="Keep the results before this step and run from it.")
+@_client_options
+def runs_rerun(run_id: str, from_step: str | None, url: str, signing_key: str | None, as_json: bool) -> None:
+    """Rerun a run that has ended; prints the new run."""
+    info = _with_client(url, signing_key, lambda c: c.rerun(run_id, from_step=from_step), as_json=as_json)
+    if as_json:
+        print_json(info)
+    else:
+        print_table([info], RUN_COLUMNS)
+
+
 @click.group()
 def functions() -> None:
     """Functions: list them, invoke one."""

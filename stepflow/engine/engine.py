@@ -26,10 +26,11 @@ from stepflow.engine.config import EngineConfig
 from stepflow.engine.executor import Executor
 from stepflow.engine.planner import plan_runs_for_event
 from stepflow.engine.registry import FunctionRegistry
+from stepflow.engine.reruns import plan_rerun
 from stepflow.engine.runs import new_run
 from stepflow.engine.scheduler import CronScheduler
 from stepflow.engine.watch import RunWatcher
-from stepflow.errors import NotFoundError, StepflowError, StoreError, StoreUnavailableError
+from stepflow.errors import ConflictError, NotFoundError, StepflowError, StoreError, StoreUnavailableError
 from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid, now_ms
@@ -175,6 +176,24 @@ class EngineCore:
         await self.store.ingest_events([record], lambda ev: runs)
         self._wake.set()
         return record.id, runs[0].run_id
+
+    async def rerun(self, run_id: str, from_step: str | None = None) -> RunRecord:
+        """A new run of the function's current version for the same event, linked to `run_id`; from a step, it
+        keeps what came before (engine/reruns.py). Returns the new run."""
+        original = await self.store.load_run_state(run_id)
+        if original is None:
+            raise NotFoundError(f"run {run_id} not found")
+        found = self.functions.get_active(original.run.function_id)
+        if found is None:
+            raise ConflictError(f"function {original.run.function_id!r} is no longer registered: its runs cannot be "
+                                "rerun")
+        version, fn = found
+        rerun = plan_rerun(original, fn, version, from_step)
+        await self.store.add_run(rerun, original.run.event_id, now_ms())
+        self._wake.set()
+        created = await self.store.get_run(rerun.run_id)
+        assert created is not None
+        return created
 
     async def wait_for_run(self, run_id: str, timeout: float) -> RunRecord | None:
         return await self.watcher.wait(run_id, timeout)

@@ -146,6 +146,8 @@ def _schemas() -> dict[str, Any]:
                 "output": {"description": "the run's output once Completed (any JSON value), else null"},
                 "error": {"type": "object", "description": "only when Failed: the failing step's error and its "
                                                            "`step_id` (or an `expression_error`)"},
+                "original_run_id": {"type": "string", "pattern": ULID_PATTERN,
+                                    "description": "only for a rerun: the run it repeats"},
             },
         },
         "RunV2": INNGEST_RUN_SCHEMA,
@@ -403,6 +405,18 @@ def _paths() -> dict[str, Any]:
         "/v1/functions": {"get": _rest("The functions the server runs, sorted by id",
                                        _json(_data({"type": "array", "items": _ref("Function")}), "the functions"),
                                        errors=(401, 500), tag="functions")},
+        "/v2/runs/{run_id}/rerun": {"post": {
+            "summary": "Rerun a run that has ended: a new run of the function's current version for the same event",
+            "tags": ["runs"], "security": REST_SECURITY,
+            "description": "With `from_step`, the new run keeps the results of what came before that step (a code "
+                           "function: the steps recorded before it; a workflow: its ancestors) and executes from "
+                           "there. The new run's `original_run_id` names this one.",
+            "parameters": [RUN_ID],
+            "requestBody": {"required": False, "content": {JSON: {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"from_step": {"type": "string", "minLength": 1}}}}}},
+            "responses": {"201": _json(_data(_ref("RunV1")), "the new run"), **_errors(400, 401, 404, 409, 413, 500)},
+        }},
         "/v2/functions/{function_id}/invoke": {"post": {
             "summary": "Start one run of a function with a payload, whatever its triggers", "tags": ["functions"],
             "security": REST_SECURITY,

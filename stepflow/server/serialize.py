@@ -34,6 +34,8 @@ def run_v1(run: RunRecord, environment_id: str) -> dict[str, Any]:
     }
     if run.error is not None:
         out["error"] = run.error
+    if run.original_run_id is not None:
+        out["original_run_id"] = run.original_run_id  # a rerun: the run it repeats
     return out
 
 

@@ -173,6 +173,11 @@ class Store(ABC):
         ...
 
     @abstractmethod
+    async def add_run(self, run: NewRun, event_id: str | None, now: int) -> None:
+        """Store a new run of an event already stored (a rerun), with the step results it keeps, and queue it."""
+        ...
+
+    @abstractmethod
     async def create_run(self, event: EventRecord, run: NewRun, started_at: int) -> bool:
         """Store an event and a run that is already executing (a durable endpoint's request)."""
         ...

@@ -74,6 +74,7 @@ class RunRecord:
     ended_at: int | None = None
     output: Any = None
     error: dict[str, Any] | None = None
+    original_run_id: str | None = None   # a rerun: the run it repeats
 
 
 @dataclass(slots=True)
@@ -132,6 +133,8 @@ class NewRun:
     idempotency_key: str | None = None                       # one run per key per function for 24 h
     start_timeout_ms: int | None = None                      # cancel if still queued after this long
     finish_timeout_ms: int | None = None                     # cancel if still running this long after start
+    original_run_id: str | None = None                       # a rerun: the run it repeats
+    steps: list[StepWrite] = field(default_factory=list)     # a rerun from a step: the results it keeps
 
 
 @dataclass(slots=True)

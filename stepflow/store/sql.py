@@ -302,6 +302,13 @@ class SqlStore(SqlBase):
 
         return await self._transaction(body)
 
+    async def add_run(self, run: NewRun, event_id: str | None, now: int) -> None:
+        async def body(c: Conn) -> None:
+            await self._insert_run(c, run, event_id, now)
+            await self._work_added(c)
+
+        await self._transaction(body)
+
     async def create_run(self, event: EventRecord, run: NewRun, started_at: int) -> bool:
         """Store an event and a run already executing (a durable endpoint's request). False if it exists."""
         async def body(c: Conn) -> bool:

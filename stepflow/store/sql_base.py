@@ -30,7 +30,7 @@ from stepflow.store.records import (
 )
 
 RUN_COLUMNS = ("id, function_id, function_version, app_id, event_id, status, created_at, started_at, "
-               "ended_at, output, error")
+               "ended_at, output, error, original_run_id")
 STEP_COLUMNS = ("run_id, step_id, status, attempts, scheduled_at, started_at, ended_at, output, error, seq, "
                 "logs, name, kind")
 PAUSE_COLUMNS = "id, run_id, step_id, kind, event_name, expression, child_run_id, expires_at"
@@ -57,7 +57,7 @@ class Conn(Protocol):
 def run_record(row: Row) -> RunRecord:
     return RunRecord(id=row[0], function_id=row[1], function_version=row[2], app_id=row[3], event_id=row[4],
                      status=RunStatus(row[5]), created_at=row[6], started_at=row[7], ended_at=row[8],
-                     output=codec.unpack(row[9]), error=codec.unpack(row[10]))
+                     output=codec.unpack(row[9]), error=codec.unpack(row[10]), original_run_id=row[11])
 
 
 def step_record(row: Row) -> StepRecord:
@@ -136,9 +136,11 @@ class SqlBase(Store):
                             run.function_id, run.idempotency_key, run.run_id, now + IDEMPOTENCY_TTL_MS)
         start_deadline = now + run.start_timeout_ms if run.start_timeout_ms is not None else None
         await c.execute(f"INSERT INTO runs ({RUN_COLUMNS}, finish_timeout_ms, start_deadline) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, ?, ?)",
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, ?, ?, ?)",
                         run.run_id, run.function_id, run.function_version, run.app_id, event_id, run.status.value,
-                        now, run.finish_timeout_ms, start_deadline)
+                        now, run.original_run_id, run.finish_timeout_ms, start_deadline)
+        for kept in run.steps:  # a rerun from a step: the results it keeps, in their recorded order
+            await self._write_step(c, run.run_id, kept)
         await self._insert_jobs(c, run.run_id, run.jobs)
         if run.start_timeout_ms is not None:
             await self._insert_jobs(c, run.run_id, [NewJob("", now + run.start_timeout_ms, JobKind.RUN_TIMEOUT,
