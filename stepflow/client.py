@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import Any, TypeVar
 
 import aiohttp
@@ -116,10 +117,15 @@ class Client:
         return dict(answer["data"])
 
     async def list_runs(self, *, status: str | None = None, function_id: str | None = None,
+                        event_name: str | None = None, original_run_id: str | None = None,
+                        since: datetime | None = None, until: datetime | None = None,
                         cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
-        """One page: `{"data": [...], "cursor": next page or None, "has_more": bool}`."""
-        return await self._request("GET", "/v1/runs", params={"status": status, "function_id": function_id,  # type: ignore[no-any-return]
-                                                               "cursor": cursor, "limit": limit})
+        """One page, newest first: `{"data": [...], "cursor": next page or None, "has_more": bool}`. Every filter
+        given must hold; `since`/`until` bound when the runs were created (aware datetimes)."""
+        params = {"status": status, "function_id": function_id, "event_name": event_name,
+                  "original_run_id": original_run_id, "from": since.isoformat() if since else None,
+                  "until": until.isoformat() if until else None, "cursor": cursor, "limit": limit}
+        return await self._request("GET", "/v1/runs", params=params)  # type: ignore[no-any-return]
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
         return (await self._request("DELETE", f"/v1/runs/{run_id}"))["data"]  # type: ignore[no-any-return]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from typing import Any, TypeGuard
 
 from stepflow.definitions import FunctionDef, parse_function
@@ -148,9 +149,14 @@ class Engine:
         return [step_v1(s) for s in await self._store.get_run_steps(run_id)]
 
     async def list_runs(self, *, status: str | None = None, function_id: str | None = None,
+                        event_name: str | None = None, original_run_id: str | None = None,
+                        since: datetime | None = None, until: datetime | None = None,
                         cursor: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        runs = await self._store.list_runs(status=RunStatus(status.upper()) if status else None,
-                                           function_id=function_id, cursor=cursor, limit=limit)
+        """Newest first; every filter given must hold (`since`/`until`: when the runs were created)."""
+        runs = await self._store.list_runs(
+            status=RunStatus(status.upper()) if status else None, function_id=function_id, event_name=event_name,
+            original_run_id=original_run_id, created_from=int(since.timestamp() * 1000) if since else None,
+            created_until=int(until.timestamp() * 1000) if until else None, cursor=cursor, limit=limit)
         return [run_v1(r, self._environment_id) for r in runs]
 
     async def cancel(self, run_id: str) -> dict[str, Any]:

@@ -17,6 +17,12 @@ def new_ulid() -> str:
     return str(ULID())
 
 
+def ulid_floor(ms: int) -> str:
+    """The smallest ULID of millisecond `ms`: run ids are ULIDs of their creation, so a time range of runs is an id
+    range, answered from the primary key."""
+    return str(ULID(max(0, min(ms, 2**48 - 1)).to_bytes(6, "big") + bytes(10)))
+
+
 def is_ulid(value: str) -> bool:
     return _ULID_RE.fullmatch(value) is not None  # fullmatch: `$` would accept a trailing newline
 

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -547,6 +548,15 @@ def test_runs_list_show_cancel_and_functions(dev: Server) -> None:
     assert json.loads(old.stdout)["run_id"] == run_id
     listed = cli("runs", "list", "--function", "adder", "--status", "Completed", "--json", "--url", dev.url)
     assert listed.returncode == 0 and run_id in [r["run_id"] for r in json.loads(listed.stdout)["data"]]
+    recent = cli("runs", "list", "--since", "1h", "--event", "math/add", "--json", "--url", dev.url)
+    assert run_id in [r["run_id"] for r in json.loads(recent.stdout)["data"]]
+    assert json.loads(cli("runs", "list", "--event", "math/none", "--json", "--url", dev.url).stdout)["data"] == []
+    future = datetime.now(UTC) + timedelta(hours=1)
+    assert json.loads(cli("runs", "list", "--since", future.isoformat(), "--json", "--url", dev.url).stdout)[
+        "data"] == []
+    bad_since = cli("runs", "list", "--since", "last tuesday", "--url", dev.url)
+    assert bad_since.returncode == 2
+    assert_clean_failure(bad_since, "--since must be a duration")
     table = cli("runs", "list", "--limit", "5", "--url", dev.url)
     assert table.stdout.startswith("RUN") and "adder" in table.stdout
     slow = run_id_of(dev, send(dev, "math/slow"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ import click
 from stepflow import codec
 from stepflow.cli.output import EXIT_FAILED, EXIT_USAGE, fail, fail_for, print_json, print_table
 from stepflow.client import Client
+from stepflow.durations import parse_duration
 from stepflow.errors import StepflowError
 
 RUN_COLUMNS = [("run_id", "RUN"), ("function_id", "FUNCTION"), ("status", "STATUS"),
@@ -103,17 +105,38 @@ def runs_for_event(event_id: str, url: str, signing_key: str | None, as_json: bo
 @click.option("--status", type=click.Choice(["Queued", "Running", "Completed", "Failed", "Cancelled"]),
               default=None)
 @click.option("--function", "function_id", default=None, help="Only this function's runs.")
+@click.option("--event", "event_name", default=None, help="Only runs started by events of this name.")
+@click.option("--since", default=None, help="Only runs created since: a duration ago (1h, 30m) or an RFC 3339 time.")
+@click.option("--reruns-of", "original_run_id", default=None, help="Only the reruns of this run.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @_client_options
-def runs_list(status: str | None, function_id: str | None, limit: int, url: str, signing_key: str | None,
-              as_json: bool) -> None:
+def runs_list(status: str | None, function_id: str | None, event_name: str | None, since: str | None,
+              original_run_id: str | None, limit: int, url: str, signing_key: str | None, as_json: bool) -> None:
     """The newest runs, newest first."""
-    page = _with_client(url, signing_key, lambda c: c.list_runs(status=status, function_id=function_id,
-                                                                limit=limit), as_json=as_json)
+    start = _since(since, as_json)
+    page = _with_client(url, signing_key, lambda c: c.list_runs(
+        status=status, function_id=function_id, event_name=event_name, original_run_id=original_run_id,
+        since=start, limit=limit), as_json=as_json)
     if as_json:
         print_json(page)
     else:
         print_table(page["data"], RUN_COLUMNS)
+
+
+def _since(text: str | None, as_json: bool) -> datetime | None:
+    """`--since`: `1h` (that long ago) or an RFC 3339 time; a bad one is a usage error (exit code 2)."""
+    if text is None:
+        return None
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except (StepflowError, ValueError):
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"--since must be a duration (1h, 30m) or an RFC 3339 time, not {text!r}", EXIT_USAGE,
+             as_json=as_json, error_code="usage")
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _show(run_id: str, wait: bool, timeout: float, url: str, signing_key: str | None, as_json: bool) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -39,7 +39,7 @@ def _cell(value: Any, limit: int = 60) -> str:
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_TIMED_OUT = 1, 2, 3, 4, 5
 
 
-def fail(message: str, code: int = EXIT_FAILED, *, as_json: bool = False, error_code: str = "error") -> None:
+def fail(message: str, code: int = EXIT_FAILED, *, as_json: bool = False, error_code: str = "error") -> NoReturn:
     if as_json:  # a script that asked for JSON gets its errors as JSON too, on stdout
         click.echo(codec.dumps({"error": {"code": error_code, "message": message}}).decode())
     else:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 
 from aiohttp import web
 
@@ -127,7 +130,21 @@ async def rerun_run(request: web.Request) -> web.Response:
     return json_response({"data": run_v1(rerun, request.app[SETTINGS_KEY].environment_id)}, status=201)
 
 
-def _parse_list_query(request: web.Request) -> tuple[RunStatus | None, str | None, str | None, int]:
+@dataclass(frozen=True)
+class RunQuery:
+    """`GET /v1/runs` and `/v2/runs` query: every filter given must hold; newest first, `cursor` pages on."""
+
+    status: RunStatus | None
+    function_id: str | None
+    event_name: str | None
+    original_run_id: str | None
+    created_from: int | None
+    created_until: int | None
+    cursor: str | None
+    limit: int
+
+
+def _parse_list_query(request: web.Request) -> RunQuery:
     q = request.query
     status = None
     if q.get("status"):
@@ -141,21 +158,48 @@ def _parse_list_query(request: web.Request) -> tuple[RunStatus | None, str | Non
     cursor = q.get("cursor") or None
     if cursor is not None and not is_ulid(cursor):
         raise InvalidRequestError("'cursor' must be a run id from a previous page")
+    original = q.get("original_run_id") or None
+    if original is not None and not is_ulid(original):
+        raise InvalidRequestError(f"'original_run_id' must be a run id, not {original!r}")
     try:
         limit = int(q.get("limit") or "50")  # `limit=` (empty) means the default, like the other parameters
     except ValueError:
         raise InvalidRequestError("'limit' must be a whole number") from None
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequestError(f"'limit' must be between 1 and {MAX_PAGE}")
-    return status, q.get("function_id") or None, cursor.upper() if cursor else None, limit
+    created_from, created_until = _instant(q, "from"), _instant(q, "until")
+    if created_from is not None and created_until is not None and created_from >= created_until:
+        raise InvalidRequestError("'from' must be before 'until'")
+    return RunQuery(status, q.get("function_id") or None, q.get("event_name") or None,
+                    original.upper() if original else None, created_from, created_until,
+                    cursor.upper() if cursor else None, limit)
+
+
+def _instant(query: Mapping[str, str], name: str) -> int | None:
+    """An RFC 3339 time (`2026-12-01T14:00:00Z`) or epoch milliseconds, as ms."""
+    text = query.get(name) or None
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequestError(f"{name!r} must be an RFC 3339 time (2026-12-01T14:00:00Z) or epoch "
+                                  f"milliseconds, not {text!r}") from None
+    if when.tzinfo is None:
+        raise InvalidRequestError(f"{name!r} needs a time zone (e.g. a trailing Z): {text!r}")
+    return int(when.timestamp() * 1000)
 
 
 async def _list(request: web.Request) -> tuple[list[RunRecord], str | None]:
-    status, function_id, cursor, limit = _parse_list_query(request)
-    runs = await request.app[ENGINE_KEY].store.list_runs(status=status, function_id=function_id, cursor=cursor,
-                                                         limit=limit + 1)
-    next_cursor = runs[limit - 1].id if len(runs) > limit else None
-    return runs[:limit], next_cursor
+    query = _parse_list_query(request)
+    runs = await request.app[ENGINE_KEY].store.list_runs(
+        status=query.status, function_id=query.function_id, event_name=query.event_name,
+        original_run_id=query.original_run_id, created_from=query.created_from, created_until=query.created_until,
+        cursor=query.cursor, limit=query.limit + 1)
+    next_cursor = runs[query.limit - 1].id if len(runs) > query.limit else None
+    return runs[:query.limit], next_cursor
 
 
 async def list_runs_v1(request: web.Request) -> web.Response:

@@ -129,7 +129,11 @@ class Store(ABC):
 
     @abstractmethod
     async def list_runs(self, *, status: RunStatus | None = None, function_id: str | None = None,
-                        cursor: str | None = None, limit: int = 50) -> list[RunRecord]: ...
+                        event_name: str | None = None, original_run_id: str | None = None,
+                        created_from: int | None = None, created_until: int | None = None,
+                        cursor: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """Newest first; every filter given must hold (`created_*`: ms, from inclusive, until exclusive)."""
+        ...
 
     @abstractmethod
     async def cancel_run(self, run_id: str, now: int) -> RunRecord | None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stepflow import codec
+from stepflow.ids import ulid_floor
 from stepflow.store.base import AdvanceRun, PlanRuns
 from stepflow.store.records import (
     EventRecord,
@@ -139,16 +140,25 @@ class SqlStore(SqlBase):
         return [step_record(r) for r in rows]
 
     async def list_runs(self, *, status: RunStatus | None = None, function_id: str | None = None,
+                        event_name: str | None = None, original_run_id: str | None = None,
+                        created_from: int | None = None, created_until: int | None = None,
                         cursor: str | None = None, limit: int = 50) -> list[RunRecord]:
         where: list[str] = []
         args: list[Any] = []
-        for clause, value in (("status=?", status.value if status else None), ("function_id=?", function_id),
-                              ("id<?", cursor)):
+        for clause, value in (("r.status=?", status.value if status else None), ("r.function_id=?", function_id),
+                              ("r.original_run_id=?", original_run_id), ("e.name=?", event_name),
+                              # run ids are ULIDs of their creation: a time range is an id range (primary key)
+                              ("r.id>=?", ulid_floor(created_from) if created_from is not None else None),
+                              ("r.id<?", ulid_floor(created_until) if created_until is not None else None),
+                              ("r.id<?", cursor)):
             if value is not None:
                 where.append(clause)
                 args.append(value)
-        sql = f"SELECT {RUN_COLUMNS} FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY id DESC LIMIT ?"
+        columns = ", ".join("r." + column.strip() for column in RUN_COLUMNS.split(","))
+        sql = f"SELECT {columns} FROM runs r"
+        if event_name is not None:
+            sql += " JOIN events e ON e.id = r.event_id"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY r.id DESC LIMIT ?"
         rows = await self._read(lambda c: c.fetch(sql, *args, limit))
         return [run_record(r) for r in rows]
 

@@ -1,0 +1,78 @@
+"""Run lists (`GET /v1/runs`, `/v2/runs`, `Client.list_runs`): filters by event name, rerun origin and creation
+time, combined with status, function and cursor paging; bad filters are 400s that say what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+from conftest import RunningServer, StepServer, workflow_config
+from test_sdk_support import first_run
+
+from stepflow.ids import new_ulid
+
+
+async def _setup(stepflow: RunningServer, step_server: StepServer) -> dict[str, str]:
+    ok = {"runtime": {"type": "http", "url": step_server.json("/ok", {"ok": True})}}
+    await stepflow.register(workflow_config({"s": ok}, id="orders", event="shop/order.created"))
+    await stepflow.register(workflow_config({"s": ok}, id="refunds", event="shop/refund.created"))
+    runs: dict[str, str] = {}
+    for name, key in (("shop/order.created", "order1"), ("shop/refund.created", "refund1")):
+        runs[key] = (await first_run(stepflow.client, (await stepflow.client.send({"name": name, "data": {}}))[0]))[
+            "run_id"]
+        await asyncio.sleep(0.01)  # distinct creation milliseconds
+    runs["middle"] = datetime.now(UTC).isoformat()
+    await asyncio.sleep(0.01)
+    runs["order2"] = (await first_run(stepflow.client, (await stepflow.client.send(
+        {"name": "shop/order.created", "data": {}}))[0]))["run_id"]
+    runs["rerun"] = (await stepflow.client.rerun(runs["order1"]))["run_id"]
+    return runs
+
+
+async def test_filters_by_event_name_origin_and_time(stepflow: RunningServer, step_server: StepServer) -> None:
+    runs = await _setup(stepflow, step_server)
+
+    async def ids(**filters: object) -> list[str]:
+        return [r["run_id"] for r in (await stepflow.client.list_runs(**filters))["data"]]  # type: ignore[arg-type]
+
+    assert await ids(event_name="shop/order.created") == [runs["rerun"], runs["order2"], runs["order1"]]
+    assert await ids(event_name="shop/refund.created") == [runs["refund1"]]
+    assert await ids(event_name="shop/none") == []
+    assert await ids(original_run_id=runs["order1"]) == [runs["rerun"]]
+    assert await ids(original_run_id=runs["order2"]) == []
+    middle = datetime.fromisoformat(runs["middle"])
+    assert await ids(since=middle) == [runs["rerun"], runs["order2"]]
+    assert await ids(until=middle) == [runs["refund1"], runs["order1"]]
+    assert await ids(since=middle, event_name="shop/order.created", function_id="orders") == [runs["rerun"],
+                                                                                              runs["order2"]]
+    assert await ids(since=datetime.now(UTC) + timedelta(hours=1)) == []
+    # paging keeps the filters: two pages of the order runs
+    first = await stepflow.client.list_runs(event_name="shop/order.created", limit=2)
+    assert [r["run_id"] for r in first["data"]] == [runs["rerun"], runs["order2"]] and first["has_more"]
+    second = await stepflow.client.list_runs(event_name="shop/order.created", limit=2, cursor=first["cursor"])
+    assert [r["run_id"] for r in second["data"]] == [runs["order1"]] and not second["has_more"]
+    # /v2 and epoch milliseconds
+    async with aiohttp.ClientSession() as http:
+        ms = int(middle.timestamp() * 1000)
+        async with http.get(f"{stepflow.url}/v2/runs", params={"from": str(ms)}) as resp:
+            assert resp.status == 200
+            assert [r["run_id"] for r in (await resp.json())["data"]] == [runs["rerun"], runs["order2"]]
+
+
+async def test_bad_filters_are_400_and_say_why(stepflow: RunningServer) -> None:
+    cases = [
+        ({"from": "yesterday"}, "'from' must be an RFC 3339 time"),
+        ({"until": "2026-12-01T10:00:00"}, "needs a time zone"),
+        ({"from": "2026-12-01T10:00:00Z", "until": "2026-12-01T09:00:00Z"}, "'from' must be before 'until'"),
+        ({"original_run_id": "run-1"}, "'original_run_id' must be a run id"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for version in ("v1", "v2"):
+            for params, needle in cases:
+                async with http.get(f"{stepflow.url}/{version}/runs", params=params) as resp:
+                    answer = await resp.json()
+                    assert resp.status == 400, (params, answer)
+                    assert needle in answer["error"]["message"], (params, answer)
+        async with http.get(f"{stepflow.url}/v1/runs", params={"original_run_id": new_ulid().lower()}) as resp:
+            assert resp.status == 200 and (await resp.json())["data"] == []
