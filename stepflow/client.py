@@ -92,6 +92,13 @@ class Client:
     async def get_event(self, event_id: str) -> dict[str, Any]:
         return (await self._request("GET", f"/v1/events/{event_id}"))["data"]  # type: ignore[no-any-return]
 
+    async def list_events(self, *, name: str | None = None, since: datetime | None = None,
+                          until: datetime | None = None, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """One page of events, newest received first: `{"data": [...], "cursor", "has_more"}`."""
+        params = {"name": name, "received_after": since.isoformat() if since else None,
+                  "received_before": until.isoformat() if until else None, "cursor": cursor, "limit": limit}
+        return await self._request("GET", "/v1/events", params=params)  # type: ignore[no-any-return]
+
     async def get_event_runs(self, event_id: str) -> list[dict[str, Any]]:
         return (await self._request("GET", f"/v1/events/{event_id}/runs"))["data"]  # type: ignore[no-any-return]
 
@@ -204,6 +211,9 @@ class SyncClient:
 
     def get_event(self, event_id: str) -> dict[str, Any]:
         return self._call(self._client.get_event(event_id))
+
+    def list_events(self, **kwargs: Any) -> dict[str, Any]:
+        return self._call(self._client.list_events(**kwargs))
 
     def get_event_runs(self, event_id: str) -> list[dict[str, Any]]:
         return self._call(self._client.get_event_runs(event_id))

@@ -554,6 +554,11 @@ def test_runs_list_show_cancel_and_functions(dev: Server) -> None:
     future = datetime.now(UTC) + timedelta(hours=1)
     assert json.loads(cli("runs", "list", "--since", future.isoformat(), "--json", "--url", dev.url).stdout)[
         "data"] == []
+    listed_events = json.loads(cli("events", "list", "--name", "math/add", "--json", "--url", dev.url).stdout)
+    assert event_id in [e["id"] for e in listed_events["data"]]
+    event_shown = cli("events", "show", event_id, "--url", dev.url)
+    assert event_shown.returncode == 0 and "math/add" in event_shown.stdout and run_id in event_shown.stdout
+    assert cli("events", "show", "no-such-event", "--url", dev.url).returncode == 3
     bad_since = cli("runs", "list", "--since", "last tuesday", "--url", dev.url)
     assert bad_since.returncode == 2
     assert_clean_failure(bad_since, "--since must be a duration")

@@ -76,3 +76,30 @@ async def test_bad_filters_are_400_and_say_why(stepflow: RunningServer) -> None:
                     assert needle in answer["error"]["message"], (params, answer)
         async with http.get(f"{stepflow.url}/v1/runs", params={"original_run_id": new_ulid().lower()}) as resp:
             assert resp.status == 200 and (await resp.json())["data"] == []
+
+
+async def test_events_list_newest_first_with_filters_and_pages(stepflow: RunningServer) -> None:
+    sent: list[str] = []
+    for n, name in enumerate(["a/one", "b/two", "a/one", "a/one"]):
+        sent += await stepflow.client.send({"name": name, "data": {"n": n}, "id": f"evt-{n}"})
+        await asyncio.sleep(0.01)  # distinct received milliseconds
+    assert sent == ["evt-0", "evt-1", "evt-2", "evt-3"]
+    every = await stepflow.client.list_events()
+    assert [e["id"] for e in every["data"]] == ["evt-3", "evt-2", "evt-1", "evt-0"] and not every["has_more"]
+    assert every["data"][1]["data"] == {"n": 2} and every["data"][1]["name"] == "a/one"
+    first = await stepflow.client.list_events(name="a/one", limit=2)
+    assert [e["id"] for e in first["data"]] == ["evt-3", "evt-2"] and first["cursor"] == "evt-2"
+    second = await stepflow.client.list_events(name="a/one", limit=2, cursor=first["cursor"])
+    assert [e["id"] for e in second["data"]] == ["evt-0"] and not second["has_more"]
+    received = datetime.fromisoformat(every["data"][1]["received_at"].replace("Z", "+00:00"))
+    assert [e["id"] for e in (await stepflow.client.list_events(since=received))["data"]] == ["evt-3", "evt-2"]
+    assert [e["id"] for e in (await stepflow.client.list_events(until=received))["data"]] == ["evt-1", "evt-0"]
+    async with aiohttp.ClientSession() as http:
+        for params, needle in (({"cursor": "evt-99"}, "not an event of a previous page"),
+                               ({"cursor": "bad id!"}, "'cursor' must be an event id"),
+                               ({"received_after": "soon"}, "'received_after' must be an RFC 3339 time"),
+                               ({"received_after": "2000", "received_before": "1000"}, "must be before"),
+                               ({"limit": "0"}, "'limit' must be between")):
+            async with http.get(f"{stepflow.url}/v1/events", params=params) as resp:
+                answer = await resp.json()
+                assert resp.status == 400 and needle in answer["error"]["message"], (params, answer)

@@ -18,6 +18,7 @@ from stepflow.errors import StepflowError
 
 RUN_COLUMNS = [("run_id", "RUN"), ("function_id", "FUNCTION"), ("status", "STATUS"),
                ("run_started_at", "STARTED"), ("ended_at", "ENDED"), ("output", "OUTPUT")]
+EVENT_COLUMNS = [("id", "EVENT"), ("name", "NAME"), ("received_at", "RECEIVED"), ("data", "DATA")]
 STEP_COLUMNS = [("step_id", "STEP"), ("status", "STATUS"), ("attempts", "ATTEMPTS"), ("started_at", "STARTED"),
                 ("ended_at", "ENDED"), ("output", "OUTPUT"), ("error", "ERROR")]
 FUNCTION_COLUMNS = [("id", "FUNCTION"), ("app_id", "APP"), ("kind", "KIND"), ("version", "VERSION"),
@@ -237,3 +238,42 @@ def functions_invoke(function_id: str, data: str, wait: bool, timeout: float, ur
         print_json({"run_id": run_id})
     else:
         click.echo(run_id)
+
+
+@click.group()
+def events() -> None:
+    """Events: list them, show one with the runs it started."""
+
+
+@events.command("list")
+@click.option("--name", default=None, help="Only events of this name.")
+@click.option("--since", default=None, help="Only events received since: a duration ago (1h) or an RFC 3339 time.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@_client_options
+def events_list(name: str | None, since: str | None, limit: int, url: str, signing_key: str | None,
+                as_json: bool) -> None:
+    """The newest events, newest received first."""
+    start = _since(since, as_json)
+    page = _with_client(url, signing_key, lambda c: c.list_events(name=name, since=start, limit=limit),
+                        as_json=as_json)
+    if as_json:
+        print_json(page)
+    else:
+        print_table(page["data"], EVENT_COLUMNS)
+
+
+@events.command("show")
+@click.argument("event_id")
+@_client_options
+def events_show(event_id: str, url: str, signing_key: str | None, as_json: bool) -> None:
+    """One event and the runs it started."""
+    async def action(client: Client) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return await client.get_event(event_id), await client.get_event_runs(event_id)
+
+    event, started = _with_client(url, signing_key, action, as_json=as_json)
+    if as_json:
+        print_json({**event, "runs": started})
+        return
+    print_table([event], EVENT_COLUMNS)
+    click.echo()
+    print_table(started, RUN_COLUMNS)

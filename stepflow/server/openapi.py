@@ -320,10 +320,10 @@ def _data(schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": ["data"], "additionalProperties": False, "properties": {"data": schema}}
 
 
-def _page(item: str) -> dict[str, Any]:
+def _page(item: str, cursor_pattern: str = ULID_PATTERN) -> dict[str, Any]:
     return {"type": "object", "required": ["data", "cursor", "has_more"], "additionalProperties": False,
             "properties": {"data": {"type": "array", "items": _ref(item)},
-                           "cursor": {"type": ["string", "null"], "pattern": ULID_PATTERN},
+                           "cursor": {"type": ["string", "null"], "pattern": cursor_pattern},
                            "has_more": {"type": "boolean"}}}
 
 
@@ -367,6 +367,22 @@ def _list_params() -> list[dict[str, Any]]:
          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}},
         {"name": "cursor", "in": "query", "required": False, "description": "the `cursor` of the previous page",
          "schema": {"type": "string", "pattern": ULID_PATTERN}},
+    ]
+
+
+def _event_list_params() -> list[dict[str, Any]]:
+    def instant(name: str, what: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"},
+                "description": f"only events received {what} this time (RFC 3339, or epoch ms)"}
+
+    return [
+        {"name": "name", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "only events of this name", "example": "shop/order.created"},
+        instant("received_after", "at or after"), instant("received_before", "before"),
+        {"name": "limit", "in": "query", "required": False, "description": "page size",
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}},
+        {"name": "cursor", "in": "query", "required": False, "description": "the `cursor` of the previous page",
+         "schema": {"type": "string", "pattern": EVENT_ID_PATTERN}},
     ]
 
 
@@ -443,6 +459,9 @@ def _paths() -> dict[str, Any]:
                                        "the run started"),
                           **_errors(400, 401, 404, 413, 500)},
         }},
+        "/v1/events": {"get": _rest("List events, newest received first",
+                                    _json(_page("Event", EVENT_ID_PATTERN), "a page of events"),
+                                    params=_event_list_params(), errors=(400, 401, 500), tag="events")},
         "/v1/events/{event_id}": {"get": _rest("One event", event, params=[EVENT_ID], tag="events")},
         "/v1/events/{event_id}/runs": {"get": _rest(
             "The runs an event started (fan-out), oldest first",

@@ -161,18 +161,42 @@ def _parse_list_query(request: web.Request) -> RunQuery:
     original = q.get("original_run_id") or None
     if original is not None and not is_ulid(original):
         raise InvalidRequestError(f"'original_run_id' must be a run id, not {original!r}")
-    try:
-        limit = int(q.get("limit") or "50")  # `limit=` (empty) means the default, like the other parameters
-    except ValueError:
-        raise InvalidRequestError("'limit' must be a whole number") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidRequestError(f"'limit' must be between 1 and {MAX_PAGE}")
+    limit = _limit(q)
     created_from, created_until = _instant(q, "from"), _instant(q, "until")
     if created_from is not None and created_until is not None and created_from >= created_until:
         raise InvalidRequestError("'from' must be before 'until'")
     return RunQuery(status, q.get("function_id") or None, q.get("event_name") or None,
                     original.upper() if original else None, created_from, created_until,
                     cursor.upper() if cursor else None, limit)
+
+
+def _limit(query: Mapping[str, str]) -> int:
+    try:
+        limit = int(query.get("limit") or "50")  # `limit=` (empty) means the default, like the other parameters
+    except ValueError:
+        raise InvalidRequestError("'limit' must be a whole number") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequestError(f"'limit' must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """`GET /v1/events?name=&received_after=&received_before=&cursor=&limit=` (Inngest's parameters), newest first."""
+    q = request.query
+    after, before = _instant(q, "received_after"), _instant(q, "received_before")
+    if after is not None and before is not None and after >= before:
+        raise InvalidRequestError("'received_after' must be before 'received_before'")
+    cursor = q.get("cursor") or None
+    if cursor is not None and not is_valid_event_id(cursor):
+        raise InvalidRequestError("'cursor' must be an event id from a previous page")
+    limit = _limit(q)
+    events = await request.app[ENGINE_KEY].store.list_events(name=q.get("name") or None, received_after=after,
+                                                             received_before=before, cursor=cursor, limit=limit + 1)
+    if events is None:
+        raise InvalidRequestError(f"'cursor' {cursor!r} is not an event of a previous page")
+    next_cursor = events[limit - 1].id if len(events) > limit else None
+    return json_response({"data": [event_v1(e) for e in events[:limit]], "cursor": next_cursor,
+                          "has_more": next_cursor is not None})
 
 
 def _instant(query: Mapping[str, str], name: str) -> int | None:
@@ -223,6 +247,7 @@ async def list_runs_v2(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     r = app.router
+    r.add_get("/v1/events", list_events)
     r.add_get("/v1/events/{event_id}", get_event)
     r.add_get("/v1/events/{event_id}/runs", get_event_runs_v1)
     r.add_get("/v1/runs", list_runs_v1)

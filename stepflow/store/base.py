@@ -128,6 +128,14 @@ class Store(ABC):
     async def get_run_steps(self, run_id: str) -> list[StepRecord]: ...
 
     @abstractmethod
+    async def list_events(self, *, name: str | None = None, received_after: int | None = None,
+                          received_before: int | None = None, cursor: str | None = None,
+                          limit: int = 50) -> list[EventRecord] | None:
+        """Newest received first (`received_*`: ms, after inclusive, before exclusive); after the event `cursor`.
+        None when `cursor` names no stored event."""
+        ...
+
+    @abstractmethod
     async def list_runs(self, *, status: RunStatus | None = None, function_id: str | None = None,
                         event_name: str | None = None, original_run_id: str | None = None,
                         created_from: int | None = None, created_until: int | None = None,

@@ -139,6 +139,29 @@ class SqlStore(SqlBase):
             "COALESCE(started_at, scheduled_at, ended_at), step_id", run_id))
         return [step_record(r) for r in rows]
 
+    async def list_events(self, *, name: str | None = None, received_after: int | None = None,
+                          received_before: int | None = None, cursor: str | None = None,
+                          limit: int = 50) -> list[EventRecord] | None:
+        async def read(c: Conn) -> list[EventRecord] | None:
+            where: list[str] = []
+            args: list[Any] = []
+            for clause, value in (("name=?", name), ("received_at>=?", received_after),
+                                  ("received_at<?", received_before)):
+                if value is not None:
+                    where.append(clause)
+                    args.append(value)
+            if cursor is not None:  # keyset paging on (received_at, id): event ids are the senders', not ordered
+                after = await c.fetchval("SELECT received_at FROM events WHERE id=?", cursor)
+                if after is None:
+                    return None
+                where.append("(received_at<? OR (received_at=? AND id<?))")
+                args += [after, after, cursor]
+            sql = ("SELECT id, payload, received_at FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+                   + " ORDER BY received_at DESC, id DESC LIMIT ?")
+            return [event_record(r) for r in await c.fetch(sql, *args, limit)]
+
+        return await self._read(read)
+
     async def list_runs(self, *, status: RunStatus | None = None, function_id: str | None = None,
                         event_name: str | None = None, original_run_id: str | None = None,
                         created_from: int | None = None, created_until: int | None = None,

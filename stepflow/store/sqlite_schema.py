@@ -112,10 +112,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN start_deadline INTEGER;
     """,
-    # version 3: a rerun links to the run it repeats
+    # version 3: a rerun links to the run it repeats; events listed newest first
     """
     ALTER TABLE runs ADD COLUMN original_run_id TEXT;
     CREATE INDEX runs_original ON runs (original_run_id);
+    CREATE INDEX events_received ON events (received_at, id);
     """,
 ]
 
