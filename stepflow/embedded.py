@@ -27,7 +27,7 @@ from stepflow.ids import is_ulid, now_ms
 from stepflow.runtimes import default_runtimes
 from stepflow.runtimes.inprocess import InProcessRuntime
 from stepflow.sdk.app import App
-from stepflow.server.serialize import run_v1, step_v1
+from stepflow.server.serialize import event_v1, run_v1, step_v1
 from stepflow.store import store_from_url
 from stepflow.store.base import Store
 from stepflow.store.records import RunStatus
@@ -135,6 +135,12 @@ class Engine:
 
     async def send(self, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
         return await self.core.send(events)
+
+    async def get_event(self, event_id: str) -> dict[str, Any]:
+        event = await self._store.get_event(event_id)
+        if event is None:
+            raise NotFoundError(f"event {event_id} not found")
+        return event_v1(event)
 
     async def get_event_runs(self, event_id: str) -> list[dict[str, Any]]:
         return [run_v1(r, self._environment_id) for r in await self._store.get_event_runs(event_id)]

@@ -14,6 +14,9 @@ Fast-forward: `ctx.step.sleep` / `sleep_until` end at once; `wait_for_event` res
 among those injected (sent when the run starts), or times out at once (returns None) if there is none.
 Retries use a 1 ms backoff. Everything else — memoization, retries, errors, invoke, parallel steps — is the
 real engine on a real (temporary) database.
+
+Debugging a recorded run: `await replay(app, run_id, client=stepflow.Client(url))` runs the function's code here
+against the run's history, step results from the record (stepflow/sdk/replayer.py).
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ from stepflow.definitions import FunctionDef
 from stepflow.embedded import Engine
 from stepflow.engine import EngineConfig
 from stepflow.sdk.app import App
+from stepflow.sdk.replayer import Divergence, ReplayResult, replay
 from stepflow.store import SqliteStore
+
+__all__ = ["Divergence", "ReplayResult", "StepResult", "TestEngine", "TestResult", "replay", "run_function",
+           "testing_config"]
 
 
 @dataclass(slots=True)

@@ -116,6 +116,11 @@ class Execution:
             return memo if memo is not None else {"data": None}
         return None
 
+    @property
+    def unreached_memos(self) -> frozenset[str]:
+        """The memoized steps (hashed ids) the function has not reached in this call."""
+        return frozenset(self._unvisited)
+
     def is_replaying(self) -> bool:
         if inside_step():
             return False  # a step's callable only runs for real
