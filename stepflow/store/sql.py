@@ -180,7 +180,11 @@ class SqlStore(SqlBase):
         columns = ", ".join("r." + column.strip() for column in RUN_COLUMNS.split(","))
         sql = f"SELECT {columns} FROM runs r"
         if event_name is not None:
-            sql += " JOIN events e ON e.id = r.event_id"
+            # CROSS JOIN: SQLite then walks runs newest first (the order asked) and looks each event up, instead
+            # of gathering every event of the name and sorting (57 ms for a first page at 100k runs, vs <1 ms);
+            # PostgreSQL plans it as any inner join
+            sql += " CROSS JOIN events e"
+            where.insert(0, "e.id = r.event_id")
         sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY r.id DESC LIMIT ?"
         rows = await self._read(lambda c: c.fetch(sql, *args, limit))
         return [run_record(r) for r in rows]
