@@ -150,7 +150,8 @@ async def main() -> None:
         row = f"{name:<18}"
         for b in backends:
             first, thousandth, walked = results[b][name]
-            row += f"{first:>20.2f}{thousandth:>22.2f}" if walked >= 1000 else f"{first:>20.2f}{'(' + str(walked) + ' pages)':>22}"
+            deep = f"{thousandth:.2f}" if walked >= 1000 else f"({walked} pages)"
+            row += f"{first:>20.2f}{deep:>22}"
         print(row)
 
 

@@ -117,6 +117,26 @@ class Client:
         answer = await self._request("POST", f"/v2/functions/{function_id}/invoke", body={"data": data or {}})
         return str(answer["data"]["run_id"])
 
+    async def cancel_many(self, function_id: str, *, since: datetime | None = None, until: datetime | None = None,
+                          if_: str | None = None) -> dict[str, Any]:
+        """Start a durable bulk cancel of the function's runs created in [since, until) that have not ended (and
+        whose event satisfies the CEL `if_`); returns the operation — follow it with `get_cancellation`."""
+        body: dict[str, Any] = {"function_id": function_id}
+        if since is not None:
+            body["from"] = since.isoformat()
+        if until is not None:
+            body["until"] = until.isoformat()
+        if if_ is not None:
+            body["if"] = if_
+        return (await self._request("POST", "/v2/cancellations", body=body))["data"]  # type: ignore[no-any-return]
+
+    async def get_cancellation(self, operation_id: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/v2/cancellations/{operation_id}"))["data"]  # type: ignore[no-any-return]
+
+    async def stop_cancellation(self, operation_id: str) -> dict[str, Any]:
+        return (await self._request("DELETE", f"/v2/cancellations/{operation_id}"))[  # type: ignore[no-any-return]
+            "data"]
+
     async def rerun(self, run_id: str, *, from_step: str | None = None) -> dict[str, Any]:
         """Rerun a run that has ended (from a step: keeping what came before it); returns the new run."""
         body = {"from_step": from_step} if from_step else {}
@@ -226,6 +246,12 @@ class SyncClient:
 
     def invoke(self, function_id: str, data: dict[str, Any] | None = None) -> str:
         return self._call(self._client.invoke(function_id, data))
+
+    def cancel_many(self, function_id: str, **kwargs: Any) -> dict[str, Any]:
+        return self._call(self._client.cancel_many(function_id, **kwargs))
+
+    def get_cancellation(self, operation_id: str) -> dict[str, Any]:
+        return self._call(self._client.get_cancellation(operation_id))
 
     def rerun(self, run_id: str, *, from_step: str | None = None) -> dict[str, Any]:
         return self._call(self._client.rerun(run_id, from_step=from_step))

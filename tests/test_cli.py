@@ -585,3 +585,21 @@ def test_runs_list_show_cancel_and_functions(dev: Server) -> None:
     unknown = cli("functions", "invoke", "nope", "--url", dev.url)
     assert unknown.returncode == 3
     assert_clean_failure(unknown, "no function 'nope'")
+
+
+def test_cancel_in_bulk_follows_the_operation_to_its_end(dev: Server) -> None:
+    tagged = [run_id_of(dev, send(dev, "math/slow", {"batch": 7})) for _ in range(2)]
+    untagged = run_id_of(dev, send(dev, "math/slow", {"batch": 8}))
+    done = cli("cancel", "slow", "--if", "event.data.batch == 7", "--json", "--url", dev.url)
+    assert done.returncode == 0, done
+    op = json.loads(done.stdout)
+    assert op["status"] == "Completed" and op["cancelled"] == 2 and op["skipped"] >= 1
+    for run_id in tagged:
+        assert json.loads(cli("runs", "show", run_id, "--json", "--url", dev.url).stdout)["status"] == "Cancelled"
+    assert json.loads(cli("runs", "show", untagged, "--json", "--url", dev.url).stdout)["status"] != "Cancelled"
+    table = cli("cancel", "slow", "--url", dev.url)
+    assert table.returncode == 0 and "Completed:" in table.stdout and "cancelled" in table.stdout
+    assert "cancelling" in table.stderr  # the progress bar
+    missing = cli("cancel", "nope", "--url", dev.url)
+    assert missing.returncode == 3
+    assert_clean_failure(missing, "no function 'nope'")

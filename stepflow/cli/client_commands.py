@@ -277,3 +277,46 @@ def events_show(event_id: str, url: str, signing_key: str | None, as_json: bool)
     print_table([event], EVENT_COLUMNS)
     click.echo()
     print_table(started, RUN_COLUMNS)
+
+
+@click.command("cancel")
+@click.argument("function_id")
+@click.option("--if", "condition", default=None, help="Only runs whose event satisfies this CEL expression.")
+@click.option("--since", default=None, help="Only runs created since: a duration ago (1h) or an RFC 3339 time.")
+@click.option("--no-wait", is_flag=True, help="Start the bulk cancel and print its id; do not follow it.")
+@_client_options
+def cancel(function_id: str, condition: str | None, since: str | None, no_wait: bool, url: str,
+           signing_key: str | None, as_json: bool) -> None:
+    """Cancel FUNCTION_ID's runs that have not ended, in bulk (a durable operation), with a progress bar."""
+    start = _since(since, as_json)
+    op = _with_client(url, signing_key, lambda c: c.cancel_many(function_id, since=start, if_=condition),
+                      as_json=as_json)
+    if not no_wait:
+        op = _follow(op, url, signing_key, as_json)
+    if as_json:
+        print_json(op)
+    else:
+        click.echo(f"{op['id']}  {op['status']}: {op['cancelled']} cancelled, {op['skipped']} skipped "
+                   f"(if false), of {op['total']} not ended")
+
+
+def _follow(op: dict[str, Any], url: str, signing_key: str | None, as_json: bool) -> dict[str, Any]:
+    """Poll the operation until it ends, drawing a progress bar on stderr (not with --json)."""
+    async def poll(client: Client) -> dict[str, Any]:
+        current = op
+        length = max(1, int(current["total"]))
+        with click.progressbar(length=length, label="cancelling", file=sys.stderr, show_pos=True) as bar:
+            shown = 0
+            while True:
+                if not as_json:
+                    bar.update(current["processed"] - shown)
+                    shown = current["processed"]
+                if current["status"] != "Running":
+                    if not as_json:
+                        bar.update(length - shown)
+                    return current
+                await asyncio.sleep(0.2)
+                current = await client.get_cancellation(op["id"])
+
+    followed: dict[str, Any] = _with_client(url, signing_key, poll, as_json=as_json)
+    return followed

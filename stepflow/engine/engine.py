@@ -24,20 +24,28 @@ from stepflow.definitions import FunctionDef
 from stepflow.engine import activity
 from stepflow.engine.config import EngineConfig
 from stepflow.engine.executor import Executor
+from stepflow.engine.operations import OperationRunner
 from stepflow.engine.planner import plan_runs_for_event
 from stepflow.engine.registry import FunctionRegistry
 from stepflow.engine.reruns import plan_rerun
 from stepflow.engine.runs import new_run
 from stepflow.engine.scheduler import CronScheduler
 from stepflow.engine.watch import RunWatcher
-from stepflow.errors import ConflictError, NotFoundError, StepflowError, StoreError, StoreUnavailableError
+from stepflow.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    StepflowError,
+    StoreError,
+    StoreUnavailableError,
+)
 from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid, now_ms
 from stepflow.runtimes import default_runtimes
 from stepflow.runtimes.base import Runtime, RuntimeRegistry
 from stepflow.store.base import Store, StoreHooks
-from stepflow.store.records import EventRecord, Job, RunRecord
+from stepflow.store.records import EventRecord, Job, OperationRecord, OperationStatus, RunRecord
 
 log = logging.getLogger("stepflow.engine")
 MIN_IDLE = 0.02  # seconds: the shortest sleep of an idle worker loop
@@ -67,6 +75,8 @@ class EngineCore:
         self._loop_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
         self._cron_task: asyncio.Task[None] | None = None
+        self._operations_task: asyncio.Task[None] | None = None
+        self._operations_wake = asyncio.Event()
         self._refresh_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._activity_tasks: set[asyncio.Task[None]] = set()
@@ -99,6 +109,9 @@ class EngineCore:
             self._lease_task = asyncio.create_task(self._renew_leases(), name="stepflow-leases")
             scheduler = CronScheduler(self.store, self.functions, self._wake)
             self._cron_task = asyncio.create_task(scheduler.run(), name="stepflow-cron")
+            operations = OperationRunner(self.store, self.worker_id, self.watcher.notify, self._operations_wake,
+                                         self.config.poll_interval)
+            self._operations_task = asyncio.create_task(operations.run(), name="stepflow-operations")
         # API-only processes too: they match events against functions other processes registered
         self._refresh_task = asyncio.create_task(self._refresh_functions(), name="stepflow-functions")
 
@@ -108,7 +121,7 @@ class EngineCore:
         self._stopping = True
         self._wake.set()
         self.watcher.close()  # long polls (?wait=) answer now instead of holding the shutdown
-        for task in (self._loop_task, self._lease_task, self._cron_task, self._refresh_task):
+        for task in (self._loop_task, self._lease_task, self._cron_task, self._refresh_task, self._operations_task):
             if task is not None:
                 task.cancel()
         if self._inflight:
@@ -176,6 +189,29 @@ class EngineCore:
         await self.store.ingest_events([record], lambda ev: runs)
         self._wake.set()
         return record.id, runs[0].run_id
+
+    async def cancel_many(self, function_id: str, *, created_from: int | None = None,
+                          created_until: int | None = None, condition: str | None = None) -> OperationRecord:
+        """Start a durable bulk cancel of `function_id`'s runs created in [from, until) (until: now) that have not
+        ended, where the CEL `condition` over `event` holds (engine/operations.py). Returns it, `total` counted."""
+        if self.functions.get_active(function_id) is None:
+            raise NotFoundError(f"no function {function_id!r} is registered")
+        now = now_ms()
+        until = min(created_until, now) if created_until is not None else now
+        if created_from is not None and created_from >= until:
+            raise InvalidRequestError("'from' must be before 'until' (and before now)")
+        if condition is not None:
+            Expression(condition)  # compiles, or a clear 400 now rather than a failed operation later
+        params: dict[str, Any] = {"until": until}
+        if created_from is not None:
+            params["from"] = created_from
+        if condition is not None:
+            params["if"] = condition
+        op = await self.store.create_operation(OperationRecord(
+            id=new_ulid(), kind="cancel", function_id=function_id, params=params, status=OperationStatus.RUNNING,
+            created_at=now))
+        self._operations_wake.set()
+        return op
 
     async def rerun(self, run_id: str, from_step: str | None = None) -> RunRecord:
         """A new run of the function's current version for the same event, linked to `run_id`; from a step, it

@@ -147,7 +147,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def create_app(engine: EngineCore | EmbeddedEngine, settings: ServerSettings) -> web.Application:
-    from stepflow.server import openapi, routes_apps, routes_endpoints, routes_events, routes_rest
+    from stepflow.server import openapi, routes_apps, routes_endpoints, routes_events, routes_operations, routes_rest
 
     core = engine if isinstance(engine, EngineCore) else getattr(engine, "core", None)  # stepflow.Engine's core
     if not isinstance(core, EngineCore):
@@ -159,6 +159,7 @@ def create_app(engine: EngineCore | EmbeddedEngine, settings: ServerSettings) ->
     app[SETTINGS_KEY] = settings
     routes_events.setup(app)
     routes_rest.setup(app)
+    routes_operations.setup(app)
     routes_apps.setup(app)
     routes_endpoints.setup(app)
     openapi.setup(app)

@@ -78,6 +78,7 @@ def _any_case(word: str) -> str:
 
 TIMESTAMP = {"type": "string", "format": "date-time", "description": "ISO 8601 UTC with milliseconds",
              "examples": ["2026-11-21T08:44:24.778Z"]}
+NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
 
 
 def _schemas() -> dict[str, Any]:
@@ -120,6 +121,21 @@ def _schemas() -> dict[str, Any]:
             "properties": {"ids": {"type": "array", "items": {"type": "string"},
                                    "description": "one id per event, in the order sent"},
                            "status": {"const": 200}},
+        },
+        "Cancellation": {
+            "description": "A durable bulk cancel and its progress: `total` runs had not ended when it was created; "
+                           "`cancelled` and `skipped` (its `if` was false) add up to `processed`.",
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "kind", "function_id", "status", "from", "until", "if", "total", "processed",
+                         "cancelled", "skipped", "created_at", "ended_at"],
+            "properties": {"id": {"type": "string", "pattern": ULID_PATTERN}, "kind": {"const": "cancel"},
+                           "function_id": {"type": "string"},
+                           "status": {"enum": ["Running", "Completed", "Cancelled"]},
+                           "from": NULLABLE_TIMESTAMP, "until": NULLABLE_TIMESTAMP,
+                           "if": {"type": ["string", "null"]},
+                           "total": {"type": "integer", "minimum": 0}, "processed": {"type": "integer", "minimum": 0},
+                           "cancelled": {"type": "integer", "minimum": 0}, "skipped": {"type": "integer", "minimum": 0},
+                           "created_at": TIMESTAMP, "ended_at": NULLABLE_TIMESTAMP},
         },
         "Event": {
             "description": "The event as sent (`user`, `v` only when given) and when the server stored it.",
@@ -337,6 +353,8 @@ def _path_param(name: str, pattern: str | None, description: str, example: str) 
 
 RUN_ID = _path_param("run_id", ULID_PATTERN, "a run id (a ULID, any case); malformed ids are 400, unknown 404",
                      EXAMPLE_RUN_ID)
+OPERATION_ID = _path_param("operation_id", ULID_PATTERN, "a bulk operation's id (a ULID); malformed ids are 400, "
+                           "unknown 404", EXAMPLE_RUN_ID)
 EVENT_ID = _path_param("event_id", EVENT_ID_PATTERN, "an event id; malformed ids are 400, unknown 404",
                        EXAMPLE_EVENT_ID)
 WAIT = {"name": "wait", "in": "query", "required": False,
@@ -442,6 +460,27 @@ def _paths() -> dict[str, Any]:
                 "properties": {"from_step": {"type": "string", "minLength": 1}}}}}},
             "responses": {"201": _json(_data(_ref("RunV1")), "the new run"), **_errors(400, 401, 404, 409, 413, 500)},
         }},
+        "/v2/cancellations": {"post": {
+            "summary": "Cancel a function's runs in bulk: a durable operation with progress", "tags": ["runs"],
+            "security": REST_SECURITY,
+            "description": "Cancels the function's runs created in [`from`, `until`) (until: now) that have not ended "
+                           "— queued, running, sleeping, waiting or paused — and whose event satisfies `if` (CEL over "
+                           "`event`). Runs a batch at a time in the background, survives restarts; a step executing "
+                           "may finish, nothing after it runs.",
+            "requestBody": {"required": True, "content": {JSON: {"schema": {
+                "type": "object", "additionalProperties": False, "required": ["function_id"],
+                "properties": {"function_id": {"type": "string", "minLength": 1},
+                               "from": {"type": ["string", "integer"]}, "until": {"type": ["string", "integer"]},
+                               "if": {"type": "string", "minLength": 1}}}}}},
+            "responses": {"201": _json(_data(_ref("Cancellation")), "the operation, started"),
+                          **_errors(400, 401, 404, 413, 500)},
+        }},
+        "/v2/cancellations/{operation_id}": {
+            "get": _rest("A bulk cancel's progress", _json(_data(_ref("Cancellation")), "the operation"),
+                         params=[OPERATION_ID]),
+            "delete": _rest("Stop a bulk cancel (what it cancelled stays cancelled)",
+                            _json(_data(_ref("Cancellation")), "the operation"), params=[OPERATION_ID]),
+        },
         "/v2/functions/{function_id}/invoke": {"post": {
             "summary": "Start one run of a function with a payload, whatever its triggers", "tags": ["functions"],
             "security": REST_SECURITY,

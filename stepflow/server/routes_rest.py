@@ -162,7 +162,7 @@ def _parse_list_query(request: web.Request) -> RunQuery:
     if original is not None and not is_ulid(original):
         raise InvalidRequestError(f"'original_run_id' must be a run id, not {original!r}")
     limit = _limit(q)
-    created_from, created_until = _instant(q, "from"), _instant(q, "until")
+    created_from, created_until = parse_instant(q, "from"), parse_instant(q, "until")
     if created_from is not None and created_until is not None and created_from >= created_until:
         raise InvalidRequestError("'from' must be before 'until'")
     return RunQuery(status, q.get("function_id") or None, q.get("event_name") or None,
@@ -183,7 +183,7 @@ def _limit(query: Mapping[str, str]) -> int:
 async def list_events(request: web.Request) -> web.Response:
     """`GET /v1/events?name=&received_after=&received_before=&cursor=&limit=` (Inngest's parameters), newest first."""
     q = request.query
-    after, before = _instant(q, "received_after"), _instant(q, "received_before")
+    after, before = parse_instant(q, "received_after"), parse_instant(q, "received_before")
     if after is not None and before is not None and after >= before:
         raise InvalidRequestError("'received_after' must be before 'received_before'")
     cursor = q.get("cursor") or None
@@ -199,7 +199,7 @@ async def list_events(request: web.Request) -> web.Response:
                           "has_more": next_cursor is not None})
 
 
-def _instant(query: Mapping[str, str], name: str) -> int | None:
+def parse_instant(query: Mapping[str, str], name: str) -> int | None:
     """An RFC 3339 time (`2026-12-01T14:00:00Z`) or epoch milliseconds, as ms."""
     text = query.get(name) or None
     if text is None:

@@ -25,6 +25,7 @@ from stepflow.store.records import (
     Job,
     NewEvent,
     NewRun,
+    OperationRecord,
     RunRecord,
     RunState,
     RunStatus,
@@ -126,6 +127,33 @@ class Store(ABC):
 
     @abstractmethod
     async def get_run_steps(self, run_id: str) -> list[StepRecord]: ...
+
+    # --- bulk operations ------------------------------------------------------------------------------------
+    @abstractmethod
+    async def create_operation(self, op: OperationRecord) -> OperationRecord:
+        """Store a new operation, its `total` counted in the same transaction."""
+        ...
+
+    @abstractmethod
+    async def get_operation(self, operation_id: str) -> OperationRecord | None: ...
+
+    @abstractmethod
+    async def claim_operation(self, worker_id: str, now: int, lease_ms: int) -> OperationRecord | None:
+        """Lease a running operation nobody holds (or this worker already holds)."""
+        ...
+
+    @abstractmethod
+    async def operation_batch(self, op: OperationRecord,
+                              limit: int) -> list[tuple[str, RunStatus, EventRecord | None]]: ...
+
+    @abstractmethod
+    async def save_operation(self, op: OperationRecord, worker_id: str, now: int, lease_ms: int, *,
+                             done: bool) -> bool:
+        """Save progress and extend the lease; False when this worker no longer holds the operation."""
+        ...
+
+    @abstractmethod
+    async def stop_operation(self, operation_id: str, now: int) -> OperationRecord | None: ...
 
     @abstractmethod
     async def list_events(self, *, name: str | None = None, received_after: int | None = None,

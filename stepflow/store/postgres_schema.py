@@ -118,6 +118,26 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_original ON runs (original_run_id);
     CREATE INDEX events_received ON events (received_at, id);
     """,
+    # version 4: durable bulk operations (bulk cancel), taken over by any process when its lease lapses
+    """
+    CREATE TABLE operations (
+        id           TEXT PRIMARY KEY,
+        kind         TEXT NOT NULL,
+        function_id  TEXT NOT NULL,
+        params       BYTEA NOT NULL,
+        status       TEXT NOT NULL,
+        created_at   BIGINT NOT NULL,
+        total        BIGINT NOT NULL DEFAULT 0,
+        processed    BIGINT NOT NULL DEFAULT 0,
+        succeeded    BIGINT NOT NULL DEFAULT 0,
+        skipped      BIGINT NOT NULL DEFAULT 0,
+        cursor       TEXT,
+        ended_at     BIGINT,
+        lease_owner  TEXT,
+        lease_until  BIGINT
+    );
+    CREATE INDEX operations_running ON operations (status, lease_until);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

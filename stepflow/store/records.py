@@ -245,3 +245,28 @@ class NewEvent:
 
     event: EventRecord
     runs: list[NewRun]
+
+
+class OperationStatus(str, Enum):
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    CANCELLED = "Cancelled"   # stopped by a person before the end
+
+
+@dataclass(slots=True)
+class OperationRecord:
+    """A durable bulk operation (a bulk cancel): what it covers, how far it got. `cursor` is the last run id it
+    has dealt with; runs are walked oldest first, so a process that takes it over goes on from there."""
+
+    id: str
+    kind: str                               # "cancel"
+    function_id: str
+    params: dict[str, Any]                  # {"from": ms?, "until": ms, "if": CEL?}
+    status: OperationStatus
+    created_at: int
+    total: int = 0                          # runs not ended in the range when it was created
+    processed: int = 0                      # of those, looked at so far
+    succeeded: int = 0                      # cancelled
+    skipped: int = 0                        # not cancelled: ended meanwhile, or `if` false
+    cursor: str | None = None
+    ended_at: int | None = None

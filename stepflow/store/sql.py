@@ -40,17 +40,17 @@ from stepflow.store.sql_base import (
     TERMINAL_SQL,
     Conn,
     Row,
-    SqlBase,
     event_record,
     pack,
     run_record,
     step_record,
 )
+from stepflow.store.sql_operations import SqlOperations
 
 __all__ = ["EVENT_DEDUP_WINDOW_MS", "IDEMPOTENCY_TTL_MS", "Conn", "Row", "SqlStore"]
 
 
-class SqlStore(SqlBase):
+class SqlStore(SqlOperations):
     """The store's operations, each one transaction built from SqlBase's writes."""
 
     async def save_function(self, function_id: str, app_id: str, config: dict[str, Any], now: int = 0) -> int:
@@ -286,6 +286,9 @@ class SqlStore(SqlBase):
             else:
                 count = await c.execute("UPDATE jobs SET lease_owner=NULL, available_at=? WHERE lease_owner=?",
                                         now, worker_id)
+            # bulk operations too: the next process goes on with them from their saved cursor
+            await c.execute("UPDATE operations SET lease_owner=NULL, lease_until=NULL WHERE lease_owner IS NOT NULL"
+                            + (" AND lease_owner=?" if worker_id else ""), *([worker_id] if worker_id else []))
             if count:
                 await self._work_added(c)
             return count

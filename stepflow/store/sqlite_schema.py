@@ -118,6 +118,26 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_original ON runs (original_run_id);
     CREATE INDEX events_received ON events (received_at, id);
     """,
+    # version 4: durable bulk operations (bulk cancel), taken over by any process when its lease lapses
+    """
+    CREATE TABLE operations (
+        id           TEXT PRIMARY KEY,
+        kind         TEXT NOT NULL,
+        function_id  TEXT NOT NULL,
+        params       BLOB NOT NULL,
+        status       TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        total        INTEGER NOT NULL DEFAULT 0,
+        processed    INTEGER NOT NULL DEFAULT 0,
+        succeeded    INTEGER NOT NULL DEFAULT 0,
+        skipped      INTEGER NOT NULL DEFAULT 0,
+        cursor       TEXT,
+        ended_at     INTEGER,
+        lease_owner  TEXT,
+        lease_until  INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX operations_running ON operations (status, lease_until);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,95 @@
+"""Durable bulk operations in SQL: stored, leased by one process at a time, their progress saved batch by batch
+with the cursor, so a process that takes one over (after a crash) goes on where it stopped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepflow import codec
+from stepflow.ids import ulid_floor
+from stepflow.store.records import EventRecord, OperationRecord, OperationStatus, RunStatus
+from stepflow.store.sql_base import Conn, Row, SqlBase, event_record
+
+OPERATION_COLUMNS = ("id, kind, function_id, params, status, created_at, total, processed, succeeded, skipped, "
+                     "cursor, ended_at")
+TERMINAL = tuple(s.value for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED))
+
+
+def operation_record(row: Row) -> OperationRecord:
+    return OperationRecord(id=row[0], kind=row[1], function_id=row[2], params=codec.unpack(row[3]),
+                           status=OperationStatus(row[4]), created_at=row[5], total=row[6], processed=row[7],
+                           succeeded=row[8], skipped=row[9], cursor=row[10], ended_at=row[11])
+
+
+def _range(params: dict[str, Any]) -> tuple[str, str]:
+    """The run-id range of the operation's time range (run ids are ULIDs of their creation)."""
+    return ulid_floor(int(params.get("from") or 0)), ulid_floor(int(params["until"]))
+
+
+class SqlOperations(SqlBase):
+    async def create_operation(self, op: OperationRecord) -> OperationRecord:
+        async def body(c: Conn) -> OperationRecord:
+            low, high = _range(op.params)
+            op.total = int(await c.fetchval(
+                "SELECT COUNT(*) FROM runs WHERE function_id=? AND id>=? AND id<? AND status NOT IN (?, ?, ?)",
+                op.function_id, low, high, *TERMINAL) or 0)
+            await c.execute(f"INSERT INTO operations ({OPERATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, "
+                            "NULL, NULL)", op.id, op.kind, op.function_id, codec.pack(op.params), op.status.value,
+                            op.created_at, op.total)
+            await self._work_added(c)
+            return op
+
+        return await self._transaction(body)
+
+    async def get_operation(self, operation_id: str) -> OperationRecord | None:
+        row = await self._read(lambda c: c.fetchrow(f"SELECT {OPERATION_COLUMNS} FROM operations WHERE id=?",
+                                                    operation_id))
+        return operation_record(row) if row else None
+
+    async def claim_operation(self, worker_id: str, now: int, lease_ms: int) -> OperationRecord | None:
+        async def body(c: Conn) -> OperationRecord | None:
+            row = await c.fetchrow(f"SELECT {OPERATION_COLUMNS} FROM operations WHERE status=? AND "
+                                   "(lease_until IS NULL OR lease_until<? OR lease_owner=?) ORDER BY id LIMIT 1"
+                                   + self.skip_locked, OperationStatus.RUNNING.value, now, worker_id)
+            if row is None:
+                return None
+            await c.execute("UPDATE operations SET lease_owner=?, lease_until=? WHERE id=?", worker_id,
+                            now + lease_ms, row[0])
+            return operation_record(row)
+
+        return await self._transaction(body)
+
+    async def operation_batch(self, op: OperationRecord, limit: int) -> list[tuple[str, RunStatus, EventRecord | None]]:
+        """The next runs of the operation's function and range after its cursor, oldest first, with their events."""
+        low, high = _range(op.params)
+        start, bound = ("r.id>?", op.cursor) if op.cursor else ("r.id>=?", low)
+        rows = await self._read(lambda c: c.fetch(
+            "SELECT r.id, r.status, e.id, e.payload, e.received_at FROM runs r LEFT JOIN events e ON e.id = r.event_id "
+            f"WHERE r.function_id=? AND {start} AND r.id<? ORDER BY r.id LIMIT ?", op.function_id, bound, high, limit))
+        return [(r[0], RunStatus(r[1]), event_record(r[2:]) if r[2] is not None else None) for r in rows]
+
+    async def save_operation(self, op: OperationRecord, worker_id: str, now: int, lease_ms: int, *,
+                             done: bool) -> bool:
+        """Save progress (and the end); False when this worker no longer holds the operation (it was stopped, or
+        its lease lapsed and another process took it over)."""
+        status = OperationStatus.COMPLETED if done else OperationStatus.RUNNING
+
+        async def body(c: Conn) -> bool:
+            return await c.execute(
+                "UPDATE operations SET processed=?, succeeded=?, skipped=?, cursor=?, status=?, ended_at=?, "
+                "lease_owner=?, lease_until=? WHERE id=? AND lease_owner=? AND status=?", op.processed, op.succeeded,
+                op.skipped, op.cursor, status.value, now if done else None, None if done else worker_id,
+                None if done else now + lease_ms, op.id, worker_id,
+                OperationStatus.RUNNING.value) == 1
+
+        return await self._transaction(body)
+
+    async def stop_operation(self, operation_id: str, now: int) -> OperationRecord | None:
+        async def body(c: Conn) -> OperationRecord | None:
+            await c.execute("UPDATE operations SET status=?, ended_at=?, lease_owner=NULL WHERE id=? AND status=?",
+                            OperationStatus.CANCELLED.value, now, operation_id, OperationStatus.RUNNING.value)
+            row = await c.fetchrow(f"SELECT {OPERATION_COLUMNS} FROM operations WHERE id=?", operation_id)
+            return operation_record(row) if row else None
+
+        return await self._transaction(body)
+
