@@ -130,6 +130,24 @@ class Client:
             body["if"] = if_
         return (await self._request("POST", "/v2/cancellations", body=body))["data"]  # type: ignore[no-any-return]
 
+    async def replay(self, function_id: str, *, since: datetime | None = None, until: datetime | None = None,
+                     statuses: list[str] | None = None, event_name: str | None = None,
+                     rate: int | None = None) -> dict[str, Any]:
+        """Start a durable replay into the function (see `POST /v2/replays`); follow it with `get_replay`."""
+        body: dict[str, Any] = {"function_id": function_id}
+        for key, value in (("from", since.isoformat() if since else None),
+                           ("to", until.isoformat() if until else None), ("statuses", statuses),
+                           ("event_name", event_name), ("rate", rate)):
+            if value is not None:
+                body[key] = value
+        return (await self._request("POST", "/v2/replays", body=body))["data"]  # type: ignore[no-any-return]
+
+    async def get_replay(self, operation_id: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/v2/replays/{operation_id}"))["data"]  # type: ignore[no-any-return]
+
+    async def stop_replay(self, operation_id: str) -> dict[str, Any]:
+        return (await self._request("DELETE", f"/v2/replays/{operation_id}"))["data"]  # type: ignore[no-any-return]
+
     async def get_cancellation(self, operation_id: str) -> dict[str, Any]:
         return (await self._request("GET", f"/v2/cancellations/{operation_id}"))["data"]  # type: ignore[no-any-return]
 
@@ -249,6 +267,12 @@ class SyncClient:
 
     def cancel_many(self, function_id: str, **kwargs: Any) -> dict[str, Any]:
         return self._call(self._client.cancel_many(function_id, **kwargs))
+
+    def replay(self, function_id: str, **kwargs: Any) -> dict[str, Any]:
+        return self._call(self._client.replay(function_id, **kwargs))
+
+    def get_replay(self, operation_id: str) -> dict[str, Any]:
+        return self._call(self._client.get_replay(operation_id))
 
     def get_cancellation(self, operation_id: str) -> dict[str, Any]:
         return self._call(self._client.get_cancellation(operation_id))

@@ -603,3 +603,19 @@ def test_cancel_in_bulk_follows_the_operation_to_its_end(dev: Server) -> None:
     missing = cli("cancel", "nope", "--url", dev.url)
     assert missing.returncode == 3
     assert_clean_failure(missing, "no function 'nope'")
+
+
+def test_replay_follows_the_operation_to_its_end(dev: Server) -> None:
+    failed = run_id_of(dev, send(dev, "math/break"))
+    assert cli("runs", "show", failed, "--wait", "--url", dev.url).returncode == 1
+    done = cli("replay", "breaker", "--since", "1h", "--status", "Failed", "--json", "--url", dev.url)
+    assert done.returncode == 0, done
+    op = json.loads(done.stdout)
+    assert op["status"] == "Completed" and op["started"] >= 1 and op["statuses"] == ["FAILED"]
+    reruns = json.loads(cli("runs", "list", "--reruns-of", failed, "--json", "--url", dev.url).stdout)["data"]
+    assert len(reruns) == 1 and reruns[0]["function_id"] == "breaker"
+    table = cli("replay", "adder", "--since", "1h", "--event", "math/add", "--url", dev.url)
+    assert table.returncode == 0 and "Completed:" in table.stdout and "replaying" in table.stderr
+    bad = cli("replay", "adder", "--since", "soon", "--url", dev.url)
+    assert bad.returncode == 2
+    assert_clean_failure(bad, "--since must be a duration")

@@ -300,12 +300,39 @@ def cancel(function_id: str, condition: str | None, since: str | None, no_wait: 
                    f"(if false), of {op['total']} not ended")
 
 
-def _follow(op: dict[str, Any], url: str, signing_key: str | None, as_json: bool) -> dict[str, Any]:
+@click.command("replay")
+@click.argument("function_id")
+@click.option("--since", required=True, help="From: a duration ago (1h) or an RFC 3339 time.")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["Queued", "Running", "Completed", "Failed", "Cancelled", "Paused"]),
+              help="Replay the events of the function's runs in this status (repeatable); without it, every event "
+                   "in the range that triggers the function.")
+@click.option("--event", "event_name", default=None, help="Only events of this name.")
+@click.option("--rate", type=click.IntRange(1, 10_000), default=None, help="Runs started a second [100].")
+@click.option("--no-wait", is_flag=True, help="Start the replay and print it; do not follow it.")
+@_client_options
+def replay(function_id: str, since: str, statuses: tuple[str, ...], event_name: str | None, rate: int | None,
+           no_wait: bool, url: str, signing_key: str | None, as_json: bool) -> None:
+    """Replay events into FUNCTION_ID (its current version), with a progress bar until every run has started."""
+    start = _since(since, as_json)
+    op = _with_client(url, signing_key, lambda c: c.replay(function_id, since=start, statuses=list(statuses) or None,
+                                                           event_name=event_name, rate=rate), as_json=as_json)
+    if not no_wait:
+        op = _follow(op, url, signing_key, as_json, label="replaying", kind="replay")
+    if as_json:
+        print_json(op)
+    else:
+        click.echo(f"{op['id']}  {op['status']}: {op['started']} run(s) started, {op['skipped']} skipped, of "
+                   f"{op['total']} ({op['completed']} completed, {op['failed']} failed so far)")
+
+
+def _follow(op: dict[str, Any], url: str, signing_key: str | None, as_json: bool, *, label: str = "cancelling",
+            kind: str = "cancel") -> dict[str, Any]:
     """Poll the operation until it ends, drawing a progress bar on stderr (not with --json)."""
     async def poll(client: Client) -> dict[str, Any]:
         current = op
         length = max(1, int(current["total"]))
-        with click.progressbar(length=length, label="cancelling", file=sys.stderr, show_pos=True) as bar:
+        with click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True) as bar:
             shown = 0
             while True:
                 if not as_json:
@@ -316,7 +343,8 @@ def _follow(op: dict[str, Any], url: str, signing_key: str | None, as_json: bool
                         bar.update(length - shown)
                     return current
                 await asyncio.sleep(0.2)
-                current = await client.get_cancellation(op["id"])
+                current = await (client.get_replay(op["id"]) if kind == "replay"
+                                 else client.get_cancellation(op["id"]))
 
     followed: dict[str, Any] = _with_client(url, signing_key, poll, as_json=as_json)
     return followed

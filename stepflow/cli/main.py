@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from stepflow.cli.client_commands import cancel, events, functions, run, runs, send
+from stepflow.cli.client_commands import cancel, events, functions, replay, run, runs, send
 from stepflow.cli.output import fail
 from stepflow.engine import EngineConfig
 from stepflow.engine.activity import JsonLines
@@ -267,5 +267,5 @@ if __name__ == "__main__":  # pragma: no cover
     main()
 
 
-for command in (send, runs, run, functions, events, cancel):
+for command in (send, runs, run, functions, events, cancel, replay):
     main.add_command(command)

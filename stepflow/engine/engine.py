@@ -45,7 +45,7 @@ from stepflow.ids import new_ulid, now_ms
 from stepflow.runtimes import default_runtimes
 from stepflow.runtimes.base import Runtime, RuntimeRegistry
 from stepflow.store.base import Store, StoreHooks
-from stepflow.store.records import EventRecord, Job, OperationRecord, OperationStatus, RunRecord
+from stepflow.store.records import EventRecord, Job, OperationRecord, OperationStatus, RunRecord, RunStatus
 
 log = logging.getLogger("stepflow.engine")
 MIN_IDLE = 0.02  # seconds: the shortest sleep of an idle worker loop
@@ -109,8 +109,8 @@ class EngineCore:
             self._lease_task = asyncio.create_task(self._renew_leases(), name="stepflow-leases")
             scheduler = CronScheduler(self.store, self.functions, self._wake)
             self._cron_task = asyncio.create_task(scheduler.run(), name="stepflow-cron")
-            operations = OperationRunner(self.store, self.worker_id, self.watcher.notify, self._operations_wake,
-                                         self.config.poll_interval)
+            operations = OperationRunner(self.store, self.functions, self.worker_id, self.watcher.notify,
+                                         self._wake.set, self._operations_wake, self.config.poll_interval)
             self._operations_task = asyncio.create_task(operations.run(), name="stepflow-operations")
         # API-only processes too: they match events against functions other processes registered
         self._refresh_task = asyncio.create_task(self._refresh_functions(), name="stepflow-functions")
@@ -209,6 +209,46 @@ class EngineCore:
             params["if"] = condition
         op = await self.store.create_operation(OperationRecord(
             id=new_ulid(), kind="cancel", function_id=function_id, params=params, status=OperationStatus.RUNNING,
+            created_at=now))
+        self._operations_wake.set()
+        return op
+
+    async def replay(self, function_id: str, *, created_from: int | None = None, created_until: int | None = None,
+                     statuses: list[RunStatus] | None = None, event_name: str | None = None,
+                     rate: int | None = None) -> OperationRecord:
+        """Start a durable replay into `function_id`'s current version: with `statuses`, one new run per run of
+        the function in [from, until) in one of them (linked by `original_run_id`); without, one per event received
+        in [from, until) that triggers the function (`event_name`: only that name). At most `rate` runs/s."""
+        found = self.functions.get_active(function_id)
+        if found is None:
+            raise NotFoundError(f"no function {function_id!r} is registered")
+        _, fn = found
+        now = now_ms()
+        until = min(created_until, now) if created_until is not None else now
+        if created_from is not None and created_from >= until:
+            raise InvalidRequestError("'from' must be before 'until' (and before now)")
+        if rate is not None and not 1 <= rate <= 10_000:
+            raise InvalidRequestError("'rate' must be between 1 and 10000 runs a second")
+        params: dict[str, Any] = {"until": until}
+        if created_from is not None:
+            params["from"] = created_from
+        if statuses:
+            params["statuses"] = sorted({s.value for s in statuses})
+        if event_name:
+            params["event_name"] = event_name
+            params["names"] = [event_name]
+        elif not statuses:
+            exact = [t.event for t in fn.triggers if t.event and not t.event.endswith("*")]
+            if any(t.event and t.event.endswith("*") for t in fn.triggers):
+                exact = []  # a wildcard: every event in the range is looked at
+            elif not exact:
+                raise InvalidRequestError(f"function {function_id!r} has no event trigger: there are no events to "
+                                          "replay into it (replay its runs with 'statuses')")
+            params["names"] = exact or None
+        if rate is not None:
+            params["rate"] = rate
+        op = await self.store.create_operation(OperationRecord(
+            id=new_ulid(), kind="replay", function_id=function_id, params=params, status=OperationStatus.RUNNING,
             created_at=now))
         self._operations_wake.set()
         return op

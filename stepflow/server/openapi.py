@@ -137,6 +137,24 @@ def _schemas() -> dict[str, Any]:
                            "cancelled": {"type": "integer", "minimum": 0}, "skipped": {"type": "integer", "minimum": 0},
                            "created_at": TIMESTAMP, "ended_at": NULLABLE_TIMESTAMP},
         },
+        "Replay": {
+            "description": "A durable replay and its progress: `total` candidates (runs in the statuses, or events "
+                           "in the range); `started` and `skipped` (the function's triggers do not match the event) "
+                           "add up to `processed`; `completed` and `failed` count the started runs by how they "
+                           "ended.",
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "kind", "function_id", "status", "from", "until", "statuses", "event_name", "total",
+                         "processed", "started", "skipped", "completed", "failed", "created_at", "ended_at"],
+            "properties": {"id": {"type": "string", "pattern": ULID_PATTERN}, "kind": {"const": "replay"},
+                           "function_id": {"type": "string"},
+                           "status": {"enum": ["Running", "Completed", "Cancelled"]},
+                           "from": NULLABLE_TIMESTAMP, "until": NULLABLE_TIMESTAMP,
+                           "statuses": {"type": ["array", "null"], "items": {"type": "string"}},
+                           "event_name": {"type": ["string", "null"]},
+                           **{k: {"type": "integer", "minimum": 0} for k in
+                              ("total", "processed", "started", "skipped", "completed", "failed")},
+                           "created_at": TIMESTAMP, "ended_at": NULLABLE_TIMESTAMP},
+        },
         "Event": {
             "description": "The event as sent (`user`, `v` only when given) and when the server stored it.",
             "type": "object", "required": ["id", "name", "data", "ts", "received_at"], "additionalProperties": False,
@@ -460,6 +478,31 @@ def _paths() -> dict[str, Any]:
                 "properties": {"from_step": {"type": "string", "minLength": 1}}}}}},
             "responses": {"201": _json(_data(_ref("RunV1")), "the new run"), **_errors(400, 401, 404, 409, 413, 500)},
         }},
+        "/v2/replays": {"post": {
+            "summary": "Replay events into a function: a durable operation with progress", "tags": ["runs"],
+            "security": REST_SECURITY,
+            "description": "With `statuses`, one new run of the function's current version per run of it created "
+                           "in [`from`, `to`) in one of them (the event of that run; linked by `original_run_id`); "
+                           "without, one per event received in [`from`, `to`) that triggers the function "
+                           "(`event_name`: only that name). Started at most `rate` a second (default 100); "
+                           "survives restarts without starting a run twice.",
+            "requestBody": {"required": True, "content": {JSON: {"schema": {
+                "type": "object", "additionalProperties": False, "required": ["function_id"],
+                "properties": {"function_id": {"type": "string", "minLength": 1},
+                               "from": {"type": ["string", "integer"]}, "to": {"type": ["string", "integer"]},
+                               "until": {"type": ["string", "integer"]},
+                               "statuses": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                               "event_name": {"type": "string", "minLength": 1},
+                               "rate": {"type": "integer", "minimum": 1, "maximum": 10000}}}}}},
+            "responses": {"201": _json(_data(_ref("Replay")), "the operation, started"),
+                          **_errors(400, 401, 404, 413, 500)},
+        }},
+        "/v2/replays/{operation_id}": {
+            "get": _rest("A replay's progress", _json(_data(_ref("Replay")), "the operation"),
+                         params=[OPERATION_ID]),
+            "delete": _rest("Stop a replay (the runs it started go on)",
+                            _json(_data(_ref("Replay")), "the operation"), params=[OPERATION_ID]),
+        },
         "/v2/cancellations": {"post": {
             "summary": "Cancel a function's runs in bulk: a durable operation with progress", "tags": ["runs"],
             "security": REST_SECURITY,

@@ -1,5 +1,5 @@
-"""Bulk operations over REST: `POST /v2/cancellations` starts a durable bulk cancel, `GET` follows its progress,
-`DELETE` stops it (engine/operations.py runs it)."""
+"""Bulk operations over REST: `POST /v2/cancellations` starts a durable bulk cancel and `POST /v2/replays` a
+durable replay; `GET /v2/…/{id}` follows its progress, `DELETE` stops it (engine/operations.py runs them)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from stepflow.ids import is_ulid, now_ms
 from stepflow.server.app import ENGINE_KEY, json_response, read_body
 from stepflow.server.routes_rest import parse_instant
 from stepflow.server.serialize import iso
-from stepflow.store.records import OperationRecord
+from stepflow.store.records import OperationRecord, RunStatus
 
-CANCELLATION_FIELDS = {"function_id", "from", "until", "if"}
+CANCELLATION_FIELDS = {"function_id", "from", "until", "to", "if"}
+REPLAY_FIELDS = {"function_id", "from", "until", "to", "statuses", "event_name", "rate"}
+NOUNS = {"cancel": "cancellation", "replay": "replay"}
 
 
 def operation_v2(op: OperationRecord) -> dict[str, Any]:
@@ -30,29 +32,83 @@ def operation_v2(op: OperationRecord) -> dict[str, Any]:
 async def create_cancellation(request: web.Request) -> web.Response:
     """`{"function_id", "from"?, "until"?, "if"?}`: cancel the function's runs created in [from, until) that have
     not ended and whose event satisfies `if` (CEL over `event`)."""
+    body = await _body(request, CANCELLATION_FIELDS,
+                       '{"function_id": "...", "from"?: time, "until"?: time, "if"?: "CEL"}')
+    condition = body.get("if")
+    if condition is not None and (not isinstance(condition, str) or not condition.strip()):
+        raise InvalidRequestError("'if' must be a CEL expression over `event`, e.g. \"event.data.plan == 'free'\"")
+    created_from, created_until = _times(body)
+    op = await request.app[ENGINE_KEY].cancel_many(body["function_id"], created_from=created_from,
+                                                   created_until=created_until, condition=condition)
+    return json_response({"data": operation_v2(op)}, status=201)
+
+
+async def create_replay(request: web.Request) -> web.Response:
+    """`{"function_id", "from"?, "to"?, "statuses"?: ["Failed", …], "event_name"?, "rate"?}`."""
+    body = await _body(request, REPLAY_FIELDS, '{"function_id": "...", "from"?: time, "to"?: time, '
+                                               '"statuses"?: ["Failed", ...], "event_name"?: "...", "rate"?: n}')
+    statuses = body.get("statuses")
+    parsed: list[RunStatus] = []
+    if statuses is not None:
+        if not isinstance(statuses, list) or not statuses or not all(isinstance(x, str) for x in statuses):
+            raise InvalidRequestError("'statuses' must be a non-empty list of run statuses, e.g. [\"Failed\"]")
+        for name in statuses:
+            try:
+                parsed.append(RunStatus(name.upper()))
+            except ValueError:
+                raise InvalidRequestError(f"unknown status {name!r}; one of "
+                                          + ", ".join(x.v1_name for x in RunStatus)) from None
+    event_name, rate = body.get("event_name"), body.get("rate")
+    if event_name is not None and (not isinstance(event_name, str) or not event_name):
+        raise InvalidRequestError("'event_name' must be an event name")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)):
+        raise InvalidRequestError("'rate' must be a whole number of runs a second")
+    created_from, created_until = _times(body)
+    op = await request.app[ENGINE_KEY].replay(body["function_id"], created_from=created_from,
+                                              created_until=created_until, statuses=parsed or None,
+                                              event_name=event_name, rate=rate)
+    return json_response({"data": await _with_runs(request, op)}, status=201)
+
+
+async def _body(request: web.Request, fields: set[str], shape: str) -> dict[str, Any]:
     raw = await read_body(request)
     try:
         body = codec.loads(raw) if raw.strip() else None
     except codec.JSONDecodeError as exc:
         raise InvalidRequestError(f"the request body is not JSON: {exc}") from exc
-    if not isinstance(body, dict) or set(body) - CANCELLATION_FIELDS:
-        raise InvalidRequestError('expected {"function_id": "...", "from"?: time, "until"?: time, "if"?: "CEL"}')
-    function_id, condition = body.get("function_id"), body.get("if")
+    if not isinstance(body, dict) or set(body) - fields:
+        raise InvalidRequestError(f"expected {shape}")
+    function_id = body.get("function_id")
     if not isinstance(function_id, str) or not function_id:
-        raise InvalidRequestError("'function_id' is required: the function whose runs to cancel")
-    if condition is not None and (not isinstance(condition, str) or not condition.strip()):
-        raise InvalidRequestError("'if' must be a CEL expression over `event`, e.g. \"event.data.plan == 'free'\"")
+        raise InvalidRequestError("'function_id' is required: the function to act on")
+    return body
+
+
+def _times(body: dict[str, Any]) -> tuple[int | None, int | None]:
     times: dict[str, str] = {}
-    for name in ("from", "until"):
+    for name in ("from", "until", "to"):
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
             raise InvalidRequestError(f"{name!r} must be an RFC 3339 time or epoch milliseconds")
         if value is not None:
             times[name] = str(value)
-    op = await request.app[ENGINE_KEY].cancel_many(function_id, created_from=parse_instant(times, "from"),
-                                                   created_until=parse_instant(times, "until"),
-                                                   condition=condition)
-    return json_response({"data": operation_v2(op)}, status=201)
+    if "to" in times:
+        if "until" in times:
+            raise InvalidRequestError("give 'to' or 'until', not both")
+        times["until"] = times.pop("to")
+    return parse_instant(times, "from"), parse_instant(times, "until")
+
+
+async def _with_runs(request: web.Request, op: OperationRecord) -> dict[str, Any]:
+    """A replay with what became of the runs it started."""
+    counts = await request.app[ENGINE_KEY].store.operation_run_counts(op.id)
+    out = operation_v2(op)
+    out.pop("cancelled")
+    out.pop("if")
+    out.update(started=op.succeeded, completed=counts.get(RunStatus.COMPLETED, 0),
+               failed=counts.get(RunStatus.FAILED, 0), statuses=op.params.get("statuses"),
+               event_name=op.params.get("event_name"))
+    return out
 
 
 async def _operation(request: web.Request) -> str:
@@ -62,24 +118,40 @@ async def _operation(request: web.Request) -> str:
     return operation_id.upper()
 
 
+async def _load(request: web.Request, kind: str, stop: bool) -> OperationRecord:
+    operation_id = request.match_info["operation_id"]
+    if not is_ulid(operation_id):
+        raise InvalidRequestError(f"{operation_id!r} is not a {NOUNS[kind]} id")
+    store = request.app[ENGINE_KEY].store
+    op = await (store.stop_operation(operation_id.upper(), now_ms()) if stop else store.get_operation(
+        operation_id.upper()))
+    if op is None or op.kind != kind:
+        raise NotFoundError(f"{NOUNS[kind]} {operation_id} not found")
+    return op
+
+
 async def get_cancellation(request: web.Request) -> web.Response:
-    operation_id = await _operation(request)
-    op = await request.app[ENGINE_KEY].store.get_operation(operation_id)
-    if op is None or op.kind != "cancel":
-        raise NotFoundError(f"cancellation {operation_id} not found")
-    return json_response({"data": operation_v2(op)})
+    return json_response({"data": operation_v2(await _load(request, "cancel", stop=False))})
 
 
 async def stop_cancellation(request: web.Request) -> web.Response:
     """Stop a bulk cancel: the runs it cancelled stay cancelled; no more are."""
-    operation_id = await _operation(request)
-    op = await request.app[ENGINE_KEY].store.stop_operation(operation_id, now_ms())
-    if op is None or op.kind != "cancel":
-        raise NotFoundError(f"cancellation {operation_id} not found")
-    return json_response({"data": operation_v2(op)})
+    return json_response({"data": operation_v2(await _load(request, "cancel", stop=True))})
+
+
+async def get_replay(request: web.Request) -> web.Response:
+    return json_response({"data": await _with_runs(request, await _load(request, "replay", stop=False))})
+
+
+async def stop_replay(request: web.Request) -> web.Response:
+    """Stop a replay: the runs it started go on; no more are started."""
+    return json_response({"data": await _with_runs(request, await _load(request, "replay", stop=True))})
 
 
 def setup(app: web.Application) -> None:
+    app.router.add_post("/v2/replays", create_replay)
+    app.router.add_get("/v2/replays/{operation_id}", get_replay)
+    app.router.add_delete("/v2/replays/{operation_id}", stop_replay)
     app.router.add_post("/v2/cancellations", create_cancellation)
     app.router.add_get("/v2/cancellations/{operation_id}", get_cancellation)
     app.router.add_delete("/v2/cancellations/{operation_id}", stop_cancellation)

@@ -148,8 +148,17 @@ class Store(ABC):
 
     @abstractmethod
     async def save_operation(self, op: OperationRecord, worker_id: str, now: int, lease_ms: int, *,
-                             done: bool) -> bool:
-        """Save progress and extend the lease; False when this worker no longer holds the operation."""
+                             done: bool, runs: Sequence[tuple[NewRun, str]] = ()) -> bool:
+        """Save progress and extend the lease, storing `runs` (run, event id) in the same transaction; False (and
+        nothing stored) when this worker no longer holds the operation."""
+        ...
+
+    @abstractmethod
+    async def replay_batch(self, op: OperationRecord, limit: int) -> list[tuple[str, EventRecord, str | None]]: ...
+
+    @abstractmethod
+    async def operation_run_counts(self, operation_id: str) -> dict[RunStatus, int]:
+        """The runs a replay started, by status."""
         ...
 
     @abstractmethod

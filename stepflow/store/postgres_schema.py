@@ -118,7 +118,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_original ON runs (original_run_id);
     CREATE INDEX events_received ON events (received_at, id);
     """,
-    # version 4: durable bulk operations (bulk cancel), taken over by any process when its lease lapses
+    # version 4: durable bulk operations (bulk cancel, replay), taken over by any process when its lease lapses
     """
     CREATE TABLE operations (
         id           TEXT PRIMARY KEY,
@@ -137,6 +137,8 @@ MIGRATIONS: list[str] = [
         lease_until  BIGINT
     );
     CREATE INDEX operations_running ON operations (status, lease_until);
+    ALTER TABLE runs ADD COLUMN operation_id TEXT;
+    CREATE INDEX runs_operation ON runs (operation_id, status) WHERE operation_id IS NOT NULL;
     """,
 ]
 

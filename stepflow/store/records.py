@@ -135,6 +135,7 @@ class NewRun:
     finish_timeout_ms: int | None = None                     # cancel if still running this long after start
     original_run_id: str | None = None                       # a rerun: the run it repeats
     steps: list[StepWrite] = field(default_factory=list)     # a rerun from a step: the results it keeps
+    operation_id: str | None = None                          # a replay: the operation that started it
 
 
 @dataclass(slots=True)
@@ -259,14 +260,14 @@ class OperationRecord:
     has dealt with; runs are walked oldest first, so a process that takes it over goes on from there."""
 
     id: str
-    kind: str                               # "cancel"
+    kind: str                               # "cancel" | "replay"
     function_id: str
-    params: dict[str, Any]                  # {"from": ms?, "until": ms, "if": CEL?}
+    params: dict[str, Any]                  # {"from": ms?, "until": ms, "if": CEL?, "statuses"?, "names"?…}
     status: OperationStatus
     created_at: int
     total: int = 0                          # runs not ended in the range when it was created
     processed: int = 0                      # of those, looked at so far
-    succeeded: int = 0                      # cancelled
-    skipped: int = 0                        # not cancelled: ended meanwhile, or `if` false
+    succeeded: int = 0                      # cancelled / runs started
+    skipped: int = 0                        # `if` false / the function's triggers do not match the event
     cursor: str | None = None
     ended_at: int | None = None

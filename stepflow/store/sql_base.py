@@ -135,10 +135,10 @@ class SqlBase(Store):
                             "expires_at=excluded.expires_at",
                             run.function_id, run.idempotency_key, run.run_id, now + IDEMPOTENCY_TTL_MS)
         start_deadline = now + run.start_timeout_ms if run.start_timeout_ms is not None else None
-        await c.execute(f"INSERT INTO runs ({RUN_COLUMNS}, finish_timeout_ms, start_deadline) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, ?, ?, ?)",
+        await c.execute(f"INSERT INTO runs ({RUN_COLUMNS}, finish_timeout_ms, start_deadline, operation_id) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, ?, ?, ?, ?)",
                         run.run_id, run.function_id, run.function_version, run.app_id, event_id, run.status.value,
-                        now, run.original_run_id, run.finish_timeout_ms, start_deadline)
+                        now, run.original_run_id, run.finish_timeout_ms, start_deadline, run.operation_id)
         for kept in run.steps:  # a rerun from a step: the results it keeps, in their recorded order
             await self._write_step(c, run.run_id, kept)
         await self._insert_jobs(c, run.run_id, run.jobs)

@@ -3,11 +3,12 @@ with the cursor, so a process that takes one over (after a crash) goes on where 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from stepflow import codec
 from stepflow.ids import ulid_floor
-from stepflow.store.records import EventRecord, OperationRecord, OperationStatus, RunStatus
+from stepflow.store.records import EventRecord, NewRun, OperationRecord, OperationStatus, RunStatus
 from stepflow.store.sql_base import Conn, Row, SqlBase, event_record
 
 OPERATION_COLUMNS = ("id, kind, function_id, params, status, created_at, total, processed, succeeded, skipped, "
@@ -29,10 +30,7 @@ def _range(params: dict[str, Any]) -> tuple[str, str]:
 class SqlOperations(SqlBase):
     async def create_operation(self, op: OperationRecord) -> OperationRecord:
         async def body(c: Conn) -> OperationRecord:
-            low, high = _range(op.params)
-            op.total = int(await c.fetchval(
-                "SELECT COUNT(*) FROM runs WHERE function_id=? AND id>=? AND id<? AND status NOT IN (?, ?, ?)",
-                op.function_id, low, high, *TERMINAL) or 0)
+            op.total = await self._count_candidates(c, op)
             await c.execute(f"INSERT INTO operations ({OPERATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, "
                             "NULL, NULL)", op.id, op.kind, op.function_id, codec.pack(op.params), op.status.value,
                             op.created_at, op.total)
@@ -40,6 +38,60 @@ class SqlOperations(SqlBase):
             return op
 
         return await self._transaction(body)
+
+    async def _count_candidates(self, c: Conn, op: OperationRecord) -> int:
+        low, high = _range(op.params)
+        if op.kind == "cancel":
+            sql, args = ("SELECT COUNT(*) FROM runs WHERE function_id=? AND id>=? AND id<? AND status NOT IN "
+                         "(?, ?, ?)", [op.function_id, low, high, *TERMINAL])
+        elif op.params.get("statuses"):
+            statuses = op.params["statuses"]
+            sql, args = ("SELECT COUNT(*) FROM runs WHERE function_id=? AND id>=? AND id<? AND status IN ("
+                         + ", ".join("?" * len(statuses)) + ")", [op.function_id, low, high, *statuses])
+        else:
+            names = op.params.get("names")
+            sql = "SELECT COUNT(*) FROM events WHERE received_at>=? AND received_at<?"
+            args = [int(op.params.get("from") or 0), int(op.params["until"])]
+            if names:
+                sql += " AND name IN (" + ", ".join("?" * len(names)) + ")"
+                args += names
+        return int(await c.fetchval(sql, *args) or 0)
+
+    async def replay_batch(self, op: OperationRecord, limit: int) -> list[tuple[str, EventRecord, str | None]]:
+        """The next (cursor, event, replayed run id or None) of a replay: the events of the function's runs in the
+        range with the given statuses (oldest run first), or the events received in the range (oldest first)."""
+        statuses = op.params.get("statuses")
+        if statuses:
+            low, high = _range(op.params)
+            start, bound = ("r.id>?", op.cursor) if op.cursor else ("r.id>=?", low)
+            rows = await self._read(lambda c: c.fetch(
+                "SELECT r.id, e.id, e.payload, e.received_at FROM runs r JOIN events e ON e.id = r.event_id "
+                f"WHERE r.function_id=? AND {start} AND r.id<? AND r.status IN ("
+                + ", ".join("?" * len(statuses)) + ") ORDER BY r.id LIMIT ?",
+                op.function_id, bound, high, *statuses, limit))
+            return [(r[0], event_record(r[1:]), r[0]) for r in rows]
+        names = op.params.get("names")
+        where = ["received_at<?"]
+        args: list[Any] = [int(op.params["until"])]
+        if op.cursor:  # keyset on (received_at, id): "<received_at:015d>:<id>"
+            at, _, after = op.cursor.partition(":")
+            where.append("(received_at>? OR (received_at=? AND id>?))")
+            args += [int(at), int(at), after]
+        else:
+            where.append("received_at>=?")
+            args.append(int(op.params.get("from") or 0))
+        if names:
+            where.append("name IN (" + ", ".join("?" * len(names)) + ")")
+            args += names
+        rows = await self._read(lambda c: c.fetch(
+            "SELECT id, payload, received_at FROM events WHERE " + " AND ".join(where)
+            + " ORDER BY received_at, id LIMIT ?", *args, limit))
+        return [(f"{r[2]:015d}:{r[0]}", event_record(r), None) for r in rows]
+
+    async def operation_run_counts(self, operation_id: str) -> dict[RunStatus, int]:
+        rows = await self._read(lambda c: c.fetch(
+            "SELECT status, COUNT(*) FROM runs WHERE operation_id=? GROUP BY status", operation_id))
+        return {RunStatus(r[0]): int(r[1]) for r in rows}
 
     async def get_operation(self, operation_id: str) -> OperationRecord | None:
         row = await self._read(lambda c: c.fetchrow(f"SELECT {OPERATION_COLUMNS} FROM operations WHERE id=?",
@@ -69,18 +121,23 @@ class SqlOperations(SqlBase):
         return [(r[0], RunStatus(r[1]), event_record(r[2:]) if r[2] is not None else None) for r in rows]
 
     async def save_operation(self, op: OperationRecord, worker_id: str, now: int, lease_ms: int, *,
-                             done: bool) -> bool:
+                             done: bool, runs: Sequence[tuple[NewRun, str]] = ()) -> bool:
         """Save progress (and the end); False when this worker no longer holds the operation (it was stopped, or
         its lease lapsed and another process took it over)."""
         status = OperationStatus.COMPLETED if done else OperationStatus.RUNNING
 
         async def body(c: Conn) -> bool:
-            return await c.execute(
+            saved = await c.execute(
                 "UPDATE operations SET processed=?, succeeded=?, skipped=?, cursor=?, status=?, ended_at=?, "
                 "lease_owner=?, lease_until=? WHERE id=? AND lease_owner=? AND status=?", op.processed, op.succeeded,
                 op.skipped, op.cursor, status.value, now if done else None, None if done else worker_id,
                 None if done else now + lease_ms, op.id, worker_id,
                 OperationStatus.RUNNING.value) == 1
+            if saved and runs:  # a replay's runs, in the same transaction as the cursor: never started twice
+                for run, event_id in runs:
+                    await self._insert_run(c, run, event_id, now)
+                await self._work_added(c)
+            return saved
 
         return await self._transaction(body)
 
