@@ -130,6 +130,16 @@ class Client:
             body["if"] = if_
         return (await self._request("POST", "/v2/cancellations", body=body))["data"]  # type: ignore[no-any-return]
 
+    async def pause(self, function_id: str) -> dict[str, Any]:
+        """Pause a function: its runs are kept, PAUSED, until `resume`."""
+        return (await self._request("POST", f"/v2/functions/{function_id}/pause", body={}))[  # type: ignore[no-any-return]
+            "data"]
+
+    async def resume(self, function_id: str, *, cancel_paused: bool = False) -> dict[str, Any]:
+        """Resume a paused function: its paused runs go on in order (or, with `cancel_paused`, are cancelled)."""
+        return (await self._request("POST", f"/v2/functions/{function_id}/resume",  # type: ignore[no-any-return]
+                                    body={"cancel_paused": cancel_paused}))["data"]
+
     async def replay(self, function_id: str, *, since: datetime | None = None, until: datetime | None = None,
                      statuses: list[str] | None = None, event_name: str | None = None,
                      rate: int | None = None) -> dict[str, Any]:
@@ -267,6 +277,12 @@ class SyncClient:
 
     def cancel_many(self, function_id: str, **kwargs: Any) -> dict[str, Any]:
         return self._call(self._client.cancel_many(function_id, **kwargs))
+
+    def pause(self, function_id: str) -> dict[str, Any]:
+        return self._call(self._client.pause(function_id))
+
+    def resume(self, function_id: str, *, cancel_paused: bool = False) -> dict[str, Any]:
+        return self._call(self._client.resume(function_id, cancel_paused=cancel_paused))
 
     def replay(self, function_id: str, **kwargs: Any) -> dict[str, Any]:
         return self._call(self._client.replay(function_id, **kwargs))

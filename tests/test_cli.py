@@ -619,3 +619,17 @@ def test_replay_follows_the_operation_to_its_end(dev: Server) -> None:
     bad = cli("replay", "adder", "--since", "soon", "--url", dev.url)
     assert bad.returncode == 2
     assert_clean_failure(bad, "--since must be a duration")
+
+
+def test_functions_pause_and_resume(dev: Server) -> None:
+    paused = cli("functions", "pause", "adder", "--url", dev.url)
+    assert paused.returncode == 0 and "adder paused" in paused.stdout
+    try:
+        run_id = run_id_of(dev, send(dev, "math/add", {"a": 1, "b": 2}))
+        assert json.loads(cli("runs", "show", run_id, "--json", "--url", dev.url).stdout)["status"] == "Paused"
+    finally:
+        resumed = cli("functions", "resume", "adder", "--json", "--url", dev.url)
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["runs_resumed"] >= 1
+    shown = json.loads(cli("runs", "show", run_id, "--wait", "--json", "--url", dev.url).stdout)
+    assert shown["status"] == "Completed" and shown["output"] == {"sum": 3}
+    assert cli("functions", "pause", "nope", "--url", dev.url).returncode == 3

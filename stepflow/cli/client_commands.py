@@ -240,6 +240,35 @@ def functions_invoke(function_id: str, data: str, wait: bool, timeout: float, ur
         click.echo(run_id)
 
 
+@functions.command("pause")
+@click.argument("function_id")
+@_client_options
+def functions_pause(function_id: str, url: str, signing_key: str | None, as_json: bool) -> None:
+    """Pause FUNCTION_ID: new runs wait PAUSED, runs in flight stop at their next step; nothing is lost."""
+    info = _with_client(url, signing_key, lambda c: c.pause(function_id), as_json=as_json)
+    if as_json:
+        print_json(info)
+    else:
+        click.echo(f"{function_id} paused ({info['runs_paused']} run(s) paused now)")
+
+
+@functions.command("resume")
+@click.argument("function_id")
+@click.option("--cancel-paused", is_flag=True, help="Cancel the paused runs instead of letting them go on.")
+@_client_options
+def functions_resume(function_id: str, cancel_paused: bool, url: str, signing_key: str | None,
+                     as_json: bool) -> None:
+    """Resume FUNCTION_ID: its paused runs go on in order (or are cancelled)."""
+    info = _with_client(url, signing_key, lambda c: c.resume(function_id, cancel_paused=cancel_paused),
+                        as_json=as_json)
+    if as_json:
+        print_json(info)
+    elif cancel_paused:
+        click.echo(f"{function_id} resumed; {info['runs_cancelled']} paused run(s) cancelled")
+    else:
+        click.echo(f"{function_id} resumed; {info['runs_resumed']} paused run(s) going on")
+
+
 @click.group()
 def events() -> None:
     """Events: list them, show one with the runs it started."""

@@ -190,6 +190,26 @@ class EngineCore:
         self._wake.set()
         return record.id, runs[0].run_id
 
+    async def pause_function(self, function_id: str) -> dict[str, Any]:
+        """Pause a function (store: `pause_function`); it holds across restarts and every process."""
+        if self.functions.get_active(function_id) is None:
+            raise NotFoundError(f"no function {function_id!r} is registered")
+        since, paused = await self.store.pause_function(function_id, now_ms())
+        log.info("function %s paused (%d run(s) paused)", function_id, paused)
+        return {"function_id": function_id, "paused": True, "paused_at": since, "runs_paused": paused}
+
+    async def resume_function(self, function_id: str, *, cancel_paused: bool = False) -> dict[str, Any]:
+        if self.functions.get_active(function_id) is None:
+            raise NotFoundError(f"no function {function_id!r} is registered")
+        run_ids = await self.store.resume_function(function_id, now_ms(), cancel_paused=cancel_paused)
+        for run_id in run_ids:
+            self.watcher.notify(run_id)
+        self._wake.set()
+        log.info("function %s resumed (%d paused run(s) %s)", function_id, len(run_ids),
+                 "cancelled" if cancel_paused else "going on")
+        return {"function_id": function_id, "paused": False,
+                "runs_cancelled" if cancel_paused else "runs_resumed": len(run_ids)}
+
     async def cancel_many(self, function_id: str, *, created_from: int | None = None,
                           created_until: int | None = None, condition: str | None = None) -> OperationRecord:
         """Start a durable bulk cancel of `function_id`'s runs created in [from, until) (until: now) that have not

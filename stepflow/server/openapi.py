@@ -371,6 +371,8 @@ def _path_param(name: str, pattern: str | None, description: str, example: str) 
 
 RUN_ID = _path_param("run_id", ULID_PATTERN, "a run id (a ULID, any case); malformed ids are 400, unknown 404",
                      EXAMPLE_RUN_ID)
+FUNCTION_ID = {"name": "function_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
+               "description": "a registered function's id; unknown ids are 404", "example": "wf"}
 OPERATION_ID = _path_param("operation_id", ULID_PATTERN, "a bulk operation's id (a ULID); malformed ids are 400, "
                            "unknown 404", EXAMPLE_RUN_ID)
 EVENT_ID = _path_param("event_id", EVENT_ID_PATTERN, "an event id; malformed ids are 400, unknown 404",
@@ -478,6 +480,36 @@ def _paths() -> dict[str, Any]:
                 "properties": {"from_step": {"type": "string", "minLength": 1}}}}}},
             "responses": {"201": _json(_data(_ref("RunV1")), "the new run"), **_errors(400, 401, 404, 409, 413, 500)},
         }},
+        "/v2/functions/{function_id}/pause": {"post": {
+            "summary": "Pause a function: nothing of it executes, nothing is lost", "tags": ["functions"],
+            "security": REST_SECURITY,
+            "description": "New matching events are stored and start runs in status PAUSED; runs in flight show "
+                           "PAUSED and stop at their next step boundary (a step executing finishes and is stored); "
+                           "sleeps and waits falling due meanwhile go on after `resume`. Holds across restarts and "
+                           "processes. Pausing a paused function changes nothing.",
+            "parameters": [FUNCTION_ID],
+            "requestBody": {"required": False, "content": {JSON: {"schema": {
+                "type": "object", "additionalProperties": False, "properties": {}}}}},
+            "responses": {"200": _json(_data({
+                "type": "object", "additionalProperties": False,
+                "required": ["function_id", "paused", "paused_at", "runs_paused"],
+                "properties": {"function_id": {"type": "string"}, "paused": {"const": True},
+                               "paused_at": {"type": "integer"}, "runs_paused": {"type": "integer"}}}),
+                "the function, paused"), **_errors(400, 401, 404, 413, 500)},
+        }},
+        "/v2/functions/{function_id}/resume": {"post": {
+            "summary": "Resume a paused function: its paused runs go on in order (or are cancelled)",
+            "tags": ["functions"], "security": REST_SECURITY,
+            "parameters": [FUNCTION_ID],
+            "requestBody": {"required": False, "content": {JSON: {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"cancel_paused": {"type": "boolean"}}}}}},
+            "responses": {"200": _json(_data({
+                "type": "object", "additionalProperties": False, "required": ["function_id", "paused"],
+                "properties": {"function_id": {"type": "string"}, "paused": {"const": False},
+                               "runs_resumed": {"type": "integer"}, "runs_cancelled": {"type": "integer"}}}),
+                "the function, resumed"), **_errors(400, 401, 404, 413, 500)},
+        }},
         "/v2/replays": {"post": {
             "summary": "Replay events into a function: a durable operation with progress", "tags": ["runs"],
             "security": REST_SECURITY,
@@ -529,8 +561,7 @@ def _paths() -> dict[str, Any]:
             "security": REST_SECURITY,
             "description": "The run's event is `inngest/function.invoked` with the given `data`, as `step.invoke` "
                            "sends it.",
-            "parameters": [{"name": "function_id", "in": "path", "required": True,
-                            "schema": {"type": "string", "minLength": 1}, "example": "wf"}],
+            "parameters": [FUNCTION_ID],
             "requestBody": {"required": False, "content": {JSON: {"schema": {
                 "type": "object", "additionalProperties": False,
                 "properties": {"data": {"type": "object"}, "user": {"type": "object"}}}}}},

@@ -148,7 +148,37 @@ async def stop_replay(request: web.Request) -> web.Response:
     return json_response({"data": await _with_runs(request, await _load(request, "replay", stop=True))})
 
 
+async def pause_function(request: web.Request) -> web.Response:
+    """`POST /v2/functions/{function_id}/pause`: new runs are stored PAUSED, runs in flight stop at their next
+    step boundary. Pausing a paused function changes nothing."""
+    await _empty_object(request, set())
+    return json_response({"data": await request.app[ENGINE_KEY].pause_function(request.match_info["function_id"])})
+
+
+async def resume_function(request: web.Request) -> web.Response:
+    """`POST /v2/functions/{function_id}/resume {"cancel_paused"?: bool}`."""
+    body = await _empty_object(request, {"cancel_paused"})
+    cancel_paused = body.get("cancel_paused", False)
+    if not isinstance(cancel_paused, bool):
+        raise InvalidRequestError("'cancel_paused' must be true or false")
+    return json_response({"data": await request.app[ENGINE_KEY].resume_function(
+        request.match_info["function_id"], cancel_paused=cancel_paused)})
+
+
+async def _empty_object(request: web.Request, fields: set[str]) -> dict[str, Any]:
+    raw = await read_body(request)
+    try:
+        body = codec.loads(raw) if raw.strip() else {}
+    except codec.JSONDecodeError as exc:
+        raise InvalidRequestError(f"the request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict) or set(body) - fields:
+        raise InvalidRequestError("expected {" + ", ".join(f'"{f}"?: ...' for f in sorted(fields)) + "}")
+    return body
+
+
 def setup(app: web.Application) -> None:
+    app.router.add_post("/v2/functions/{function_id}/pause", pause_function)
+    app.router.add_post("/v2/functions/{function_id}/resume", resume_function)
     app.router.add_post("/v2/replays", create_replay)
     app.router.add_get("/v2/replays/{operation_id}", get_replay)
     app.router.add_delete("/v2/replays/{operation_id}", stop_replay)

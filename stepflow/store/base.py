@@ -128,6 +128,23 @@ class Store(ABC):
     @abstractmethod
     async def get_run_steps(self, run_id: str) -> list[StepRecord]: ...
 
+    # --- paused functions -----------------------------------------------------------------------------------
+    @abstractmethod
+    async def pause_function(self, function_id: str, now: int) -> tuple[int, int]:
+        """Pause: new runs are stored PAUSED, runs not ended become PAUSED and execute nothing more (a step
+        executing finishes and is stored). Returns (paused since, runs paused now)."""
+        ...
+
+    @abstractmethod
+    async def resume_function(self, function_id: str, now: int, *, cancel_paused: bool) -> list[str]:
+        """Resume: paused runs go on where they were (or are cancelled). Returns their ids."""
+        ...
+
+    @abstractmethod
+    async def paused_functions(self) -> dict[str, int]:
+        """Paused function ids, with when they were paused (ms)."""
+        ...
+
     # --- bulk operations ------------------------------------------------------------------------------------
     @abstractmethod
     async def create_operation(self, op: OperationRecord) -> OperationRecord:

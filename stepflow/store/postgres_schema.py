@@ -118,7 +118,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_original ON runs (original_run_id);
     CREATE INDEX events_received ON events (received_at, id);
     """,
-    # version 4: durable bulk operations (bulk cancel, replay), taken over by any process when its lease lapses
+    # version 4: durable bulk operations (bulk cancel, replay), taken over by any process when its lease lapses;
+    # paused functions
     """
     CREATE TABLE operations (
         id           TEXT PRIMARY KEY,
@@ -139,6 +140,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX operations_running ON operations (status, lease_until);
     ALTER TABLE runs ADD COLUMN operation_id TEXT;
     CREATE INDEX runs_operation ON runs (operation_id, status) WHERE operation_id IS NOT NULL;
+    ALTER TABLE jobs ADD COLUMN parked_at BIGINT;
+    CREATE TABLE paused_functions (
+        function_id  TEXT PRIMARY KEY,
+        paused_at    BIGINT NOT NULL
+    );
     """,
 ]
 

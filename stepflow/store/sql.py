@@ -35,6 +35,7 @@ from stepflow.store.records import (
 from stepflow.store.sql_base import (
     EVENT_DEDUP_WINDOW_MS,
     IDEMPOTENCY_TTL_MS,
+    PARKED,
     RUN_COLUMNS,
     STEP_COLUMNS,
     TERMINAL_SQL,
@@ -45,12 +46,12 @@ from stepflow.store.sql_base import (
     run_record,
     step_record,
 )
-from stepflow.store.sql_operations import SqlOperations
+from stepflow.store.sql_operations import SqlFunctionPauses
 
 __all__ = ["EVENT_DEDUP_WINDOW_MS", "IDEMPOTENCY_TTL_MS", "Conn", "Row", "SqlStore"]
 
 
-class SqlStore(SqlOperations):
+class SqlStore(SqlFunctionPauses):
     """The store's operations, each one transaction built from SqlBase's writes."""
 
     async def save_function(self, function_id: str, app_id: str, config: dict[str, Any], now: int = 0) -> int:
@@ -190,7 +191,8 @@ class SqlStore(SqlOperations):
         return [run_record(r) for r in rows]
 
     async def next_due_at(self) -> int | None:
-        value = await self._read(lambda c: c.fetchval("SELECT MIN(available_at) FROM jobs"))
+        value = await self._read(lambda c: c.fetchval("SELECT MIN(available_at) FROM jobs WHERE available_at<?",
+                                                      PARKED))
         return int(value) if value is not None else None
 
     async def load_run_state(self, run_id: str) -> RunState | None:
@@ -227,6 +229,10 @@ class SqlStore(SqlOperations):
                                        "start_deadline, created_at FROM runs WHERE id=?", run_id)
                 if run is None or RunStatus(run[3]).is_terminal:
                     await c.execute("DELETE FROM jobs WHERE id=?", job_id)  # orphan of an ended run
+                    continue
+                if run[3] == "PAUSED":  # its function is paused: set the job aside until it is resumed
+                    await c.execute("UPDATE jobs SET lease_owner=NULL, available_at=?, parked_at=? WHERE id=?",
+                                    PARKED, now, job_id)
                     continue
                 job_kind = JobKind(kind)
                 job_payload = codec.unpack(bytes(payload)) if payload is not None else None

@@ -36,6 +36,7 @@ STEP_COLUMNS = ("run_id, step_id, status, attempts, scheduled_at, started_at, en
 PAUSE_COLUMNS = "id, run_id, step_id, kind, event_name, expression, child_run_id, expires_at"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 EVENT_DEDUP_WINDOW_MS = 24 * 3600 * 1000
+PARKED = 2**62  # the available_at of a paused run's job, set aside (its due time kept in parked_at) until resumed
 TERMINAL_SQL = "('COMPLETED', 'FAILED', 'CANCELLED')"
 
 T = TypeVar("T")
@@ -134,6 +135,9 @@ class SqlBase(Store):
                             "ON CONFLICT (function_id, key) DO UPDATE SET run_id=excluded.run_id, "
                             "expires_at=excluded.expires_at",
                             run.function_id, run.idempotency_key, run.run_id, now + IDEMPOTENCY_TTL_MS)
+        if run.status is RunStatus.QUEUED and await c.fetchval(
+                "SELECT 1 FROM paused_functions WHERE function_id=?", run.function_id) is not None:
+            run.status = RunStatus.PAUSED  # stored, nothing executed until the function is resumed
         start_deadline = now + run.start_timeout_ms if run.start_timeout_ms is not None else None
         await c.execute(f"INSERT INTO runs ({RUN_COLUMNS}, finish_timeout_ms, start_deadline, operation_id) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, ?, ?, ?, ?)",

@@ -150,3 +150,46 @@ class SqlOperations(SqlBase):
 
         return await self._transaction(body)
 
+
+
+class SqlFunctionPauses(SqlOperations):
+    """Pausing a function: its runs that have not ended show PAUSED and their jobs are set aside when claimed
+    (store/sql.py `claim_jobs`); resuming puts every set-aside job back at the time it was due."""
+
+    async def pause_function(self, function_id: str, now: int) -> tuple[int, int]:
+        """(when it was paused, runs paused now). Pausing a paused function changes nothing."""
+        async def body(c: Conn) -> tuple[int, int]:
+            await c.execute("INSERT INTO paused_functions (function_id, paused_at) VALUES (?, ?) "
+                            "ON CONFLICT (function_id) DO NOTHING", function_id, now)
+            paused = await c.execute("UPDATE runs SET status='PAUSED' WHERE function_id=? AND status IN "
+                                     "('QUEUED', 'RUNNING')", function_id)
+            return int(await c.fetchval("SELECT paused_at FROM paused_functions WHERE function_id=?",
+                                        function_id)), paused
+
+        return await self._transaction(body)
+
+    async def resume_function(self, function_id: str, now: int, *, cancel_paused: bool) -> list[str]:
+        """Resume the function; returns its runs that were paused (cancelled instead with `cancel_paused`)."""
+        async def body(c: Conn) -> list[str]:
+            await c.execute("DELETE FROM paused_functions WHERE function_id=?", function_id)
+            run_ids = [r[0] for r in await c.fetch("SELECT id FROM runs WHERE function_id=? AND status='PAUSED' "
+                                                   "ORDER BY id", function_id)]
+            if cancel_paused:
+                for run_id in run_ids:
+                    await self._lock_run(c, run_id)
+                    await self._finish_run(c, run_id, RunStatus.CANCELLED, None, {
+                        "code": "cancelled", "message": "cancelled while its function was paused"}, now)
+                return run_ids
+            await c.execute("UPDATE runs SET status=CASE WHEN started_at IS NULL THEN 'QUEUED' ELSE 'RUNNING' END "
+                            "WHERE function_id=? AND status='PAUSED'", function_id)
+            # each set-aside job is due when it was due: sleeps that fell due meanwhile run now, in order
+            await c.execute("UPDATE jobs SET available_at=parked_at, parked_at=NULL WHERE parked_at IS NOT NULL AND "
+                            "run_id IN (SELECT id FROM runs WHERE function_id=?)", function_id)
+            await self._work_added(c)
+            return run_ids
+
+        return await self._transaction(body)
+
+    async def paused_functions(self) -> dict[str, int]:
+        rows = await self._read(lambda c: c.fetch("SELECT function_id, paused_at FROM paused_functions"))
+        return {r[0]: int(r[1]) for r in rows}
