@@ -103,7 +103,7 @@ def runs_for_event(event_id: str, url: str, signing_key: str | None, as_json: bo
 
 
 @runs.command("list")
-@click.option("--status", type=click.Choice(["Queued", "Running", "Completed", "Failed", "Cancelled"]),
+@click.option("--status", type=click.Choice(["Queued", "Running", "Completed", "Failed", "Cancelled", "Paused"], case_sensitive=False),
               default=None)
 @click.option("--function", "function_id", default=None, help="Only this function's runs.")
 @click.option("--event", "event_name", default=None, help="Only runs started by events of this name.")
