@@ -103,8 +103,8 @@ def runs_for_event(event_id: str, url: str, signing_key: str | None, as_json: bo
 
 
 @runs.command("list")
-@click.option("--status", type=click.Choice(["Queued", "Running", "Completed", "Failed", "Cancelled", "Paused"], case_sensitive=False),
-              default=None)
+@click.option("--status", default=None, type=click.Choice(
+    ["Queued", "Running", "Completed", "Failed", "Cancelled", "Paused"], case_sensitive=False))
 @click.option("--function", "function_id", default=None, help="Only this function's runs.")
 @click.option("--event", "event_name", default=None, help="Only runs started by events of this name.")
 @click.option("--since", default=None, help="Only runs created since: a duration ago (1h, 30m) or an RFC 3339 time.")
