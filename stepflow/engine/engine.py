@@ -214,24 +214,10 @@ class EngineCore:
                           created_until: int | None = None, condition: str | None = None) -> OperationRecord:
         """Start a durable bulk cancel of `function_id`'s runs created in [from, until) (until: now) that have not
         ended, where the CEL `condition` over `event` holds (engine/operations.py). Returns it, `total` counted."""
-        if self.functions.get_active(function_id) is None:
-            raise NotFoundError(f"no function {function_id!r} is registered")
-        now = now_ms()
-        until = min(created_until, now) if created_until is not None else now
-        if created_from is not None and created_from >= until:
-            raise InvalidRequestError("'from' must be before 'until' (and before now)")
         if condition is not None:
             Expression(condition)  # compiles, or a clear 400 now rather than a failed operation later
-        params: dict[str, Any] = {"until": until}
-        if created_from is not None:
-            params["from"] = created_from
-        if condition is not None:
-            params["if"] = condition
-        op = await self.store.create_operation(OperationRecord(
-            id=new_ulid(), kind="cancel", function_id=function_id, params=params, status=OperationStatus.RUNNING,
-            created_at=now))
-        self._operations_wake.set()
-        return op
+        return await self._start_operation("cancel", function_id, created_from, created_until,
+                                           {} if condition is None else {"if": condition})
 
     async def replay(self, function_id: str, *, created_from: int | None = None, created_until: int | None = None,
                      statuses: list[RunStatus] | None = None, event_name: str | None = None,
@@ -242,33 +228,34 @@ class EngineCore:
         found = self.functions.get_active(function_id)
         if found is None:
             raise NotFoundError(f"no function {function_id!r} is registered")
-        _, fn = found
-        now = now_ms()
-        until = min(created_until, now) if created_until is not None else now
-        if created_from is not None and created_from >= until:
-            raise InvalidRequestError("'from' must be before 'until' (and before now)")
         if rate is not None and not 1 <= rate <= 10_000:
             raise InvalidRequestError("'rate' must be between 1 and 10000 runs a second")
-        params: dict[str, Any] = {"until": until}
-        if created_from is not None:
-            params["from"] = created_from
+        params: dict[str, Any] = {} if rate is None else {"rate": rate}
         if statuses:
             params["statuses"] = sorted({s.value for s in statuses})
         if event_name:
             params["event_name"] = event_name
             params["names"] = [event_name]
         elif not statuses:
-            exact = [t.event for t in fn.triggers if t.event and not t.event.endswith("*")]
-            if any(t.event and t.event.endswith("*") for t in fn.triggers):
-                exact = []  # a wildcard: every event in the range is looked at
-            elif not exact:
+            triggers = [t.event for t in found[1].triggers if t.event]
+            if not triggers:
                 raise InvalidRequestError(f"function {function_id!r} has no event trigger: there are no events to "
                                           "replay into it (replay its runs with 'statuses')")
-            params["names"] = exact or None
-        if rate is not None:
-            params["rate"] = rate
+            # a wildcard trigger: every event in the range is looked at (and matched one by one)
+            params["names"] = None if any(t.endswith("*") for t in triggers) else triggers
+        return await self._start_operation("replay", function_id, created_from, created_until, params)
+
+    async def _start_operation(self, kind: str, function_id: str, created_from: int | None,
+                               created_until: int | None, params: dict[str, Any]) -> OperationRecord:
+        if self.functions.get_active(function_id) is None:
+            raise NotFoundError(f"no function {function_id!r} is registered")
+        now = now_ms()
+        until = min(created_until, now) if created_until is not None else now
+        if created_from is not None and created_from >= until:
+            raise InvalidRequestError("'from' must be before 'until' (and before now)")
+        params = {**params, "until": until, **({} if created_from is None else {"from": created_from})}
         op = await self.store.create_operation(OperationRecord(
-            id=new_ulid(), kind="replay", function_id=function_id, params=params, status=OperationStatus.RUNNING,
+            id=new_ulid(), kind=kind, function_id=function_id, params=params, status=OperationStatus.RUNNING,
             created_at=now))
         self._operations_wake.set()
         return op
