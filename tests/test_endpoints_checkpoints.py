@@ -16,16 +16,12 @@ import pytest
 from aiohttp import web
 from conftest import free_port
 from endpoints_support import (  # noqa: F401 - fixtures are found by name
-    FAST,
-    Api,
     ApiFactory,
     CheckpointProxy,
     api_factory,
-    checkout_routes,
     http,
     server,
     start_stepflow_on,
-    stored_run,
     three_step_handler,
 )
 
