@@ -7,7 +7,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -169,6 +169,20 @@ def create_app(engine: EngineCore | EmbeddedEngine, settings: ServerSettings) ->
 
 async def health(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
+
+
+async def read_json_object(request: web.Request, allowed: set[str], shape: str, *,
+                           required: bool = False) -> dict[str, Any]:
+    """A small JSON-object body (the REST actions' `{...}`): 400 when it is not JSON, not an object, or has a
+    field outside `allowed` — saying `expected <shape>`. An empty body is `{}`, unless `required`."""
+    raw = await read_body(request)
+    try:
+        body = codec.loads(raw) if raw.strip() else ({} if not required else None)
+    except codec.JSONDecodeError as exc:
+        raise InvalidRequestError(f"the request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict) or set(body) - allowed:
+        raise InvalidRequestError(f"expected {shape}")
+    return body
 
 
 async def read_body(request: web.Request) -> bytes:

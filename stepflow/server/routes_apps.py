@@ -17,7 +17,7 @@ from stepflow.engine.ops import INVOKED_EVENT
 from stepflow.errors import InvalidRequestError, UnauthorizedError
 from stepflow.protocol.signing import bearer_matches
 from stepflow.protocol.wire import STEPFLOW_SERVER_HEADER as SERVER_HEADER
-from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response, read_body
+from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response, read_body, read_json_object
 from stepflow.server.sync import SyncLog, parse_sync
 
 log = logging.getLogger("stepflow.server")
@@ -142,13 +142,7 @@ async def invoke_function(request: web.Request) -> web.Response:
     """`POST /v2/functions/{function_id}/invoke {"data": {...}, "user"?: {...}}`: start one run of the function,
     whatever its triggers, with the `inngest/function.invoked` event `step.invoke` uses."""
     function_id = request.match_info["function_id"]
-    raw = await read_body(request)
-    try:
-        payload = codec.loads(raw) if raw.strip() else {}
-    except codec.JSONDecodeError as exc:
-        raise InvalidRequestError(f"the request body is not JSON: {exc}") from exc
-    if not isinstance(payload, dict) or set(payload) - {"data", "user"}:
-        raise InvalidRequestError('expected {"data": {...}, "user"?: {...}}')
+    payload = await read_json_object(request, {"data", "user"}, '{"data": {...}, "user"?: {...}}')
     event = {"name": INVOKED_EVENT, "data": payload.get("data") or {}}
     if payload.get("user") is not None:
         event["user"] = payload["user"]

@@ -7,10 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from stepflow import codec
 from stepflow.errors import InvalidRequestError, NotFoundError
 from stepflow.ids import is_ulid, now_ms
-from stepflow.server.app import ENGINE_KEY, json_response, read_body
+from stepflow.server.app import ENGINE_KEY, json_response, read_json_object
 from stepflow.server.routes_rest import parse_instant
 from stepflow.server.serialize import iso
 from stepflow.store.records import OperationRecord, RunStatus
@@ -71,13 +70,7 @@ async def create_replay(request: web.Request) -> web.Response:
 
 
 async def _body(request: web.Request, fields: set[str], shape: str) -> dict[str, Any]:
-    raw = await read_body(request)
-    try:
-        body = codec.loads(raw) if raw.strip() else None
-    except codec.JSONDecodeError as exc:
-        raise InvalidRequestError(f"the request body is not JSON: {exc}") from exc
-    if not isinstance(body, dict) or set(body) - fields:
-        raise InvalidRequestError(f"expected {shape}")
+    body = await read_json_object(request, fields, shape, required=True)
     function_id = body.get("function_id")
     if not isinstance(function_id, str) or not function_id:
         raise InvalidRequestError("'function_id' is required: the function to act on")
@@ -166,14 +159,7 @@ async def resume_function(request: web.Request) -> web.Response:
 
 
 async def _empty_object(request: web.Request, fields: set[str]) -> dict[str, Any]:
-    raw = await read_body(request)
-    try:
-        body = codec.loads(raw) if raw.strip() else {}
-    except codec.JSONDecodeError as exc:
-        raise InvalidRequestError(f"the request body is not JSON: {exc}") from exc
-    if not isinstance(body, dict) or set(body) - fields:
-        raise InvalidRequestError("expected {" + ", ".join(f'"{f}"?: ...' for f in sorted(fields)) + "}")
-    return body
+    return await read_json_object(request, fields, "{" + ", ".join(f'"{f}"?: ...' for f in sorted(fields)) + "}")
 
 
 def setup(app: web.Application) -> None:

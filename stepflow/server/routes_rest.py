@@ -9,11 +9,10 @@ from datetime import datetime
 
 from aiohttp import web
 
-from stepflow import codec
 from stepflow.durations import parse_duration
 from stepflow.errors import InvalidRequestError, NotFoundError
 from stepflow.ids import is_ulid, is_valid_event_id, now_ms
-from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response, read_body
+from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response, read_json_object
 from stepflow.server.serialize import event_v1, run_v1, run_v2, step_v1
 from stepflow.store.records import RunRecord, RunStatus
 
@@ -118,14 +117,10 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def rerun_run(request: web.Request) -> web.Response:
     """`POST /v2/runs/{run_id}/rerun {"from_step"?: step id}`: a new run of the same event, linked to this one."""
     run_id = _run_id(request)
-    raw = await read_body(request)
-    try:
-        payload = codec.loads(raw) if raw.strip() else {}
-    except codec.JSONDecodeError as exc:
-        raise InvalidRequestError(f"the request body is not JSON: {exc}") from exc
-    if not isinstance(payload, dict) or set(payload) - {"from_step"} or not isinstance(
-            payload.get("from_step", ""), str):
-        raise InvalidRequestError('expected {"from_step"?: "<step id>"}')
+    shape = '{"from_step"?: "<step id>"}'
+    payload = await read_json_object(request, {"from_step"}, shape)
+    if not isinstance(payload.get("from_step", ""), str):
+        raise InvalidRequestError(f"expected {shape}")
     rerun = await request.app[ENGINE_KEY].rerun(run_id, payload.get("from_step") or None)
     return json_response({"data": run_v1(rerun, request.app[SETTINGS_KEY].environment_id)}, status=201)
 
