@@ -173,13 +173,14 @@ class Client:
 
     async def list_runs(self, *, status: str | None = None, function_id: str | None = None,
                         event_name: str | None = None, original_run_id: str | None = None,
-                        since: datetime | None = None, until: datetime | None = None,
+                        since: datetime | None = None, until: datetime | None = None, query: str | None = None,
                         cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
         """One page, newest first: `{"data": [...], "cursor": next page or None, "has_more": bool}`. Every filter
-        given must hold; `since`/`until` bound when the runs were created (aware datetimes)."""
+        given must hold; `since`/`until` bound when the runs were created (aware datetimes); `query` is CEL over
+        `event`, `output` and `run` (the page then also has `search`: runs scanned, evaluation errors)."""
         params = {"status": status, "function_id": function_id, "event_name": event_name,
                   "original_run_id": original_run_id, "from": since.isoformat() if since else None,
-                  "until": until.isoformat() if until else None, "cursor": cursor, "limit": limit}
+                  "until": until.isoformat() if until else None, "query": query, "cursor": cursor, "limit": limit}
         return await self._request("GET", "/v1/runs", params=params)  # type: ignore[no-any-return]
 
     async def cancel(self, run_id: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any, TypeGuard
 
 from stepflow.definitions import FunctionDef, parse_function
 from stepflow.engine import EngineConfig, EngineCore
+from stepflow.engine.run_search import RunFilter, list_runs
 from stepflow.errors import InvalidArgumentError, NotFoundError, RunFailedError, WaitTimeoutError
 from stepflow.ids import is_ulid, now_ms
 from stepflow.runtimes import default_runtimes
@@ -156,14 +157,15 @@ class Engine:
 
     async def list_runs(self, *, status: str | None = None, function_id: str | None = None,
                         event_name: str | None = None, original_run_id: str | None = None,
-                        since: datetime | None = None, until: datetime | None = None,
+                        since: datetime | None = None, until: datetime | None = None, query: str | None = None,
                         cursor: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Newest first; every filter given must hold (`since`/`until`: when the runs were created)."""
-        runs = await self._store.list_runs(
-            status=RunStatus(status.upper()) if status else None, function_id=function_id, event_name=event_name,
-            original_run_id=original_run_id, created_from=int(since.timestamp() * 1000) if since else None,
-            created_until=int(until.timestamp() * 1000) if until else None, cursor=cursor, limit=limit)
-        return [run_v1(r, self._environment_id) for r in runs]
+        """Newest first; every filter given must hold (`since`/`until`: when the runs were created; `query`: CEL
+        over `event`, `output` and `run`, reading at most run_search.SCAN_BUDGET runs)."""
+        where = RunFilter(RunStatus(status.upper()) if status else None, function_id, event_name, original_run_id,
+                          int(since.timestamp() * 1000) if since else None,
+                          int(until.timestamp() * 1000) if until else None, query)
+        page = await list_runs(self._store, where, cursor=cursor, limit=limit)
+        return [run_v1(r, self._environment_id) for r in page.runs]
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
         run = await self._store.cancel_run(run_id, now_ms())

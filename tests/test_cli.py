@@ -564,6 +564,14 @@ def test_runs_list_show_cancel_and_functions(dev: Server) -> None:
     assert_clean_failure(bad_since, "--since must be a duration")
     table = cli("runs", "list", "--limit", "5", "--url", dev.url)
     assert table.stdout.startswith("RUN") and "adder" in table.stdout
+    other = run_id_of(dev, send(dev, "math/add", {"a": 1, "b": 2}))
+    queried = cli("runs", "list", "--query", "output.sum == 42 && event.data.a == 20", "--json", "--url", dev.url)
+    assert [r["run_id"] for r in json.loads(queried.stdout)["data"]] == [run_id], queried
+    assert other in cli("runs", "list", "--query", 'event.data.b == 2', "--url", dev.url).stdout
+    noted = cli("runs", "list", "--query", "event.data.missing == 1", "--url", dev.url)
+    assert noted.returncode == 0 and "note: the query failed on" in noted.stderr and "missing" in noted.stderr
+    bad_query = cli("runs", "list", "--query", "event.data.", "--url", dev.url)
+    assert_clean_failure(bad_query, "'query': invalid CEL expression")
     slow = run_id_of(dev, send(dev, "math/slow"))
     cancelled = cli("runs", "cancel", slow, "--json", "--url", dev.url)
     assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "Cancelled"

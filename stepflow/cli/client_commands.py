@@ -109,19 +109,29 @@ def runs_for_event(event_id: str, url: str, signing_key: str | None, as_json: bo
 @click.option("--event", "event_name", default=None, help="Only runs started by events of this name.")
 @click.option("--since", default=None, help="Only runs created since: a duration ago (1h, 30m) or an RFC 3339 time.")
 @click.option("--reruns-of", "original_run_id", default=None, help="Only the reruns of this run.")
+@click.option("--query", default=None,
+              help='CEL over event, output and run, e.g. \'event.data.tenant == "acme" && output.code == "x"\'.')
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @_client_options
 def runs_list(status: str | None, function_id: str | None, event_name: str | None, since: str | None,
-              original_run_id: str | None, limit: int, url: str, signing_key: str | None, as_json: bool) -> None:
+              original_run_id: str | None, query: str | None, limit: int, url: str, signing_key: str | None,
+              as_json: bool) -> None:
     """The newest runs, newest first."""
     start = _since(since, as_json)
     page = _with_client(url, signing_key, lambda c: c.list_runs(
         status=status, function_id=function_id, event_name=event_name, original_run_id=original_run_id,
-        since=start, limit=limit), as_json=as_json)
+        since=start, query=query, limit=limit), as_json=as_json)
     if as_json:
         print_json(page)
-    else:
-        print_table(page["data"], RUN_COLUMNS)
+        return
+    print_table(page["data"], RUN_COLUMNS)
+    search = page.get("search")
+    if search and search["errors"]:
+        click.echo(f"note: the query failed on {search['errors']} of the {search['scanned']} runs read (counted as "
+                   f"no match), e.g. {search['first_error']}", err=True)
+    if search and page["has_more"] and len(page["data"]) < limit:
+        click.echo(f"note: stopped after reading {search['scanned']} runs; older runs may match too "
+                   "(narrow it with --since/--function, or page on with --json's cursor)", err=True)
 
 
 def _since(text: str | None, as_json: bool) -> datetime | None:

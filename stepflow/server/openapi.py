@@ -355,10 +355,22 @@ def _data(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _page(item: str, cursor_pattern: str = ULID_PATTERN) -> dict[str, Any]:
-    return {"type": "object", "required": ["data", "cursor", "has_more"], "additionalProperties": False,
-            "properties": {"data": {"type": "array", "items": _ref(item)},
-                           "cursor": {"type": ["string", "null"], "pattern": cursor_pattern},
-                           "has_more": {"type": "boolean"}}}
+    page: dict[str, Any] = {
+        "type": "object", "required": ["data", "cursor", "has_more"], "additionalProperties": False,
+        "properties": {"data": {"type": "array", "items": _ref(item)},
+                       "cursor": {"type": ["string", "null"], "pattern": cursor_pattern},
+                       "has_more": {"type": "boolean"}}}
+    if item.startswith("Run"):
+        page["properties"]["search"] = {
+            "type": "object", "required": ["scanned", "scan_budget", "errors", "first_error"],
+            "additionalProperties": False,
+            "description": "with `query` only: the runs read to fill this page (at most `scan_budget`; a page cut "
+                           "short by it still has a cursor), and on how many of them the query failed (counted as "
+                           "no match) with the first such message",
+            "properties": {"scanned": {"type": "integer", "minimum": 0}, "scan_budget": {"type": "integer"},
+                           "errors": {"type": "integer", "minimum": 0},
+                           "first_error": {"type": ["string", "null"]}}}
+    return page
 
 
 def _path_param(name: str, pattern: str | None, description: str, example: str) -> dict[str, Any]:
@@ -401,6 +413,11 @@ def _list_params() -> list[dict[str, Any]]:
          "description": "only runs created at or after this time (RFC 3339, or epoch ms)"},
         {"name": "until", "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"},
          "description": "only runs created before this time (RFC 3339, or epoch ms); after `from`"},
+        {"name": "query", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "a CEL condition over `event` (id, name, data, ts), `output` (a failed run's error) and "
+                        "`run` (id, status, function_id, created_at, started_at, ended_at, error, original_run_id); "
+                        "evaluated on at most `search.scan_budget` runs per page",
+         "example": 'event.data.tenant == "acme" && run.status == "Failed"'},
         {"name": "limit", "in": "query", "required": False, "description": "page size",
          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}},
         {"name": "cursor", "in": "query", "required": False, "description": "the `cursor` of the previous page",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 
 from stepflow.durations import parse_duration
+from stepflow.engine.run_search import SCAN_BUDGET, RunFilter, list_runs
 from stepflow.errors import InvalidRequestError, NotFoundError
 from stepflow.ids import is_ulid, is_valid_event_id, now_ms
 from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response, read_json_object
@@ -125,21 +126,8 @@ async def rerun_run(request: web.Request) -> web.Response:
     return json_response({"data": run_v1(rerun, request.app[SETTINGS_KEY].environment_id)}, status=201)
 
 
-@dataclass(frozen=True)
-class RunQuery:
+def _parse_list_query(request: web.Request) -> tuple[RunFilter, str | None, int]:
     """`GET /v1/runs` and `/v2/runs` query: every filter given must hold; newest first, `cursor` pages on."""
-
-    status: RunStatus | None
-    function_id: str | None
-    event_name: str | None
-    original_run_id: str | None
-    created_from: int | None
-    created_until: int | None
-    cursor: str | None
-    limit: int
-
-
-def _parse_list_query(request: web.Request) -> RunQuery:
     q = request.query
     status = None
     if q.get("status"):
@@ -160,9 +148,9 @@ def _parse_list_query(request: web.Request) -> RunQuery:
     created_from, created_until = parse_instant(q, "from"), parse_instant(q, "until")
     if created_from is not None and created_until is not None and created_from >= created_until:
         raise InvalidRequestError("'from' must be before 'until'")
-    return RunQuery(status, q.get("function_id") or None, q.get("event_name") or None,
-                    original.upper() if original else None, created_from, created_until,
-                    cursor.upper() if cursor else None, limit)
+    where = RunFilter(status, q.get("function_id") or None, q.get("event_name") or None,
+                      original.upper() if original else None, created_from, created_until, q.get("query") or None)
+    return where, cursor.upper() if cursor else None, limit
 
 
 def _limit(query: Mapping[str, str]) -> int:
@@ -211,20 +199,22 @@ def parse_instant(query: Mapping[str, str], name: str) -> int | None:
     return int(when.timestamp() * 1000)
 
 
-async def _list(request: web.Request) -> tuple[list[RunRecord], str | None]:
-    query = _parse_list_query(request)
-    runs = await request.app[ENGINE_KEY].store.list_runs(
-        status=query.status, function_id=query.function_id, event_name=query.event_name,
-        original_run_id=query.original_run_id, created_from=query.created_from, created_until=query.created_until,
-        cursor=query.cursor, limit=query.limit + 1)
-    next_cursor = runs[query.limit - 1].id if len(runs) > query.limit else None
-    return runs[:query.limit], next_cursor
+async def _list(request: web.Request, shape: Callable[[RunRecord], dict[str, Any]]) -> web.Response:
+    where, cursor, limit = _parse_list_query(request)
+    page = await list_runs(request.app[ENGINE_KEY].store, where, cursor=cursor, limit=limit)
+    body: dict[str, Any] = {"data": [shape(r) for r in page.runs], "cursor": page.cursor,
+                            "has_more": page.cursor is not None}
+    if where.query is not None:
+        # what the query read, so a page that stopped on the scan budget, or a query that fails on the runs'
+        # data (a typo in a field name), is visible rather than an empty list that looks like "no such runs"
+        body["search"] = {"scanned": page.scanned, "scan_budget": SCAN_BUDGET, "errors": page.query_errors,
+                          "first_error": page.first_query_error}
+    return json_response(body)
 
 
 async def list_runs_v1(request: web.Request) -> web.Response:
-    runs, cursor = await _list(request)
     env = request.app[SETTINGS_KEY].environment_id
-    return json_response({"data": [run_v1(r, env) for r in runs], "cursor": cursor, "has_more": cursor is not None})
+    return await _list(request, lambda r: run_v1(r, env))
 
 
 async def get_run_v2(request: web.Request) -> web.Response:
@@ -236,8 +226,7 @@ async def get_event_runs_v2(request: web.Request) -> web.Response:
 
 
 async def list_runs_v2(request: web.Request) -> web.Response:
-    runs, cursor = await _list(request)
-    return json_response({"data": [run_v2(r) for r in runs], "cursor": cursor, "has_more": cursor is not None})
+    return await _list(request, run_v2)
 
 
 def setup(app: web.Application) -> None:

@@ -120,6 +120,11 @@ class Store(ABC):
     async def get_event(self, event_id: str) -> EventRecord | None: ...
 
     @abstractmethod
+    async def get_events(self, event_ids: Sequence[str]) -> dict[str, EventRecord]:
+        """The stored events among these ids, by id (unknown ids are left out)."""
+        ...
+
+    @abstractmethod
     async def get_event_runs(self, event_id: str) -> list[RunRecord]: ...
 
     @abstractmethod

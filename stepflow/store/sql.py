@@ -125,6 +125,13 @@ class SqlStore(SqlFunctionPauses):
                                                     event_id))
         return event_record(row) if row else None
 
+    async def get_events(self, event_ids: Sequence[str]) -> dict[str, EventRecord]:
+        unique = list(dict.fromkeys(event_ids))
+        if not unique:
+            return {}
+        sql = "SELECT id, payload, received_at FROM events WHERE id IN (" + ", ".join("?" * len(unique)) + ")"
+        return {e.id: e for e in map(event_record, await self._read(lambda c: c.fetch(sql, *unique)))}
+
     async def get_event_runs(self, event_id: str) -> list[RunRecord]:
         rows = await self._read(lambda c: c.fetch(f"SELECT {RUN_COLUMNS} FROM runs WHERE event_id=? ORDER BY id",
                                                   event_id))

@@ -22,6 +22,9 @@ async def test_events_and_their_runs_are_stored_together_in_order(store: Store) 
     [run] = await store.get_event_runs("e2")
     assert (run.id, run.function_id, run.status) == (run_id(2), "f", RunStatus.QUEUED)
     assert await store.get_event("nope") is None and await store.get_event_runs("nope") == []
+    many = await store.get_events(["e3", "nope", "e1", "e3"])
+    assert sorted(many) == ["e1", "e3"] and many["e3"].data == {"n": 3} and many["e1"].name == "test/e"
+    assert await store.get_events([]) == {}
 
 
 async def test_a_duplicate_id_stores_nothing_and_plans_nothing(store: Store) -> None:
