@@ -130,6 +130,10 @@ class Client:
             body["if"] = if_
         return (await self._request("POST", "/v2/cancellations", body=body))["data"]  # type: ignore[no-any-return]
 
+    async def list_functions(self) -> list[dict[str, Any]]:
+        """The functions the server runs, sorted by id: app, kind, version, triggers, paused or not."""
+        return (await self._request("GET", "/v1/functions"))["data"]  # type: ignore[no-any-return]
+
     async def pause(self, function_id: str) -> dict[str, Any]:
         """Pause a function: its runs are kept, PAUSED, until `resume`."""
         return (await self._request("POST", f"/v2/functions/{function_id}/pause", body={}))[  # type: ignore[no-any-return]
@@ -278,6 +282,9 @@ class SyncClient:
 
     def cancel_many(self, function_id: str, **kwargs: Any) -> dict[str, Any]:
         return self._call(self._client.cancel_many(function_id, **kwargs))
+
+    def list_functions(self) -> list[dict[str, Any]]:
+        return self._call(self._client.list_functions())
 
     def pause(self, function_id: str) -> dict[str, Any]:
         return self._call(self._client.pause(function_id))

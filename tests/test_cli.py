@@ -565,7 +565,8 @@ def test_runs_list_show_cancel_and_functions(dev: Server) -> None:
     table = cli("runs", "list", "--limit", "5", "--url", dev.url)
     assert table.stdout.startswith("RUN") and "adder" in table.stdout
     other = run_id_of(dev, send(dev, "math/add", {"a": 1, "b": 2}))
-    queried = cli("runs", "list", "--query", "output.sum == 42 && event.data.a == 20", "--json", "--url", dev.url)
+    queried = cli("runs", "list", "--query", f'output.sum == 42 && event.id == "{event_id}"', "--json", "--url",
+                  dev.url)
     assert [r["run_id"] for r in json.loads(queried.stdout)["data"]] == [run_id], queried
     assert other in cli("runs", "list", "--query", 'event.data.b == 2', "--url", dev.url).stdout
     noted = cli("runs", "list", "--query", "event.data.missing == 1", "--url", dev.url)
@@ -633,6 +634,10 @@ def test_functions_pause_and_resume(dev: Server) -> None:
     paused = cli("functions", "pause", "adder", "--url", dev.url)
     assert paused.returncode == 0 and "adder paused" in paused.stdout
     try:
+        listed = cli("functions", "list", "--url", dev.url).stdout.splitlines()
+        assert "PAUSED" in listed[0]
+        [adder] = [line for line in listed if line.startswith("adder ")]
+        assert "since 20" in adder and all("since" not in line for line in listed if line is not adder)
         run_id = run_id_of(dev, send(dev, "math/add", {"a": 1, "b": 2}))
         assert json.loads(cli("runs", "show", run_id, "--json", "--url", dev.url).stdout)["status"] == "Paused"
     finally:

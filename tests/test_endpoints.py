@@ -677,3 +677,24 @@ async def test_http_exceptions_raised_by_a_durable_handler_are_its_response(
     run = await stored_run(server, api, run_id)
     assert run["status"] == "Completed"
     assert run["output"]["status_code"] == 404 and run["output"]["body"] == "no such thing"
+
+
+async def test_a_durable_endpoint_is_listed_as_one_and_cannot_be_paused(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    @endpoints.durable()
+    async def ping(request: web.Request, step: Any) -> web.Response:
+        return web.json_response({"pong": await step.run("pong", lambda: True)})
+
+    api = await api_factory(server.url, lambda app: app.router.add_get("/ping", ping))
+    async with http.get(f"{api.url}/ping") as resp:
+        assert resp.status == 200 and await resp.json() == {"pong": True}
+        run_id = resp.headers["X-Run-ID"]
+    assert (await stored_run(server, api, run_id))["status"] == "Completed"  # its checkpoints are in
+    [listed] = [f for f in await server.client.list_functions() if f["id"] == "GET-ping"]
+    assert listed["durable_endpoint"] is True and listed["paused"] is False and listed["paused_at"] is None
+    # its runs execute inside the app's own requests: a pause could not hold them, so it is refused, not faked
+    async with http.post(f"{server.url}/v2/functions/GET-ping/pause", json={}) as resp:
+        answer = await resp.json()
+        assert resp.status == 409 and "durable endpoint" in answer["error"]["message"], answer
+    async with http.get(f"{api.url}/ping") as resp:
+        assert resp.status == 200

@@ -16,6 +16,7 @@ from test_sdk_support import Calls, embedded, first_run, wait_for
 import stepflow
 from stepflow import Context
 from stepflow.server.openapi import INNGEST_RUN_SCHEMA
+from stepflow.server.serialize import iso
 
 
 def flow_app(calls: Calls, gate: asyncio.Event | None = None) -> stepflow.App:
@@ -153,6 +154,18 @@ async def test_pause_and_resume_refusals(tmp_path: Path) -> None:
                 assert needle in answer["error"]["message"], (path, body, answer)
         # resuming a function that is not paused changes nothing
         assert (await client.resume("flow"))["runs_resumed"] == 0
+
+
+async def test_the_function_list_shows_which_are_paused(tmp_path: Path) -> None:
+    async with embedded(tmp_path, flow_app(Calls())) as engine, served(engine) as client:
+        [listed] = await client.list_functions()
+        assert (listed["id"], listed["paused"], listed["paused_at"], listed["durable_endpoint"]) == (
+            "flow", False, None, False)
+        paused = await client.pause("flow")
+        [listed] = await client.list_functions()
+        assert listed["paused"] is True and listed["paused_at"] == iso(paused["paused_at"])
+        await client.resume("flow")
+        assert (await client.list_functions())[0]["paused"] is False
 
 
 async def test_a_workflow_in_flight_stops_at_its_next_step(stepflow: RunningServer, step_server: StepServer) -> None:

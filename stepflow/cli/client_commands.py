@@ -22,7 +22,7 @@ EVENT_COLUMNS = [("id", "EVENT"), ("name", "NAME"), ("received_at", "RECEIVED"),
 STEP_COLUMNS = [("step_id", "STEP"), ("status", "STATUS"), ("attempts", "ATTEMPTS"), ("started_at", "STARTED"),
                 ("ended_at", "ENDED"), ("output", "OUTPUT"), ("error", "ERROR")]
 FUNCTION_COLUMNS = [("id", "FUNCTION"), ("app_id", "APP"), ("kind", "KIND"), ("version", "VERSION"),
-                    ("triggers", "TRIGGERS")]
+                    ("paused", "PAUSED"), ("triggers", "TRIGGERS")]
 
 
 def _client_options(func: Any) -> Any:
@@ -224,11 +224,12 @@ def functions() -> None:
 @_client_options
 def functions_list(url: str, signing_key: str | None, as_json: bool) -> None:
     """The functions the server runs."""
-    data = _with_client(url, signing_key, lambda c: c._request("GET", "/v1/functions"), as_json=as_json)["data"]
+    data = _with_client(url, signing_key, lambda c: c.list_functions(), as_json=as_json)
     if as_json:
         print_json(data)
     else:
-        print_table(data, FUNCTION_COLUMNS)
+        print_table([{**f, "paused": f"since {f['paused_at']}" if f["paused"] else "no"} for f in data],
+                    FUNCTION_COLUMNS)
 
 
 @functions.command("invoke")

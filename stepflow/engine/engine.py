@@ -23,6 +23,7 @@ from typing import Any, cast
 from stepflow.definitions import FunctionDef
 from stepflow.engine import activity
 from stepflow.engine.config import EngineConfig
+from stepflow.engine.endpoints import is_endpoint_function
 from stepflow.engine.executor import Executor
 from stepflow.engine.operations import OperationRunner
 from stepflow.engine.planner import plan_runs_for_event
@@ -192,8 +193,14 @@ class EngineCore:
 
     async def pause_function(self, function_id: str) -> dict[str, Any]:
         """Pause a function (store: `pause_function`); it holds across restarts and every process."""
-        if self.functions.get_active(function_id) is None:
+        found = self.functions.get_active(function_id)
+        if found is None:
             raise NotFoundError(f"no function {function_id!r} is registered")
+        if is_endpoint_function(found[1]):
+            # its runs execute inside the requests the app serves: stepflow cannot hold a request it does not
+            # serve, and parking only the part after a sleep or a failed step would be a pause in name only
+            raise ConflictError(f"{function_id!r} is a durable endpoint: its runs execute inside the requests your "
+                                "app serves, which stepflow cannot hold back; stop routing requests to it instead")
         since, paused = await self.store.pause_function(function_id, now_ms())
         log.info("function %s paused (%d run(s) paused)", function_id, paused)
         return {"function_id": function_id, "paused": True, "paused_at": since, "runs_paused": paused}

@@ -206,11 +206,16 @@ def _schemas() -> dict[str, Any]:
         },
         "Function": {
             "type": "object", "additionalProperties": False,
-            "required": ["id", "name", "app_id", "version", "kind", "triggers", "source"],
+            "required": ["id", "name", "app_id", "version", "kind", "triggers", "source", "durable_endpoint",
+                         "paused", "paused_at"],
             "properties": {
                 "id": {"type": "string"}, "name": {"type": "string"}, "app_id": {"type": "string"},
                 "version": {"type": "integer", "minimum": 1},
                 "kind": {"type": "string", "enum": ["workflow", "code"]},
+                "durable_endpoint": {"type": "boolean",
+                                     "description": "a durable endpoint's function (its runs are its requests)"},
+                "paused": {"type": "boolean", "description": "paused with `POST /v2/functions/{id}/pause`"},
+                "paused_at": {"type": ["string", "null"], "format": "date-time"},
                 "triggers": {"type": "array", "items": {"oneOf": [
                     {"type": "object", "required": ["event"], "additionalProperties": False,
                      "properties": {"event": {"type": "string"}, "if": {"type": "string"}}},
@@ -503,7 +508,8 @@ def _paths() -> dict[str, Any]:
             "description": "New matching events are stored and start runs in status PAUSED; runs in flight show "
                            "PAUSED and stop at their next step boundary (a step executing finishes and is stored); "
                            "sleeps and waits falling due meanwhile go on after `resume`. Holds across restarts and "
-                           "processes. Pausing a paused function changes nothing.",
+                           "processes. Pausing a paused function changes nothing. A durable endpoint cannot be "
+                           "paused (409): its runs execute inside the requests the app serves.",
             "parameters": [FUNCTION_ID],
             "requestBody": {"required": False, "content": {JSON: {"schema": {
                 "type": "object", "additionalProperties": False, "properties": {}}}}},
@@ -512,7 +518,7 @@ def _paths() -> dict[str, Any]:
                 "required": ["function_id", "paused", "paused_at", "runs_paused"],
                 "properties": {"function_id": {"type": "string"}, "paused": {"const": True},
                                "paused_at": {"type": "integer"}, "runs_paused": {"type": "integer"}}}),
-                "the function, paused"), **_errors(400, 401, 404, 413, 500)},
+                "the function, paused"), **_errors(400, 401, 404, 409, 413, 500)},
         }},
         "/v2/functions/{function_id}/resume": {"post": {
             "summary": "Resume a paused function: its paused runs go on in order (or are cancelled)",

@@ -13,11 +13,13 @@ from aiohttp import web
 
 from stepflow import codec
 from stepflow.engine.activity import log as activity_log
+from stepflow.engine.endpoints import is_endpoint_function
 from stepflow.engine.ops import INVOKED_EVENT
 from stepflow.errors import InvalidRequestError, UnauthorizedError
 from stepflow.protocol.signing import bearer_matches
 from stepflow.protocol.wire import STEPFLOW_SERVER_HEADER as SERVER_HEADER
 from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response, read_body, read_json_object
+from stepflow.server.serialize import iso
 from stepflow.server.sync import SyncLog, parse_sync
 
 log = logging.getLogger("stepflow.server")
@@ -132,8 +134,11 @@ def _app_message(text: str) -> str:
 
 async def list_functions(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
+    paused = await engine.store.paused_functions()  # read each time: another process may have paused one
     data = [{"id": fn.id, "name": fn.name, "app_id": fn.app_id, "version": version, "kind": fn.kind,
-             "triggers": [t.to_config() for t in fn.triggers], "source": fn.source}
+             "triggers": [t.to_config() for t in fn.triggers], "source": fn.source,
+             "durable_endpoint": is_endpoint_function(fn), "paused": fn.id in paused,
+             "paused_at": iso(paused[fn.id]) if fn.id in paused else None}
             for version, fn in sorted(engine.functions.active(), key=lambda item: item[1].id)]
     return json_response({"data": data})
 
