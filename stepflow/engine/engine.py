@@ -111,7 +111,8 @@ class EngineCore:
             scheduler = CronScheduler(self.store, self.functions, self._wake)
             self._cron_task = asyncio.create_task(scheduler.run(), name="stepflow-cron")
             operations = OperationRunner(self.store, self.functions, self.worker_id, self.watcher.notify,
-                                         self._wake.set, self._operations_wake, self.config.poll_interval)
+                                         self._wake.set, self._operations_wake, self.config.poll_interval,
+                                         self.config.lease_seconds)
             self._operations_task = asyncio.create_task(operations.run(), name="stepflow-operations")
         # API-only processes too: they match events against functions other processes registered
         self._refresh_task = asyncio.create_task(self._refresh_functions(), name="stepflow-functions")

@@ -19,12 +19,11 @@ from stepflow.errors import ExpressionError, StoreError
 from stepflow.expressions import Expression
 from stepflow.ids import now_ms
 from stepflow.store.base import Store
-from stepflow.store.records import NewRun, OperationRecord, RunStatus
+from stepflow.store.records import NewRun, OperationRecord
 
 log = logging.getLogger("stepflow.engine")
 
 BATCH = 200
-LEASE_MS = 30_000
 DEFAULT_REPLAY_RATE = 100  # runs started a second by a replay
 
 
@@ -37,7 +36,7 @@ def _triggers(fn: FunctionDef, name: str, event: dict[str, Any]) -> bool:
 
 class OperationRunner:
     def __init__(self, store: Store, functions: FunctionRegistry, worker_id: str, notify_run: Callable[[str], None],
-                 on_work: Callable[[], None], wake: asyncio.Event, poll_interval: float) -> None:
+                 on_work: Callable[[], None], wake: asyncio.Event, poll_interval: float, lease_seconds: float) -> None:
         self._store = store
         self._functions = functions
         self._on_work = on_work
@@ -45,11 +44,13 @@ class OperationRunner:
         self._notify_run = notify_run
         self._wake = wake
         self._poll = poll_interval
+        # the engine's job lease: a process that died holding an operation gives it up as soon as its jobs
+        self._lease_ms = int(lease_seconds * 1000)
 
     async def run(self) -> None:
         while True:
             try:
-                op = await self._store.claim_operation(self._worker_id, now_ms(), LEASE_MS)
+                op = await self._store.claim_operation(self._worker_id, now_ms(), self._lease_ms)
                 if op is not None:
                     await self._work(op)
                     continue
@@ -75,7 +76,7 @@ class OperationRunner:
             found = self._functions.get_active(op.function_id)
             if found is None:  # removed meanwhile: nothing to start runs of; end, saying so in the log
                 log.warning("replay %s: function %s is no longer registered; stopping", op.id, op.function_id)
-                await self._store.save_operation(op, self._worker_id, now_ms(), LEASE_MS, done=True)
+                await self._store.save_operation(op, self._worker_id, now_ms(), self._lease_ms, done=True)
                 return
             version, fn = found
             batch = await self._store.replay_batch(op, min(BATCH, rate))
@@ -95,7 +96,7 @@ class OperationRunner:
                 runs.append((run, event.id))
                 op.succeeded += 1
             done = len(batch) < min(BATCH, rate)
-            if not await self._store.save_operation(op, self._worker_id, now, LEASE_MS, done=done, runs=runs):
+            if not await self._store.save_operation(op, self._worker_id, now, self._lease_ms, done=done, runs=runs):
                 return
             if runs:
                 self._on_work()
@@ -105,9 +106,11 @@ class OperationRunner:
             await asyncio.sleep(len(batch) / rate)  # the bound on the rate: live traffic keeps its share
 
     async def _cancel(self, op: OperationRecord) -> None:
+        """Cancel the batch's matching runs and save the cursor past them in one transaction, batch by batch."""
         condition = Expression(op.params["if"]) if op.params.get("if") else None
         while True:
             batch = await self._store.operation_batch(op, BATCH)
+            chosen: list[str] = []
             for run_id, status, event in batch:
                 op.cursor = run_id
                 if status.is_terminal:
@@ -121,15 +124,13 @@ class OperationRunner:
                         op.skipped += 1
                         op.processed += 1
                         continue
-                run = await self._store.cancel_run(run_id, now_ms())
-                if run is not None:
-                    self._notify_run(run_id)
-                if run is not None and run.status is RunStatus.CANCELLED:
-                    op.succeeded += 1
-                    op.processed += 1  # a run that ended meanwhile counts in neither
+                chosen.append(run_id)
             done = len(batch) < BATCH
-            if not await self._store.save_operation(op, self._worker_id, now_ms(), LEASE_MS, done=done):
+            if not await self._store.save_operation(op, self._worker_id, now_ms(), self._lease_ms, done=done,
+                                                    cancel=chosen):
                 return  # stopped by a person, or taken over after our lease lapsed
+            for run_id in chosen:
+                self._notify_run(run_id)  # waiters on these runs read them again
             if done:
                 log.info("bulk cancel %s of %s done: %d cancelled, %d skipped", op.id, op.function_id,
                          op.succeeded, op.skipped)

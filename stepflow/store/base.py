@@ -170,8 +170,9 @@ class Store(ABC):
 
     @abstractmethod
     async def save_operation(self, op: OperationRecord, worker_id: str, now: int, lease_ms: int, *,
-                             done: bool, runs: Sequence[tuple[NewRun, str]] = ()) -> bool:
-        """Save progress and extend the lease, storing `runs` (run, event id) in the same transaction; False (and
+                             done: bool, runs: Sequence[tuple[NewRun, str]] = (), cancel: Sequence[str] = ()) -> bool:
+        """Save progress and extend the lease, storing `runs` (run, event id) and cancelling the runs `cancel`
+        in the same transaction (adding those it really ended to `op.succeeded` and `op.processed`); False (and
         nothing stored) when this worker no longer holds the operation."""
         ...
 

@@ -327,10 +327,12 @@ class PostgresStore(SqlStore):
                     listener.terminate()
             await asyncio.sleep(1.0)
 
-    async def _finish_run(self, c: Conn, run_id: str, status: Any, output: Any, error: Any, now: int) -> None:
-        await super()._finish_run(c, run_id, status, output, error, now)
-        # tell API processes waiting on this run (GET /v1/runs/{id}?wait=) — delivered when this commits
-        await c.execute("SELECT pg_notify(?, ?)", RUNS_CHANNEL, run_id)
+    async def _finish_run(self, c: Conn, run_id: str, status: Any, output: Any, error: Any, now: int) -> bool:
+        ended = await super()._finish_run(c, run_id, status, output, error, now)
+        if ended:
+            # tell API processes waiting on this run (GET /v1/runs/{id}?wait=) — delivered when this commits
+            await c.execute("SELECT pg_notify(?, ?)", RUNS_CHANNEL, run_id)
+        return ended
 
 
 async def _no_reset(connection: Any) -> None:

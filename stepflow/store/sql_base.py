@@ -275,11 +275,12 @@ class SqlBase(Store):
                         busy_steps=busy)
 
     async def _finish_run(self, c: Conn, run_id: str, status: RunStatus, output: Any, error: dict[str, Any] | None,
-                          now: int) -> None:
-        """End a run: no more work for it; a step executing right now may finish and be recorded."""
+                          now: int) -> bool:
+        """End a run: no more work for it; a step executing right now may finish and be recorded. False if it had
+        ended already (it stays as it was)."""
         if await c.execute(f"UPDATE runs SET status=?, ended_at=?, output=?, error=? WHERE id=? AND status NOT IN "
                            f"{TERMINAL_SQL}", status.value, now, pack(output), pack(error), run_id) == 0:
-            return
+            return False
         await c.execute("DELETE FROM jobs WHERE run_id=?", run_id)
         await c.execute("DELETE FROM pauses WHERE run_id=?", run_id)
         await c.execute("UPDATE steps SET status='cancelled', ended_at=? WHERE run_id=? AND status='scheduled'",
@@ -292,6 +293,7 @@ class SqlBase(Store):
             for pause_id, parent_id, step_id in waiting:
                 await self._resolve_invoke(c, pause_id, parent_id, step_id, child, now)
             await self._work_added(c)
+        return True
 
     async def _write_step(self, c: Conn, run_id: str, w: StepWrite) -> None:
         seq = 0

@@ -121,25 +121,40 @@ class SqlOperations(SqlBase):
         return [(r[0], RunStatus(r[1]), event_record(r[2:]) if r[2] is not None else None) for r in rows]
 
     async def save_operation(self, op: OperationRecord, worker_id: str, now: int, lease_ms: int, *,
-                             done: bool, runs: Sequence[tuple[NewRun, str]] = ()) -> bool:
+                             done: bool, runs: Sequence[tuple[NewRun, str]] = (), cancel: Sequence[str] = ()) -> bool:
         """Save progress (and the end); False when this worker no longer holds the operation (it was stopped, or
-        its lease lapsed and another process took it over)."""
+        its lease lapsed and another process took it over). A replay's `runs` are started, and a bulk cancel's
+        `cancel` runs cancelled, in the same transaction as the cursor past them: a process that takes the
+        operation over never starts a run twice, and its counts stay exact. `op.succeeded` and `op.processed` grow
+        by the runs `cancel` really ended (one that ended meanwhile counts in neither)."""
         status = OperationStatus.COMPLETED if done else OperationStatus.RUNNING
 
-        async def body(c: Conn) -> bool:
-            saved = await c.execute(
+        async def body(c: Conn) -> int | None:
+            # first, that the operation is still ours (this also takes its row lock on PostgreSQL)
+            if await c.execute("UPDATE operations SET lease_until=? WHERE id=? AND lease_owner=? AND status=?",
+                               now + lease_ms, op.id, worker_id, OperationStatus.RUNNING.value) != 1:
+                return None
+            cancelled = 0
+            for run_id in cancel:
+                await self._lock_run(c, run_id)
+                cancelled += await self._finish_run(c, run_id, RunStatus.CANCELLED, None, None, now)
+            await c.execute(
                 "UPDATE operations SET processed=?, succeeded=?, skipped=?, cursor=?, status=?, ended_at=?, "
-                "lease_owner=?, lease_until=? WHERE id=? AND lease_owner=? AND status=?", op.processed, op.succeeded,
+                "lease_owner=?, lease_until=? WHERE id=?", op.processed + cancelled, op.succeeded + cancelled,
                 op.skipped, op.cursor, status.value, now if done else None, None if done else worker_id,
-                None if done else now + lease_ms, op.id, worker_id,
-                OperationStatus.RUNNING.value) == 1
-            if saved and runs:  # a replay's runs, in the same transaction as the cursor: never started twice
+                None if done else now + lease_ms, op.id)
+            if runs:
                 for run, event_id in runs:
                     await self._insert_run(c, run, event_id, now)
                 await self._work_added(c)
-            return saved
+            return cancelled
 
-        return await self._transaction(body)
+        cancelled = await self._transaction(body)
+        if cancelled is None:
+            return False
+        op.processed += cancelled
+        op.succeeded += cancelled
+        return True
 
     async def stop_operation(self, operation_id: str, now: int) -> OperationRecord | None:
         async def body(c: Conn) -> OperationRecord | None:
