@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -646,3 +647,14 @@ def test_functions_pause_and_resume(dev: Server) -> None:
     shown = json.loads(cli("runs", "show", run_id, "--wait", "--json", "--url", dev.url).stdout)
     assert shown["status"] == "Completed" and shown["output"] == {"sum": 3}
     assert cli("functions", "pause", "nope", "--url", dev.url).returncode == 3
+
+
+def test_migrate_a_sqlite_file_and_an_unreachable_database(tmp_path: Path) -> None:
+    db = tmp_path / "fresh.db"
+    migrated = cli("migrate", "--db", str(db))
+    assert migrated.returncode == 0 and "up to date" in migrated.stdout, migrated
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)
+    assert cli("migrate", "--db", str(db)).returncode == 0  # again: nothing to do
+    unreachable = cli("migrate", "--db", f"postgresql://postgres@127.0.0.1:{free_port()}/test")
+    assert_clean_failure(unreachable, "cannot connect to PostgreSQL")

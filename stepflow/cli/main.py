@@ -175,19 +175,25 @@ def migrate(db: str) -> None:
     from stepflow.store import store_from_url
 
     store = store_from_url(db)
-    migrate_fn = getattr(store, "migrate", None)
+
+    async def run() -> tuple[int, int] | None:
+        versions: tuple[int, int] | None = await store.migrate()
+        if versions is None:  # SQLite migrates as it opens
+            await store.open()
+            await store.close()
+        return versions
+
     try:
-        if migrate_fn is None:
-            asyncio.run(store.open())
-            asyncio.run(store.close())
-            click.echo(f"{db}: up to date")
-            return
-        start, end = asyncio.run(migrate_fn())
+        versions = asyncio.run(run())
     except StepflowError as exc:
         fail(exc.message)
     except OSError as exc:
         fail(f"cannot reach the database: {exc}")
-    click.echo(f"schema version {start} -> {end}" if start != end else f"schema already at version {end}")
+    if versions is None:
+        click.echo(f"{db}: up to date")
+    else:
+        start, end = versions
+        click.echo(f"schema version {start} -> {end}" if start != end else f"schema already at version {end}")
 
 
 @main.group()
