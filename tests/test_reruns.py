@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 from aiohttp import web
 from conftest import RunningServer, StepServer, workflow_config
 from test_sdk_support import Calls, embedded, first_run, wait_ended
@@ -17,6 +18,7 @@ import stepflow
 from stepflow import Context
 from stepflow.errors import ConflictError, NotFoundError
 from stepflow.ids import new_ulid
+from stepflow.server.openapi import INNGEST_RUN_SCHEMA
 
 
 async def test_rerun_repeats_a_failed_run_for_the_same_event(stepflow: RunningServer, step_server: StepServer) -> None:
@@ -41,6 +43,25 @@ async def test_rerun_repeats_a_failed_run_for_the_same_event(stepflow: RunningSe
     assert [c["event"]["data"] for c in step_server.calls["/s"]] == [{"month": 11}, {"month": 11}]
     assert (await stepflow.client.get_run(first["run_id"]))["status"] == "Failed"
     assert {r["run_id"] for r in await stepflow.client.get_event_runs(event_id)} == {first["run_id"], rerun["run_id"]}
+    # v2: the strict InngestRun has no room for the link; its extended form carries it (and the error)
+    async with aiohttp.ClientSession() as http:
+        for url in (f"{stepflow.url}/v2/runs/{rerun['run_id']}", f"{stepflow.url}/v2/runs",
+                    f"{stepflow.url}/v2/events/{event_id}/runs"):
+            async with http.get(url) as resp:
+                strict = (await resp.json())["data"]
+            for run in strict if isinstance(strict, list) else [strict]:
+                jsonschema.validate(run, INNGEST_RUN_SCHEMA)
+                assert "original_run_id" not in run
+            async with http.get(url, params={"extended": "true"}) as resp:
+                extended = (await resp.json())["data"]
+            by_id = {r["run_id"]: r for r in (extended if isinstance(extended, list) else [extended])}
+            assert by_id[rerun["run_id"]]["original_run_id"] == first["run_id"]
+            assert by_id[rerun["run_id"]]["function_version"] == 1 and "created_at" in by_id[rerun["run_id"]]
+            if first["run_id"] in by_id:
+                assert "original_run_id" not in by_id[first["run_id"]]
+                assert by_id[first["run_id"]]["error"]["body"] == {"error": "bad month"}
+        async with http.get(f"{stepflow.url}/v2/runs", params={"extended": "yes"}) as resp:
+            assert resp.status == 400 and "'extended' must be true or false" in (await resp.json())["error"]["message"]
 
 
 async def test_workflow_rerun_from_a_step_keeps_its_ancestors(stepflow: RunningServer,

@@ -68,6 +68,13 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+# a v2 run: the strict InngestRun, or with `?extended=true` its superset (anyOf: a strict object is both)
+RUN_V2_EITHER = {"anyOf": [_ref("RunV2"), _ref("RunV2Extended")]}
+EXTENDED = {"name": "extended", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
+            "description": "true: each run also has `function_version`, `created_at`, `error` and "
+                           "`original_run_id` (no longer valid against the strict InngestRun schema)"}
+
+
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
@@ -185,6 +192,18 @@ def _schemas() -> dict[str, Any]:
             },
         },
         "RunV2": INNGEST_RUN_SCHEMA,
+        "RunV2Extended": {
+            **INNGEST_RUN_SCHEMA, "title": "InngestRun, extended",
+            "description": "`?extended=true`: the InngestRun fields and those its schema has no room for",
+            "properties": {
+                **INNGEST_RUN_SCHEMA["properties"],
+                "function_version": {"type": "integer", "minimum": 1},
+                "created_at": {"type": "string", "format": "date-time"},
+                "error": {"type": "object", "description": "only when FAILED: the failing step's error"},
+                "original_run_id": {"type": "string", "pattern": ULID_PATTERN,
+                                    "description": "only for a rerun: the run it repeats"},
+            },
+        },
         "Step": {
             "type": "object", "additionalProperties": False,
             "required": ["step_id", "status", "attempts", "scheduled_at", "started_at", "ended_at", "output",
@@ -366,6 +385,8 @@ def _page(item: str, cursor_pattern: str = ULID_PATTERN) -> dict[str, Any]:
                        "cursor": {"type": ["string", "null"], "pattern": cursor_pattern},
                        "has_more": {"type": "boolean"}}}
     if item.startswith("Run"):
+        if item == "RunV2":
+            page["properties"]["data"]["items"] = RUN_V2_EITHER
         page["properties"]["search"] = {
             "type": "object", "required": ["scanned", "scan_budget", "errors", "first_error"],
             "additionalProperties": False,
@@ -460,7 +481,7 @@ def _rest(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | No
 
 def _paths() -> dict[str, Any]:
     run_v1 = _json(_data(_ref("RunV1")), "the run")
-    run_v2 = _json(_data(_ref("RunV2")), "the run, as an InngestRun")
+    run_v2 = _json(_data(RUN_V2_EITHER), "the run, as an InngestRun (or its extended form)")
     steps = _json(_data({"type": "array", "items": _ref("Step")}),
                   "completed steps in the order they completed, then the others by start time")
     event = _json(_data(_ref("Event")), "the event")
@@ -656,8 +677,10 @@ def _paths() -> dict[str, Any]:
                  "/v1/runs/{run_id}/steps"):
         v2 = copy.deepcopy(paths[path]["get"])
         v2["summary"] += " (v2)"
+        if path in ("/v1/events/{event_id}/runs", "/v1/runs", "/v1/runs/{run_id}"):
+            v2.setdefault("parameters", []).append(EXTENDED)
         if path in ("/v1/events/{event_id}/runs",):
-            v2["responses"]["200"] = _json(_data({"type": "array", "items": _ref("RunV2")}), "the runs")
+            v2["responses"]["200"] = _json(_data({"type": "array", "items": RUN_V2_EITHER}), "the runs")
         elif path == "/v1/runs":
             v2["responses"]["200"] = _json(_page("RunV2"), "a page of runs")
         elif path == "/v1/runs/{run_id}":

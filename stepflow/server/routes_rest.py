@@ -217,16 +217,27 @@ async def list_runs_v1(request: web.Request) -> web.Response:
     return await _list(request, lambda r: run_v1(r, env))
 
 
+def _extended(request: web.Request) -> bool:
+    """`?extended=true`: v2 run objects with the fields the InngestRun schema has no room for."""
+    value = request.query.get("extended", "").lower()
+    if value not in ("", "true", "1", "false", "0"):
+        raise InvalidRequestError(f"'extended' must be true or false, not {request.query['extended']!r}")
+    return value in ("true", "1")
+
+
 async def get_run_v2(request: web.Request) -> web.Response:
-    return json_response({"data": run_v2(await _load_run(request, _run_id(request)))})
+    extended = _extended(request)
+    return json_response({"data": run_v2(await _load_run(request, _run_id(request)), extended)})
 
 
 async def get_event_runs_v2(request: web.Request) -> web.Response:
-    return json_response({"data": [run_v2(r) for r in await _event_runs(request)]})
+    extended = _extended(request)
+    return json_response({"data": [run_v2(r, extended) for r in await _event_runs(request)]})
 
 
 async def list_runs_v2(request: web.Request) -> web.Response:
-    return await _list(request, run_v2)
+    extended = _extended(request)
+    return await _list(request, lambda r: run_v2(r, extended))
 
 
 def setup(app: web.Application) -> None:

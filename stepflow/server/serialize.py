@@ -48,8 +48,10 @@ def v2_output(output: Any) -> dict[str, Any]:
     return {"value": output}
 
 
-def run_v2(run: RunRecord) -> dict[str, Any]:
-    """Valid against the InngestRun schema: `output` must be an object, timestamps strings; absent → omitted."""
+def run_v2(run: RunRecord, extended: bool = False) -> dict[str, Any]:
+    """Valid against the InngestRun schema: `output` must be an object, timestamps strings; absent → omitted.
+    The extended form (`?extended=true`) adds what that schema has no room for: the function version, when the
+    run was created, its error and the run it reruns."""
     out: dict[str, Any] = {"run_id": run.id, "function_id": run.function_id, "app_id": run.app_id,
                            "status": run.status.value}
     if run.event_id is not None:
@@ -60,6 +62,13 @@ def run_v2(run: RunRecord) -> dict[str, Any]:
         out["started_at"] = iso(run.started_at)
     if run.ended_at is not None:
         out["ended_at"] = iso(run.ended_at)
+    if extended:
+        out["function_version"] = run.function_version
+        out["created_at"] = iso(run.created_at)
+        if run.error is not None:
+            out["error"] = run.error
+        if run.original_run_id is not None:
+            out["original_run_id"] = run.original_run_id
     return out
 
 
