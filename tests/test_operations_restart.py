@@ -9,23 +9,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import POSTGRES_URL, free_port
+from conftest import POSTGRES_URL
+from process_support import StepflowProcess
 
 STEPFLOW = Path(sys.executable).with_name("stepflow")
-HERE = Path(__file__).resolve().parent
 LEASE_SECONDS = 2   # how soon a restarted process may take over the dead one's operation
 
 
@@ -50,48 +49,9 @@ async def _drop(db: str) -> None:
             await conn.close()
 
 
-class Process:
-    """One `stepflow dev` process on the shared database, with its own port."""
-
-    def __init__(self, db: str, workflow: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STEPFLOW_")}
-        env.update(PYTHONPATH=str(HERE), STEPFLOW_LEASE_SECONDS=str(LEASE_SECONDS))
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen([str(STEPFLOW), "dev", "--quiet", "--db", db, "--port", str(self.port),
-                                          "-f", str(workflow)], env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    async def ready(self, http: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.proc.poll() is None, f"stepflow dev exited: {self.log.read_text()}"
-            try:
-                async with http.get(f"{self.url}/health") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, f"stepflow dev did not listen: {self.log.read_text()}"
-            await asyncio.sleep(0.05)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @asynccontextmanager
-async def cluster(tmp_path: Path) -> AsyncIterator[tuple[str, Path, aiohttp.ClientSession]]:
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[str, StepflowProcess, aiohttp.ClientSession]]:
+    """A `stepflow dev` process (not started yet) on a migrated database with two one-step functions."""
     db = _database(tmp_path)
     subprocess.run([str(STEPFLOW), "migrate", "--db", db], check=True, capture_output=True)
     workflow = tmp_path / "functions.json"
@@ -99,11 +59,23 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[str, Path, aiohttp.Clie
         {"id": name, "triggers": [{"event": f"shop/{name}"}],
          "steps": {"s": {"runtime": {"type": "inprocess", "handler": "restart_steps:echo"}}}}
         for name in ("orders", "refunds")]}))
+    process = StepflowProcess(tmp_path, workflow, db=db, args=["--quiet"], env={
+        "PYTHONPATH": str(Path(__file__).resolve().parent), "STEPFLOW_LEASE_SECONDS": str(LEASE_SECONDS)})
     try:
         async with aiohttp.ClientSession() as http:
-            yield db, workflow, http
+            yield db, process, http
     finally:
+        await process.stop()
         await _drop(db)
+
+
+async def _finished(http: aiohttp.ClientSession, url: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The operation at `url` once `done` holds for it."""
+    async def check() -> dict[str, Any] | None:
+        state = (await _call(http, "GET", url))["data"]
+        return state if done(state) else None
+
+    return await _until(f"{url} to finish", check)  # type: ignore[no-any-return]
 
 
 async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
@@ -178,110 +150,80 @@ class Db:
 async def test_a_replay_whose_process_is_killed_goes_on_after_a_restart_and_starts_no_run_twice(
         tmp_path: Path) -> None:
     events = 600
-    async with cluster(tmp_path) as (db, workflow, http):
-        first = Process(db, workflow, tmp_path / "first.log")
-        try:
-            await first.ready(http)
-            await _send(http, first.url, "shop/orders", events)
+    async with cluster(tmp_path) as (db, server, http):
+        await server.start()
+        await _send(http, server.url, "shop/orders", events)
 
-            async def originals_done() -> bool:
-                runs = await _all_runs(http, first.url, "orders")
-                return len(runs) == events and all(r["status"] == "Completed" for r in runs)
+        async def originals_done() -> bool:
+            runs = await _all_runs(http, server.url, "orders")
+            return len(runs) == events and all(r["status"] == "Completed" for r in runs)
 
-            await _until("the original runs", originals_done)
-            replay = (await _call(http, "POST", f"{first.url}/v2/replays",
-                                  {"function_id": "orders", "rate": 150}))["data"]
-            assert replay["total"] == events
+        await _until("the original runs", originals_done)
+        replay = (await _call(http, "POST", f"{server.url}/v2/replays", {"function_id": "orders", "rate": 150}))[
+            "data"]
+        assert replay["total"] == events
+        url = f"{server.url}/v2/replays/{replay['id']}"
+        await _finished(http, url, lambda state: state["started"] >= 150)
+        await server.kill9()   # mid-way: ~4 s of replay at 150 runs/s, killed after the first second
+        async with Db(db) as saved:
+            status, started = await saved.row("SELECT status, succeeded FROM operations WHERE id=?", replay["id"])
+            assert status == "Running" and 0 < started < events, (status, started)
+            # the runs it started and the progress it saved were committed together: they agree
+            assert (await saved.row("SELECT COUNT(*) FROM runs WHERE operation_id=?", replay["id"]))[0] == started
 
-            async def under_way() -> dict[str, Any] | None:
-                state = (await _call(http, "GET", f"{first.url}/v2/replays/{replay['id']}"))["data"]
-                return state if state["started"] >= 150 else None
-
-            await _until("the replay to be under way", under_way)
-            first.kill()   # mid-way: ~4 s of replay at 150 runs/s, killed after the first second
-            async with Db(db) as saved:
-                status, started = await saved.row("SELECT status, succeeded FROM operations WHERE id=?",
-                                                  replay["id"])
-                assert status == "Running" and 0 < started < events, (status, started)
-                # the runs it started and the progress it saved were committed together: they agree
-                assert (await saved.row("SELECT COUNT(*) FROM runs WHERE operation_id=?", replay["id"]))[0] == started
-        finally:
-            first.stop()
-
-        second = Process(db, workflow, tmp_path / "second.log")
-        try:
-            await second.ready(http)
-
-            async def finished() -> dict[str, Any] | None:
-                state = (await _call(http, "GET", f"{second.url}/v2/replays/{replay['id']}"))["data"]
-                return state if state["status"] == "Completed" and state["completed"] == events else None
-
-            done = await _until("the replay to finish in the new process", finished)
-            assert (done["started"], done["completed"], done["failed"]) == (events, events, 0), done
-            runs = await _all_runs(http, second.url, "orders")
-            per_event = Counter(r["event_id"] for r in runs)
-            # the original run and exactly one replayed run of every event: none lost, none started twice
-            assert len(per_event) == events and set(per_event.values()) == {2}
-            assert all(r["status"] == "Completed" for r in runs)
-        finally:
-            second.stop()
+        await server.start()
+        done = await _finished(http, url, lambda state: state["status"] == "Completed" and state["completed"] == events)
+        assert (done["started"], done["completed"], done["failed"]) == (events, events, 0), done
+        runs = await _all_runs(http, server.url, "orders")
+        per_event = Counter(r["event_id"] for r in runs)
+        # the original run and exactly one replayed run of every event: none lost, none started twice
+        assert len(per_event) == events and set(per_event.values()) == {2}
+        assert all(r["status"] == "Completed" for r in runs)
 
 
 async def test_a_bulk_cancel_whose_process_is_killed_goes_on_after_a_restart_with_exact_counts(
         tmp_path: Path) -> None:
     runs_count = 12_000
-    async with cluster(tmp_path) as (db, workflow, http):
-        first = Process(db, workflow, tmp_path / "first.log")
-        try:
-            await first.ready(http)
-            # paused, the runs stay in flight (PAUSED) until cancelled: a backlog to cancel
-            await _call(http, "POST", f"{first.url}/v2/functions/refunds/pause", {})
-            await _send(http, first.url, "shop/refunds", runs_count)
-            cancel = (await _call(http, "POST", f"{first.url}/v2/cancellations",
-                                  {"function_id": "refunds", "if": "event.data.n % 3 != 0"}))["data"]
-            assert cancel["total"] == runs_count
+    async with cluster(tmp_path) as (db, server, http):
+        await server.start()
+        # paused, the runs stay in flight (PAUSED) until cancelled: a backlog to cancel
+        await _call(http, "POST", f"{server.url}/v2/functions/refunds/pause", {})
+        await _send(http, server.url, "shop/refunds", runs_count)
+        cancel = (await _call(http, "POST", f"{server.url}/v2/cancellations",
+                              {"function_id": "refunds", "if": "event.data.n % 3 != 0"}))["data"]
+        assert cancel["total"] == runs_count
 
-            # a batch of 200 takes milliseconds: watch the saved progress in the database itself, and kill the
-            # process as soon as its first batch is committed
-            async with Db(db) as saved:
-                deadline = time.monotonic() + 30
-                while not (await saved.row("SELECT processed FROM operations WHERE id=?", cancel["id"]))[0]:
-                    assert time.monotonic() < deadline, "the bulk cancel saved no progress"
-                    await asyncio.sleep(0.001)
-                first.kill()
-                status, processed, cancelled = await saved.row(
-                    "SELECT status, processed, succeeded FROM operations WHERE id=?", cancel["id"])
-                assert status == "Running" and 0 < processed < runs_count, (status, processed)  # died mid-way
-                # what it cancelled and the progress it saved were committed together: they agree
-                assert (await saved.row("SELECT COUNT(*) FROM runs WHERE function_id=? AND status=?", "refunds",
-                                        "CANCELLED"))[0] == cancelled
-        finally:
-            first.stop()
+        # a batch of 200 takes milliseconds: watch the saved progress in the database itself, and kill the process
+        # as soon as its first batch is committed
+        async with Db(db) as saved:
+            deadline = time.monotonic() + 30
+            while not (await saved.row("SELECT processed FROM operations WHERE id=?", cancel["id"]))[0]:
+                assert time.monotonic() < deadline, "the bulk cancel saved no progress"
+                await asyncio.sleep(0.001)
+            await server.kill9()
+            status, processed, cancelled = await saved.row(
+                "SELECT status, processed, succeeded FROM operations WHERE id=?", cancel["id"])
+            assert status == "Running" and 0 < processed < runs_count, (status, processed)  # died mid-way
+            # what it cancelled and the progress it saved were committed together: they agree
+            assert (await saved.row("SELECT COUNT(*) FROM runs WHERE function_id=? AND status=?", "refunds",
+                                    "CANCELLED"))[0] == cancelled
 
-        second = Process(db, workflow, tmp_path / "second.log")
-        try:
-            await second.ready(http)
-
-            async def finished() -> dict[str, Any] | None:
-                state = (await _call(http, "GET", f"{second.url}/v2/cancellations/{cancel['id']}"))["data"]
-                return state if state["status"] == "Completed" else None
-
-            done = await _until("the bulk cancel to finish in the new process", finished)
-            wanted = sum(1 for n in range(runs_count) if n % 3 != 0)
-            assert (done["cancelled"], done["skipped"]) == (wanted, runs_count - wanted), done
-            statuses = Counter(r["status"] for r in await _all_runs(http, second.url, "refunds"))
-            assert statuses == {"Cancelled": wanted, "Paused": runs_count - wanted}
-            # the cancelled ones are exactly those the condition named
-            query = {"function_id": "refunds", "query": 'run.status == "Cancelled" && event.data.n % 3 == 0'}
-            found, scanned = [], 0
-            while True:   # a search reads at most its budget (10,000) a page: page on with the cursor
-                async with http.get(f"{second.url}/v1/runs", params=query) as resp:
-                    page = await resp.json()
-                found += page["data"]
-                scanned += page["search"]["scanned"]
-                if page["cursor"] is None:
-                    break
-                query["cursor"] = page["cursor"]
-            assert found == [] and scanned == runs_count
-        finally:
-            second.stop()
+        await server.start()
+        done = await _finished(http, f"{server.url}/v2/cancellations/{cancel['id']}",
+                               lambda state: state["status"] == "Completed")
+        wanted = sum(1 for n in range(runs_count) if n % 3 != 0)
+        assert (done["cancelled"], done["skipped"]) == (wanted, runs_count - wanted), done
+        statuses = Counter(r["status"] for r in await _all_runs(http, server.url, "refunds"))
+        assert statuses == {"Cancelled": wanted, "Paused": runs_count - wanted}
+        # the cancelled ones are exactly those the condition named
+        query = {"function_id": "refunds", "query": 'run.status == "Cancelled" && event.data.n % 3 == 0'}
+        found, scanned = [], 0
+        while True:   # a search reads at most its budget (10,000) a page: page on with the cursor
+            async with http.get(f"{server.url}/v1/runs", params=query) as resp:
+                page = await resp.json()
+            found += page["data"]
+            scanned += page["search"]["scanned"]
+            if page["cursor"] is None:
+                break
+            query["cursor"] = page["cursor"]
+        assert found == [] and scanned == runs_count
