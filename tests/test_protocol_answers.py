@@ -246,15 +246,37 @@ async def test_a_sync_is_accepted_with_every_form_of_the_signing_key(stepflow_fa
 
 async def test_a_sync_that_sets_an_option_not_carried_out_is_refused_naming_it(stepflow: RunningServer) -> None:
     sync = {"appName": "js-app", "framework": "express", "url": "http://127.0.0.1:9/api/inngest",
-            "functions": [{"id": "js-app-limited", "name": "limited", "triggers": [{"event": "app/x"}],
-                           "concurrency": [{"limit": 5, "key": "event.data.user"}],
+            "functions": [{"id": "js-app-batched", "name": "batched", "triggers": [{"event": "app/x"}],
+                           "batchEvents": {"maxSize": 10, "timeout": "5s"},
                            "steps": {"step": {"id": "step", "name": "step",
                                               "runtime": {"type": "http", "url": "http://127.0.0.1:9/x"}}}}]}
     async with aiohttp.ClientSession() as http, http.post(f"{stepflow.url}/fn/register", json=sync) as resp:
         assert resp.status == 400
         body = await resp.json()
-    assert "'concurrency' (concurrency limits)" in body["error"] and "js-app-limited" in body["error"]
-    assert (await stepflow.client._request("GET", "/v1/functions"))["data"] == []
+    assert "'batch_events' is not carried out" in body["error"] and "js-app-batched" in body["error"]
+    assert await stepflow.client.list_functions() == []
+
+
+async def test_a_syncs_flow_control_is_translated_and_kept(stepflow: RunningServer) -> None:
+    sync = {"appName": "js-app", "framework": "express", "url": "http://127.0.0.1:9/api/inngest",
+            "functions": [{"id": "js-app-limited", "name": "limited", "triggers": [{"event": "app/x"}],
+                           "concurrency": [{"limit": 5, "key": "event.data.user", "scope": "env"},
+                                           {"limit": 50}],
+                           "throttle": {"limit": 3, "period": "10s", "burst": 1, "key": None},
+                           "rateLimit": {"limit": 100, "period": "1h", "key": "event.data.user"},
+                           "steps": {"step": {"id": "step", "name": "step",
+                                              "runtime": {"type": "http", "url": "http://127.0.0.1:9/x"}}}}]}
+    async with aiohttp.ClientSession() as http, http.post(f"{stepflow.url}/fn/register", json=sync) as resp:
+        assert resp.status == 200, await resp.text()
+    stored = await stepflow.engine.functions.get("js-app-limited", 1)
+    assert stored.flow.to_config() == {
+        "concurrency": [{"limit": 5, "key": "event.data.user", "scope": "all"}, {"limit": 50}],
+        "throttle": {"limit": 3, "period": 10.0, "burst": 1},
+        "rate_limit": {"limit": 100, "period": 3600.0, "key": "event.data.user"}}
+    sync["functions"][0]["throttle"] = {"limit": 0, "period": "10s"}  # type: ignore[index]
+    async with aiohttp.ClientSession() as http, http.post(f"{stepflow.url}/fn/register", json=sync) as resp:
+        assert resp.status == 400
+        assert "'throttle.limit' must be a whole number from 1" in (await resp.json())["error"]
 
 
 def test_a_streamed_sdk_answer_is_unwrapped() -> None:

@@ -14,6 +14,8 @@ from typing import Any
 from croniter import croniter
 
 from stepflow import codec
+from stepflow.definitions.flow_control import FIELDS as FLOW_FIELDS
+from stepflow.definitions.flow_control import parse_flow_control
 from stepflow.definitions.model import (
     DEFAULT_RETRIES,
     RUNTIME_TYPES,
@@ -40,7 +42,7 @@ RUNTIME_OPTIONS: dict[str, set[str]] = {
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _EVENT_NAME_RE = re.compile(r"^\S{1,256}$")
 _FUNCTION_KEYS = {"id", "name", "app_id", "triggers", "steps", "retries", "description", "runtime", "cancel_on",
-                  "idempotency", "timeouts"}
+                  "idempotency", "timeouts", *FLOW_FIELDS}
 _STEP_KEYS = {"runtime", "after", "retries", "timeout", "output", "name"}
 _EDGE_KEYS = {"step", "if", "wait"}
 
@@ -200,6 +202,7 @@ def _parse_run_options(config: dict[str, Any], fail: Any) -> dict[str, Any]:
                     out[f"{key}_timeout"] = parse_duration(timeouts[key])
                 except ValueError as exc:
                     raise fail(f"'timeouts.{key}': {exc}") from exc
+    out["flow"] = parse_flow_control(config, fail)
     return out
 
 

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from stepflow.definitions.flow_control import FlowControl
 from stepflow.expressions import Expression
 
 RUNTIME_TYPES = ("http", "inprocess", "docker", "lambda")
@@ -139,6 +140,7 @@ class FunctionDef:
     idempotency: Expression | None = None       # CEL over `event`: one run per key per 24 h
     start_timeout: float | None = None          # seconds a run may stay queued
     finish_timeout: float | None = None         # seconds a run may take once started
+    flow: FlowControl = FlowControl()            # concurrency, throttle, rate limit, debounce, … (flow_control.py)
     # derived: children of each step, and the steps that run right after the trigger
     children: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     roots: tuple[str, ...] = field(default=(), compare=False)
@@ -165,6 +167,7 @@ class FunctionDef:
         if self.start_timeout is not None or self.finish_timeout is not None:
             out["timeouts"] = {k: v for k, v in (("start", self.start_timeout), ("finish", self.finish_timeout))
                                if v is not None}
+        out.update(self.flow.to_config())
         return out
 
     @property

@@ -51,6 +51,7 @@ from stepflow.store.records import EventRecord, Job, OperationRecord, OperationS
 log = logging.getLogger("stepflow.engine")
 MIN_IDLE = 0.02  # seconds: the shortest sleep of an idle worker loop
 FUNCTION_REFRESH_SECONDS = 2.0
+SLOT_SWEEP_SECONDS = 1.0  # how often a worker looks for concurrency slots freed silently (store.wake_waiting)
 OUTAGE_BACKOFF = (0.1, 2.0)  # seconds: first and longest pause between tries while the database is unavailable
 
 
@@ -315,8 +316,14 @@ class EngineCore:
 
     async def _worker_loop(self) -> None:
         lease_ms = int(self.config.lease_seconds * 1000)
+        swept_at = 0.0
         while not self._stopping:
             try:
+                if time.monotonic() - swept_at >= SLOT_SWEEP_SECONDS:
+                    # concurrency slots freed without a word (a crashed worker's lease lapsing) go to the next
+                    # waiting steps; every release that is seen wakes them at once
+                    swept_at = time.monotonic()
+                    await self.store.wake_waiting(now_ms())
                 free = self.config.concurrency - len(self._inflight)
                 jobs: list[Job] = []
                 self._wake.clear()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from stepflow.definitions import FunctionDef
+from stepflow.definitions.flow_control import key_value
 from stepflow.errors import ExpressionError
 from stepflow.ids import new_ulid
-from stepflow.store.records import JobKind, NewJob, NewPause, NewRun
+from stepflow.store.records import JobKind, NewJob, NewPause, NewRun, RunFlow
 
 
 def new_run(fn: FunctionDef, version: int, event: dict[str, Any], now: int) -> NewRun:
@@ -31,4 +32,31 @@ def new_run(fn: FunctionDef, version: int, event: dict[str, Any], now: int) -> N
         run.start_timeout_ms = int(fn.start_timeout * 1000)
     if fn.finish_timeout is not None:
         run.finish_timeout_ms = int(fn.finish_timeout * 1000)
+    if fn.flow:
+        run.flow = run_flow(fn, event)
     return run
+
+
+def run_flow(fn: FunctionDef, event: dict[str, Any]) -> RunFlow:
+    """What the function's flow control asks of a run of this event: its keys evaluated, its limits in ms."""
+    flow = fn.flow
+    out = RunFlow(slots=[(c.slot(fn.id, fn.app_id, event), c.limit) for c in flow.concurrency])
+    if flow.priority is not None:
+        out.priority_ms = flow.priority.seconds(event) * 1000
+    if flow.throttle is not None:
+        t = flow.throttle
+        # GCRA: one start every period/limit; `limit + burst` may start at once after a quiet period
+        interval = t.period * 1000 / t.limit
+        out.throttle = (f"t:{fn.id}:{key_value(t.key, event)}", round(interval),
+                        round(interval * (t.limit + t.burst - 1)))
+    if flow.rate_limit is not None:
+        r = flow.rate_limit
+        interval = r.period * 1000 / r.limit
+        out.rate_limit = (f"r:{fn.id}:{key_value(r.key, event)}", round(interval), round(interval * (r.limit - 1)))
+    if flow.singleton is not None:
+        out.singleton = (key_value(flow.singleton.key, event), flow.singleton.mode)
+    if flow.debounce is not None:
+        d = flow.debounce
+        out.debounce = (key_value(d.key, event), round(d.period * 1000),
+                        round(d.timeout * 1000) if d.timeout is not None else None)
+    return out

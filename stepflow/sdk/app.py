@@ -33,6 +33,7 @@ class FunctionSpec:
     cancel_on: list[dict[str, Any]] = field(default_factory=list)
     idempotency: str | None = None
     timeouts: dict[str, Any] = field(default_factory=dict)
+    flow: dict[str, Any] = field(default_factory=dict)  # concurrency, throttle, … (docs/flow-control.md)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("stepflow.function"))
 
     def config(self, runtime: dict[str, Any]) -> dict[str, Any]:
@@ -47,6 +48,7 @@ class FunctionSpec:
             out["idempotency"] = self.idempotency
         if self.timeouts:
             out["timeouts"] = self.timeouts
+        out.update(self.flow)
         return out
 
     async def __call__(self, ctx: Context) -> Any:
@@ -69,6 +71,18 @@ def _duration(value: str | float | timedelta) -> float:
     return parse_duration(value)
 
 
+def _flow_options(**options: Any) -> dict[str, Any]:
+    """The flow-control options given, as plain data (a timedelta period or timeout becomes seconds)."""
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            value = {k: _duration(v) if isinstance(v, timedelta) else v for k, v in value.items()}
+        out[name] = value
+    return out
+
+
 class App:
     """A group of code functions served together (one HTTP endpoint, one container, one Lambda)."""
 
@@ -84,6 +98,10 @@ class App:
                  timeouts: dict[str, str | int | float | timedelta] | None = None,
                  cancel_on: list[dict[str, Any]] | dict[str, Any] | None = None,
                  idempotency: str | None = None,
+                 concurrency: int | dict[str, Any] | list[dict[str, Any]] | None = None,
+                 throttle: dict[str, Any] | None = None, rate_limit: dict[str, Any] | None = None,
+                 debounce: dict[str, Any] | None = None, singleton: dict[str, Any] | None = None,
+                 priority: dict[str, Any] | None = None,
                  on_failure: Handler | None = None) -> Callable[[Handler], FunctionSpec]:
         """Declare a durable function.
 
@@ -92,6 +110,8 @@ class App:
         timeouts: {"start": "1m", "finish": "1h"} — cancel a run queued or running longer than that.
         cancel_on: {"event": "app/cancelled", "if": "event.data.id == async.data.id"} (or a list of them).
         idempotency: CEL over `event`; one run per key per 24 h.
+        concurrency, throttle, rate_limit, debounce, singleton, priority: flow control (docs/flow-control.md),
+            e.g. concurrency=[{"limit": 5, "key": "event.data.tenant_id"}], throttle={"limit": 10, "period": "1m"}.
         on_failure: an async handler called (as its own function) when a run of this one fails.
         """
         def decorate(handler: Handler) -> FunctionSpec:
@@ -105,6 +125,8 @@ class App:
                 cancel_on=[cancel_on] if isinstance(cancel_on, dict) else list(cancel_on or []),
                 idempotency=idempotency,
                 timeouts={k: _duration(v) for k, v in (timeouts or {}).items()},
+                flow=_flow_options(concurrency=concurrency, throttle=throttle, rate_limit=rate_limit,
+                                   debounce=debounce, singleton=singleton, priority=priority),
                 logger=logging.getLogger(f"stepflow.function.{id}"))
             parse_function(spec.config({"type": "inprocess", "handler": f"{self.id}:{id}"}),
                            source=f"{handler.__module__}.{handler.__qualname__}")  # fail at import, not at run

@@ -189,6 +189,8 @@ def _schemas() -> dict[str, Any]:
                                                            "`step_id` (or an `expression_error`)"},
                 "original_run_id": {"type": "string", "pattern": ULID_PATTERN,
                                     "description": "only for a rerun: the run it repeats"},
+                "waiting": {"type": "string", "description": "`GET /v1/runs/{id}` of a run flow control holds: "
+                                                             "why (docs/flow-control.md)"},
             },
         },
         "RunV2": INNGEST_RUN_SCHEMA,
@@ -221,6 +223,7 @@ def _schemas() -> dict[str, Any]:
                 "kind": {"type": "string", "description": "SDK code-function steps only: what kind of step"},
                 "hashed_id": {"type": "string", "description": "SDK code-function steps only: the step's hashed id"},
                 "logs": {"type": "string", "description": "what the step printed, when captured"},
+                "waiting": {"type": "string", "description": "why the step waits, when flow control holds it"},
             },
         },
         "Function": {

@@ -14,7 +14,7 @@ from stepflow.engine.run_search import SCAN_BUDGET, RunFilter, list_runs
 from stepflow.errors import InvalidRequestError, NotFoundError
 from stepflow.ids import is_ulid, is_valid_event_id, now_ms
 from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response, read_json_object
-from stepflow.server.serialize import event_v1, run_v1, run_v2, step_v1
+from stepflow.server.serialize import describe_waiting, event_v1, run_v1, run_v2, step_v1
 from stepflow.store.records import RunRecord, RunStatus
 
 MAX_WAIT_SECONDS = 300.0
@@ -95,15 +95,29 @@ async def get_event_runs_v1(request: web.Request) -> web.Response:
 
 async def get_run_v1(request: web.Request) -> web.Response:
     run = await _load_run(request, _run_id(request))
-    return json_response({"data": run_v1(run, request.app[SETTINGS_KEY].environment_id)})
+    out = run_v1(run, request.app[SETTINGS_KEY].environment_id)
+    if not run.status.is_terminal:
+        # why it is not executing, when flow control holds it (docs/flow-control.md)
+        waiting = await request.app[ENGINE_KEY].store.run_waiting(run.id, now_ms())
+        if waiting:
+            out["waiting"] = describe_waiting(next(iter(waiting.values())))
+    return json_response({"data": out})
 
 
 async def get_run_steps(request: web.Request) -> web.Response:
     run_id = _run_id(request)
     store = request.app[ENGINE_KEY].store
-    if await store.get_run(run_id) is None:
+    run = await store.get_run(run_id)
+    if run is None:
         raise NotFoundError(f"run {run_id} not found")
-    return json_response({"data": [step_v1(s) for s in await store.get_run_steps(run_id)]})
+    waiting = await store.run_waiting(run_id, now_ms()) if not run.status.is_terminal else {}
+    steps = []
+    for record in await store.get_run_steps(run_id):
+        step = step_v1(record)
+        if record.step_id in waiting:
+            step["waiting"] = describe_waiting(waiting[record.step_id])
+        steps.append(step)
+    return json_response({"data": steps})
 
 
 async def cancel_run(request: web.Request) -> web.Response:

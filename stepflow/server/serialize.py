@@ -20,6 +20,14 @@ def iso(ms: int | None) -> str | None:
         "+00:00", "Z")
 
 
+def describe_waiting(waiting: dict[str, Any]) -> str:
+    """`concurrency key "tenant-7" (5/5)`, `throttled until 2026-…Z`, `debouncing until 2026-…Z`."""
+    if waiting["reason"] == "concurrency":
+        what = f'concurrency key "{waiting["key"]}"' if waiting["key"] is not None else "concurrency limit"
+        return f"{what} ({waiting['executing']}/{waiting['limit']})"
+    return f"{'throttled' if waiting['reason'] == 'throttle' else 'debouncing'} until {iso(waiting['until'])}"
+
+
 def run_v1(run: RunRecord, environment_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "run_id": run.id,

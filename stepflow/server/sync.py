@@ -5,9 +5,10 @@
   (or "appname"), "functions": [{"id", "name", "triggers", "steps": {"step": {"runtime": {"type": "http",
   "url": "…?fnId=…&stepId=step"}, "retries": {"attempts": N}}}, "cancel", …}], "sdk", "v"}`.
 
-Both become stepflow function definitions, checked by the same loader. An Inngest option stepflow does not
-carry out yet is refused with a message naming it: a function registered with a concurrency limit that is then
-not enforced would be worse than no function at all.
+Both become stepflow function definitions, checked by the same loader; Inngest's flow-control options are
+translated to stepflow's (`rateLimit` → `rate_limit`, concurrency scope `env`/`account` → `all`). An option
+stepflow does not carry out yet is refused with a message naming it: a function registered with a limit that is
+then not enforced would be worse than no function at all.
 """
 
 from __future__ import annotations
@@ -21,18 +22,15 @@ from stepflow.definitions import FunctionDef, parse_function
 from stepflow.errors import DefinitionError, InvalidRequestError
 from stepflow.ids import control_character
 
-# SynchronizeRequest function fields and what stepflow makes of each; None = accepted, nothing to translate
+# SynchronizeRequest function fields stepflow reads
 _SUPPORTED_FIELDS = {"id", "name", "triggers", "steps", "cancel", "idempotency", "timeouts"}
-# Flow control and batching: parsed by Inngest's server, not carried out by stepflow yet. Refused when set.
-_NOT_YET = {
-    "priority": "priority",
-    "concurrency": "concurrency limits",
-    "throttle": "throttling",
-    "rateLimit": "rate limiting",
-    "debounce": "debounce",
-    "batchEvents": "event batching",
-    "singleton": "singleton runs",
-}
+# Flow control: Inngest's names → stepflow's (stepflow/definitions/flow_control.py checks and carries them out,
+# or refuses the ones it does not carry out yet, naming them)
+_FLOW_FIELDS = {"concurrency": "concurrency", "throttle": "throttle", "rateLimit": "rate_limit",
+                "debounce": "debounce", "batchEvents": "batch_events", "priority": "priority",
+                "singleton": "singleton"}
+# Inngest's concurrency scopes: one function's runs, or (env, account) every run on this server sharing the key
+_SCOPES = {"fn": "function", "env": "all", "account": "all"}
 _IGNORED_FIELDS = {"slug", "appVersion", "description"}  # informational only
 
 
@@ -111,12 +109,7 @@ def inngest_function_config(raw: Any, app_id: str, source: str) -> dict[str, Any
         raise fail("a function has no 'id'")
     # An SDK may send an option empty (the Python SDK's on_failure function has `"concurrency": []`): unset.
     present = {key for key, value in raw.items() if value is not None and value != [] and value != {}}
-    refused = sorted(present & set(_NOT_YET))
-    if refused:
-        what = ", ".join(f"'{key}' ({_NOT_YET[key]})" for key in refused)
-        raise fail(f"sets {what}, which stepflow does not carry out yet; remove the option from the function "
-                   "(a limit that is registered but not enforced would be silently ignored)")
-    unknown = sorted(present - _SUPPORTED_FIELDS - _IGNORED_FIELDS)
+    unknown = sorted(present - _SUPPORTED_FIELDS - set(_FLOW_FIELDS) - _IGNORED_FIELDS)
     if unknown:
         raise fail(f"unknown field(s) {unknown} in the SynchronizeRequest; stepflow does not know what they ask for")
     steps = raw.get("steps")
@@ -152,7 +145,29 @@ def inngest_function_config(raw: Any, app_id: str, source: str) -> dict[str, Any
         if not isinstance(timeouts, dict):
             raise fail("'timeouts' must be {\"start\"?, \"finish\"?}")
         config["timeouts"] = {key: value for key, value in timeouts.items() if value is not None}
+    for inngest_name, name in _FLOW_FIELDS.items():
+        if inngest_name in present:
+            config[name] = _flow_option(inngest_name, raw[inngest_name])
     return config
+
+
+def _flow_option(name: str, value: Any) -> Any:
+    """An Inngest flow-control option in stepflow's spelling; its values are checked by the loader."""
+    def plain(item: Any) -> Any:  # the SDKs send unset fields as null
+        return {k: v for k, v in item.items() if v is not None} if isinstance(item, dict) else item
+
+    if name == "concurrency":
+        items = value if isinstance(value, list) else [value]
+        out = []
+        for item in map(plain, items):
+            if isinstance(item, dict) and "scope" in item:
+                item = {**item, "scope": _SCOPES.get(item["scope"], item["scope"])}
+            out.append(item)
+        return out
+    value = plain(value)
+    if name == "batchEvents" and isinstance(value, dict) and "maxSize" in value:
+        value = {("max_size" if k == "maxSize" else k): v for k, v in value.items()}
+    return value
 
 
 def _triggers(raw: Any, fail: Any) -> list[dict[str, Any]]:

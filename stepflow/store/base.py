@@ -128,6 +128,12 @@ class Store(ABC):
     async def get_event_runs(self, event_id: str) -> list[RunRecord]: ...
 
     @abstractmethod
+    async def get_event_skips(self, event_id: str) -> list[dict[str, Any]]:
+        """The functions this event started no run of because of their flow control, and why:
+        `[{"function_id", "reason" (rate_limit, debounce, singleton), "message", "at"}]`."""
+        ...
+
+    @abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
     @abstractmethod
@@ -219,6 +225,18 @@ class Store(ABC):
 
     @abstractmethod
     async def release_leases(self, worker_id: str | None, now: int) -> int: ...
+
+    @abstractmethod
+    async def run_waiting(self, run_id: str, now: int) -> dict[str, dict[str, Any]]:
+        """Why the run's work waits, by step id ("" for a code function's call): a concurrency slot, a throttle
+        or a debounce (store/flow.py `waiting_reasons`). Empty when nothing of it waits on flow control."""
+        ...
+
+    @abstractmethod
+    async def wake_waiting(self, now: int) -> int:
+        """Make due the jobs waiting for a concurrency slot that has room (a lapsed lease frees one silently).
+        Returns how many were woken."""
+        ...
 
     @abstractmethod
     async def next_due_at(self) -> int | None:

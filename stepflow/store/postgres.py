@@ -278,6 +278,11 @@ class PostgresStore(SqlStore):
     async def _lock_run(self, c: Conn, run_id: str) -> None:
         await c.execute("SELECT 1 FROM runs WHERE id=? FOR UPDATE", run_id)
 
+    async def _lock_key(self, c: Conn, key: str) -> None:
+        # a transaction-scoped advisory lock on the key's hash: keys need no row to lock, and a hash collision
+        # only serializes two keys that did not need it
+        await c.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", key)
+
     async def _work_added(self, c: Conn) -> None:
         await c.execute("SELECT pg_notify(?, '')", JOBS_CHANNEL)
 

@@ -122,6 +122,19 @@ class NewJob:
 
 
 @dataclass(slots=True)
+class RunFlow:
+    """What flow control asks of a new run, worked out from its function and event (engine/runs.py); the store
+    carries it out in the transaction that stores the run (store/flow.py)."""
+
+    slots: list[tuple[str, int]] = field(default_factory=list)  # concurrency: (slot, limit), at most two
+    priority_ms: int = 0                                # immediate jobs go this much ahead (behind if negative)
+    throttle: tuple[str, int, int] | None = None        # (key, emission interval ms, burst tolerance ms)
+    rate_limit: tuple[str, int, int] | None = None      # (key, emission interval ms, burst tolerance ms)
+    singleton: tuple[str, str] | None = None            # (key, "skip" | "cancel")
+    debounce: tuple[str, int, int | None] | None = None  # (key, period ms, timeout ms)
+
+
+@dataclass(slots=True)
 class NewRun:
     run_id: str
     function_id: str
@@ -136,6 +149,7 @@ class NewRun:
     original_run_id: str | None = None                       # a rerun: the run it repeats
     steps: list[StepWrite] = field(default_factory=list)     # a rerun from a step: the results it keeps
     operation_id: str | None = None                          # a replay: the operation that started it
+    flow: RunFlow | None = None                              # concurrency, throttle, … (None: no control)
 
 
 @dataclass(slots=True)
@@ -152,6 +166,7 @@ class Job:
     attempt: int          # 0-based attempt number being executed now
     kind: JobKind = JobKind.STEP
     payload: dict[str, Any] | None = None
+    slots: tuple[tuple[str, int], ...] = ()  # the concurrency slots it holds while executing: (slot, limit)
 
 
 @dataclass(slots=True)

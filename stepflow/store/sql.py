@@ -17,6 +17,7 @@ from typing import Any
 
 from stepflow import codec
 from stepflow.ids import ulid_floor
+from stepflow.store import flow
 from stepflow.store.base import AdvanceRun, PlanRuns
 from stepflow.store.records import (
     EventRecord,
@@ -132,6 +133,11 @@ class SqlStore(SqlFunctionPauses):
         sql = "SELECT id, payload, received_at FROM events WHERE id IN (" + ", ".join("?" * len(unique)) + ")"
         return {e.id: e for e in map(event_record, await self._read(lambda c: c.fetch(sql, *unique)))}
 
+    async def get_event_skips(self, event_id: str) -> list[dict[str, Any]]:
+        rows = await self._read(lambda c: c.fetch("SELECT function_id, reason, message, at FROM skips WHERE "
+                                                  "event_id=? ORDER BY function_id", event_id))
+        return [{"function_id": r[0], "reason": r[1], "message": r[2], "at": int(r[3])} for r in rows]
+
     async def get_event_runs(self, event_id: str) -> list[RunRecord]:
         rows = await self._read(lambda c: c.fetch(f"SELECT {RUN_COLUMNS} FROM runs WHERE event_id=? ORDER BY id",
                                                   event_id))
@@ -228,10 +234,11 @@ class SqlStore(SqlFunctionPauses):
                 " AND EXISTS (SELECT 1 FROM jobs k WHERE k.run_id=j.run_id AND k.kind='call' AND k.payload IS "
                 " NULL AND k.lease_owner IS NOT NULL AND k.id != j.id)) ORDER BY j.available_at "
                 f"LIMIT ?{self.skip_locked}) "
-                "RETURNING id, run_id, step_id, token, attempt, kind, payload",
+                "RETURNING id, run_id, step_id, token, attempt, kind, payload, slot1, limit1, slot2, limit2, hold",
                 worker_id, now + lease_ms, now, limit)
+            room = await self._slot_room(c, rows, now)
             jobs: list[Job] = []
-            for job_id, run_id, step_id, token, attempt, kind, payload in rows:
+            for job_id, run_id, step_id, token, attempt, kind, payload, *job_flow in rows:
                 run = await c.fetchrow("SELECT function_id, function_version, app_id, status, finish_timeout_ms, "
                                        "start_deadline, created_at FROM runs WHERE id=?", run_id)
                 if run is None or RunStatus(run[3]).is_terminal:
@@ -256,19 +263,59 @@ class SqlStore(SqlFunctionPauses):
                 if start_timer:
                     await c.execute("DELETE FROM jobs WHERE id=?", job_id)  # the run started in time
                     continue
+                slots = flow.slots_of((job_flow[0], job_flow[1], job_flow[2], job_flow[3], 0))
+                full = next((slot for slot, _ in slots if room[slot] <= 0), None)
+                if full is not None:  # the slot filled up since this job became due: it waits its turn
+                    await flow.park(c, job_id, full)
+                    continue
+                for slot, _ in slots:
+                    room[slot] -= 1
                 if run[3] == "QUEUED" and job_kind in (JobKind.STEP, JobKind.CALL):
+                    if job_flow[4] == "debounce":
+                        await c.execute("DELETE FROM debounces WHERE run_id=?", run_id)  # later events: a new run
                     if await c.execute("UPDATE runs SET status='RUNNING', started_at=? WHERE id=? AND status='QUEUED'",
                                        now, run_id) and run[4] is not None:
                         await self._insert_jobs(c, run_id, [NewJob("", now + run[4], JobKind.RUN_TIMEOUT,
-                                                                   {"which": "finish"}, step_row=False)])
+                                                                   {"which": "finish"}, step_row=False)], now)
                 target = step_id if job_kind is JobKind.STEP else (job_payload or {}).get("target")
                 if target:
                     await c.execute("UPDATE steps SET status='running', attempts=?, started_at=COALESCE(started_at, ?) "
                                     "WHERE run_id=? AND step_id=?", attempt + 1, now, run_id, target)
                 jobs.append(Job(id=job_id, run_id=run_id, step_id=step_id, token=token, function_id=run[0],
                                 function_version=run[1], app_id=run[2], attempt=attempt, kind=job_kind,
-                                payload=job_payload))
+                                payload=job_payload, slots=tuple(slots)))
             return jobs
+
+        return await self._transaction(body)
+
+    async def _slot_room(self, c: Conn, rows: Sequence[Sequence[Any]], now: int) -> dict[str, int]:
+        """How many more of the claimed jobs each concurrency slot they need can take: its limit, less the steps
+        executing besides this claim's. Each slot is locked first (in name order: no deadlock between claims)."""
+        limits: dict[str, int] = {}
+        mine: dict[str, int] = {}
+        for row in rows:
+            for slot, limit in flow.slots_of((row[7], row[8], row[9], row[10], 0)):
+                limits[slot] = limit
+                mine[slot] = mine.get(slot, 0) + 1
+        room: dict[str, int] = {}
+        for slot in sorted(limits):
+            await self._lock_key(c, f"c:{slot}")
+            room[slot] = limits[slot] - (await flow.executing(c, slot, now) - mine[slot])
+        return room
+
+    async def run_waiting(self, run_id: str, now: int) -> dict[str, dict[str, Any]]:
+        return await self._read(lambda c: flow.waiting_reasons(c, run_id, now))
+
+    async def wake_waiting(self, now: int) -> int:
+        # a read first: an engine with nothing waiting (the usual case) writes nothing
+        if await self._read(lambda c: c.fetchval("SELECT 1 FROM jobs WHERE waiting_on IS NOT NULL LIMIT 1")) is None:
+            return 0
+
+        async def body(c: Conn) -> int:
+            woken = await flow.wake_all(c, now)
+            if woken:
+                await self._work_added(c)
+            return woken
 
         return await self._transaction(body)
 
@@ -338,6 +385,7 @@ class SqlStore(SqlFunctionPauses):
             progressed = advance is not None and await self._advance(c, job.run_id, advance, now)
             if job.kind is not JobKind.RUN_TIMEOUT and not progressed:
                 await self._fail_if_stalled(c, job, now)
+            await self._free_slots(c, job, now)
             row = await c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", job.run_id)
             return run_record(row) if row else None
 
@@ -399,7 +447,16 @@ class SqlStore(SqlFunctionPauses):
                             owned, bool(run_ended), bool(run_ended), update.ended_at, available_at, pack(update.error),
                             update.logs, job.run_id, job.step_id)
             if owned:
+                await self._free_slots(c, job, available_at)
                 await self._work_added(c)
             return owned
 
         return await self._transaction(body)
+
+    async def _free_slots(self, c: Conn, job: Job, now: int) -> None:
+        """The job no longer executes: the slots it held can take their next waiters."""
+        woken = 0
+        for slot, limit in job.slots:
+            woken += await flow.wake(c, slot, limit, now)
+        if woken:
+            await self._work_added(c)

@@ -11,7 +11,9 @@ from typing import Any, Protocol, TypeVar
 
 from stepflow import codec
 from stepflow.errors import StoreError
+from stepflow.store import flow
 from stepflow.store.base import AdvanceRun, Store, StoreHooks
+from stepflow.store.flow import PARKED as PARKED  # re-exported: the marker other store modules import from here
 from stepflow.store.records import (
     EventRecord,
     Job,
@@ -36,7 +38,6 @@ STEP_COLUMNS = ("run_id, step_id, status, attempts, scheduled_at, started_at, en
 PAUSE_COLUMNS = "id, run_id, step_id, kind, event_name, expression, child_run_id, expires_at"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 EVENT_DEDUP_WINDOW_MS = 24 * 3600 * 1000
-PARKED = 2**62  # the available_at of a paused run's job, set aside (its due time kept in parked_at) until resumed
 TERMINAL_SQL = "('COMPLETED', 'FAILED', 'CANCELLED')"
 
 T = TypeVar("T")
@@ -73,6 +74,14 @@ def event_record(row: Row) -> EventRecord:
                        received_at=row[2], user=payload.get("user"), v=payload.get("v"))
 
 
+def run_slots(run: NewRun) -> flow.RunSlots | None:
+    """A new run's concurrency slots and priority, as its jobs carry them (None: it has neither)."""
+    if run.flow is None or (not run.flow.slots and not run.flow.priority_ms):
+        return None
+    slots: list[tuple[str | None, int | None]] = [*run.flow.slots, (None, None), (None, None)]
+    return (slots[0][0], slots[0][1], slots[1][0], slots[1][1], run.flow.priority_ms)
+
+
 def pack(value: Any) -> bytes | None:
     return codec.pack(value) if value is not None else None
 
@@ -95,6 +104,10 @@ class SqlBase(Store):
 
     async def _lock_run(self, c: Conn, run_id: str) -> None:
         """Serialize decisions about one run (a no-op where transactions are serial already)."""
+
+    async def _lock_key(self, c: Conn, key: str) -> None:
+        """Serialize decisions about one flow-control key (a concurrency slot, a throttle, a singleton…) until the
+        transaction ends (a no-op where transactions are serial already)."""
 
     async def _work_added(self, c: Conn) -> None:
         """New due work was written in this transaction (a backend may wake other processes)."""
@@ -135,48 +148,134 @@ class SqlBase(Store):
                             "ON CONFLICT (function_id, key) DO UPDATE SET run_id=excluded.run_id, "
                             "expires_at=excluded.expires_at",
                             run.function_id, run.idempotency_key, run.run_id, now + IDEMPOTENCY_TTL_MS)
+        hold = None
+        if run.flow is not None:
+            admitted, hold = await self._admit(c, run, event_id, now)
+            if not admitted:
+                return False
         if run.status is RunStatus.QUEUED and await c.fetchval(
                 "SELECT 1 FROM paused_functions WHERE function_id=?", run.function_id) is not None:
             run.status = RunStatus.PAUSED  # stored, nothing executed until the function is resumed
         start_deadline = now + run.start_timeout_ms if run.start_timeout_ms is not None else None
-        await c.execute(f"INSERT INTO runs ({RUN_COLUMNS}, finish_timeout_ms, start_deadline, operation_id) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, ?, ?, ?, ?)",
+        slots = run_slots(run)
+        await c.execute(f"INSERT INTO runs ({RUN_COLUMNS}, finish_timeout_ms, start_deadline, operation_id, slot1, "
+                        "limit1, slot2, limit2, priority_ms, singleton_key) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, "
+                        "NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         run.run_id, run.function_id, run.function_version, run.app_id, event_id, run.status.value,
-                        now, run.original_run_id, run.finish_timeout_ms, start_deadline, run.operation_id)
+                        now, run.original_run_id, run.finish_timeout_ms, start_deadline, run.operation_id,
+                        *(slots[:4] if slots else (None, None, None, None)), slots[4] if slots else 0,
+                        run.flow.singleton[0] if run.flow and run.flow.singleton else None)
         for kept in run.steps:  # a rerun from a step: the results it keeps, in their recorded order
             await self._write_step(c, run.run_id, kept)
-        await self._insert_jobs(c, run.run_id, run.jobs)
+        await self._insert_jobs(c, run.run_id, run.jobs, now, slots=slots, hold=hold)
         if run.start_timeout_ms is not None:
             await self._insert_jobs(c, run.run_id, [NewJob("", now + run.start_timeout_ms, JobKind.RUN_TIMEOUT,
-                                                           {"which": "start"}, step_row=False)])
+                                                           {"which": "start"}, step_row=False)], now)
         for pause in run.pauses:
             await self._insert_pause(c, pause, now)
         return True
 
-    async def _insert_jobs(self, c: Conn, run_id: str, jobs: list[NewJob]) -> None:
+    async def _admit(self, c: Conn, run: NewRun, event_id: str | None, now: int) -> tuple[bool, str | None]:
+        """The run-level controls, in Inngest's order: rate limit, debounce, singleton, throttle. Returns whether
+        the run is stored, and why its first jobs are held back (`debounce`, `throttle`) if they are."""
+        control = run.flow
+        assert control is not None
+        hold = None
+        if control.rate_limit is not None:
+            key, interval, tolerance = control.rate_limit
+            await self._lock_key(c, key)
+            if await flow.gcra(c, key, interval, tolerance, now, queue=False) is None:
+                await flow.record_skip(c, event_id, run.function_id, "rate_limit",
+                                       "rate limited: the function's rate_limit allows no more runs now"
+                                       + (f" for key {key.split(':', 2)[2]!r}" if key.split(":", 2)[2] else ""), now)
+                return False, None
+        if control.debounce is not None:
+            key, period, timeout = control.debounce
+            await self._lock_key(c, f"d:{run.function_id}:{key}")
+            row = await c.fetchrow("SELECT d.run_id, d.first_at, r.event_id FROM debounces d JOIN runs r ON "
+                                   "r.id = d.run_id WHERE d.function_id=? AND d.key=? AND r.status='QUEUED'",
+                                   run.function_id, key)
+            if row is not None:  # the burst goes on: its run waits longer, and takes this (the last) event
+                due = now + period if timeout is None else min(now + period, row[1] + timeout)
+                await c.execute("UPDATE runs SET event_id=? WHERE id=?", event_id, row[0])
+                await c.execute("UPDATE jobs SET available_at=?, queued_at=? WHERE run_id=? AND hold='debounce'",
+                                due, due, row[0])
+                await flow.record_skip(c, row[2], run.function_id, "debounce",
+                                       f"debounced: event {event_id} came later, and run {row[0]} takes it", now)
+                return False, None
+            await c.execute("DELETE FROM debounces WHERE function_id=? AND key=?", run.function_id, key)
+            await c.execute("INSERT INTO debounces (function_id, key, run_id, first_at) VALUES (?, ?, ?, ?)",
+                            run.function_id, key, run.run_id, now)
+            for job in run.jobs:
+                job.available_at = max(job.available_at, now + period)
+            hold = "debounce"
+        if control.singleton is not None:
+            key, mode = control.singleton
+            await self._lock_key(c, f"s:{run.function_id}:{key}")
+            active = await c.fetchval(f"SELECT s.run_id FROM singletons s JOIN runs r ON r.id = s.run_id WHERE "
+                                      f"s.function_id=? AND s.key=? AND r.status NOT IN {TERMINAL_SQL}",
+                                      run.function_id, key)
+            if active is not None and mode == "skip":
+                await flow.record_skip(c, event_id, run.function_id, "singleton",
+                                       f"skipped: run {active} of this singleton function is still active", now)
+                return False, None
+            if active is not None:
+                await self._lock_run(c, active)
+                await self._finish_run(c, active, RunStatus.CANCELLED, None, {
+                    "code": "singleton", "message": f"cancelled: event {event_id} started a new run of this "
+                    "singleton function (mode cancel)"}, now)
+            await c.execute("INSERT INTO singletons (function_id, key, run_id) VALUES (?, ?, ?) ON CONFLICT "
+                            "(function_id, key) DO UPDATE SET run_id=excluded.run_id", run.function_id, key, run.run_id)
+        if control.throttle is not None and hold is None:
+            key, interval, tolerance = control.throttle
+            await self._lock_key(c, key)
+            start = await flow.gcra(c, key, interval, tolerance, now, queue=True)
+            if start is not None and start > now:
+                for job in run.jobs:
+                    job.available_at = max(job.available_at, start)
+                hold = "throttle"
+        return True, hold
+
+    async def _run_slots(self, c: Conn, run_id: str) -> flow.RunSlots | None:
+        row = await c.fetchrow("SELECT slot1, limit1, slot2, limit2, priority_ms FROM runs WHERE id=?", run_id)
+        if row is None or (row[0] is None and row[2] is None and not row[4]):
+            return None
+        return (row[0], row[1], row[2], row[3], int(row[4] or 0))
+
+    async def _insert_jobs(self, c: Conn, run_id: str, jobs: list[NewJob], now: int, *,
+                           slots: flow.RunSlots | None | bool = True, hold: str | None = None) -> None:
+        """`slots`: the run's concurrency slots and priority if the caller knows them (None: it has none), else
+        read from the run when a job needs them. `hold`: why these jobs are not due now (debounce, throttle)."""
         for job in jobs:
+            if slots is True and job.kind in (JobKind.STEP, JobKind.CALL):
+                slots = await self._run_slots(c, run_id)
+            run_flow = slots if not isinstance(slots, bool) else None
             if job.kind is JobKind.CALL and not job.payload:
-                await self._enqueue_call(c, run_id, job.available_at, job.attempt)
+                await self._enqueue_call(c, run_id, job.available_at, now, job.attempt, run_flow, hold)
                 continue
-            await c.execute("INSERT INTO jobs (run_id, step_id, kind, payload, available_at, attempt) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", run_id, job.step_id, job.kind.value, pack(job.payload),
-                            job.available_at, job.attempt)
+            await flow.insert_job(c, run_id, job.step_id, job.kind.value, pack(job.payload), job.available_at,
+                                  job.attempt, run_flow, now, hold)
             if job.step_row:
                 await c.execute("INSERT INTO steps (run_id, step_id, status, scheduled_at, name, kind) "
                                 "VALUES (?, ?, 'scheduled', ?, ?, ?) ON CONFLICT (run_id, step_id) DO UPDATE SET "
                                 "status='scheduled', scheduled_at=excluded.scheduled_at",
                                 run_id, job.step_id, job.available_at, job.name, job.step_kind)
 
-    async def _enqueue_call(self, c: Conn, run_id: str, at: int, attempt: int = 0) -> None:
+    async def _enqueue_call(self, c: Conn, run_id: str, at: int, now: int, attempt: int = 0,
+                            slots: flow.RunSlots | None | bool = True, hold: str | None = None) -> None:
         """At most one waiting (unleased) untargeted call per run: calling twice would replay twice."""
-        row = await c.fetchrow("SELECT id, available_at FROM jobs WHERE run_id=? AND kind='call' AND payload IS NULL "
-                               "AND lease_owner IS NULL", run_id)
+        row = await c.fetchrow("SELECT id, available_at, waiting_on FROM jobs WHERE run_id=? AND kind='call' AND "
+                               "payload IS NULL AND lease_owner IS NULL", run_id)
         if row is not None:
+            if row[2] is not None:  # waiting for a concurrency slot: it keeps its place in that queue
+                return
             if at < row[1]:
                 await c.execute("UPDATE jobs SET available_at=?, attempt=? WHERE id=?", at, attempt, row[0])
             return
-        await c.execute("INSERT INTO jobs (run_id, step_id, kind, available_at, attempt) VALUES (?, '', 'call', ?, ?)",
-                        run_id, at, attempt)
+        if slots is True:
+            slots = await self._run_slots(c, run_id)
+        await flow.insert_job(c, run_id, "", JobKind.CALL.value, None, at, attempt,
+                              slots if not isinstance(slots, bool) else None, now, hold)
 
     async def _call_if_idle(self, c: Conn, run_id: str, now: int) -> None:
         """Call the function again once nothing of the run is pending (all parallel work has settled)."""
@@ -186,7 +285,7 @@ class SqlBase(Store):
         busy = await c.fetchval("SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id=? AND kind != 'run_timeout') OR "
                                 "EXISTS (SELECT 1 FROM pauses WHERE run_id=? AND kind != 'cancel')", run_id, run_id)
         if not busy:
-            await self._enqueue_call(c, run_id, now)
+            await self._enqueue_call(c, run_id, now, now)
 
     async def _insert_pause(self, c: Conn, pause: NewPause, now: int) -> None:
         pause_id = await c.fetchval("INSERT INTO pauses (run_id, step_id, kind, event_name, expression, child_run_id, "
@@ -278,11 +377,19 @@ class SqlBase(Store):
                           now: int) -> bool:
         """End a run: no more work for it; a step executing right now may finish and be recorded. False if it had
         ended already (it stays as it was)."""
-        if await c.execute(f"UPDATE runs SET status=?, ended_at=?, output=?, error=? WHERE id=? AND status NOT IN "
-                           f"{TERMINAL_SQL}", status.value, now, pack(output), pack(error), run_id) == 0:
+        ended = await c.fetchrow(f"UPDATE runs SET status=?, ended_at=?, output=?, error=? WHERE id=? AND status NOT "
+                                 f"IN {TERMINAL_SQL} RETURNING slot1, limit1, slot2, limit2, singleton_key, "
+                                 "function_id", status.value, now, pack(output), pack(error), run_id)
+        if ended is None:
             return False
         await c.execute("DELETE FROM jobs WHERE run_id=?", run_id)
         await c.execute("DELETE FROM pauses WHERE run_id=?", run_id)
+        for slot, limit in flow.slots_of((ended[0], ended[1], ended[2], ended[3], 0)):
+            await flow.wake(c, slot, limit, now)  # what it held, or was about to, is free for the next
+        if ended[4] is not None:
+            await c.execute("DELETE FROM singletons WHERE function_id=? AND key=? AND run_id=?", ended[5], ended[4],
+                            run_id)
+        await c.execute("DELETE FROM debounces WHERE run_id=?", run_id)
         await c.execute("UPDATE steps SET status='cancelled', ended_at=? WHERE run_id=? AND status='scheduled'",
                         now, run_id)
         self.hooks.run_ended(run_id)
@@ -347,7 +454,7 @@ class SqlBase(Store):
             await c.execute("DELETE FROM pauses WHERE run_id=? AND step_id=?", run_id, step_id)
         for new_event in decision.events:
             await self._insert_new_event(c, new_event)
-        await self._insert_jobs(c, run_id, decision.jobs)
+        await self._insert_jobs(c, run_id, decision.jobs, now)
         for pause in decision.pauses:
             await self._insert_pause(c, pause, now)
         if decision.finish is not None:

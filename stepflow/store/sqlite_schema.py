@@ -146,6 +146,54 @@ MIGRATIONS: list[str] = [
         paused_at    INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # version 5: flow control. Concurrency slots (a job holds its run's slots while leased; a job that would
+    # exceed a limit waits parked on the slot, `waiting_on`, and is woken in `queued_at` order as slots free up);
+    # priority; throttle and rate-limit state (GCRA: one theoretical arrival time per key); singleton and
+    # debounce keys; the events a control skipped, and why
+    """
+    ALTER TABLE runs ADD COLUMN slot1 TEXT;
+    ALTER TABLE runs ADD COLUMN limit1 INTEGER;
+    ALTER TABLE runs ADD COLUMN slot2 TEXT;
+    ALTER TABLE runs ADD COLUMN limit2 INTEGER;
+    ALTER TABLE runs ADD COLUMN priority_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN singleton_key TEXT;
+    ALTER TABLE jobs ADD COLUMN slot1 TEXT;
+    ALTER TABLE jobs ADD COLUMN limit1 INTEGER;
+    ALTER TABLE jobs ADD COLUMN slot2 TEXT;
+    ALTER TABLE jobs ADD COLUMN limit2 INTEGER;
+    ALTER TABLE jobs ADD COLUMN waiting_on TEXT;
+    ALTER TABLE jobs ADD COLUMN hold TEXT;
+    ALTER TABLE jobs ADD COLUMN queued_at INTEGER;
+    CREATE INDEX jobs_slot1 ON jobs (slot1) WHERE slot1 IS NOT NULL AND waiting_on IS NULL;
+    CREATE INDEX jobs_slot2 ON jobs (slot2) WHERE slot2 IS NOT NULL AND waiting_on IS NULL;
+    CREATE INDEX jobs_waiting ON jobs (waiting_on, queued_at, id) WHERE waiting_on IS NOT NULL;
+    CREATE TABLE flow_limits (
+        key  TEXT PRIMARY KEY,
+        tat  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE singletons (
+        function_id  TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        run_id       TEXT NOT NULL,
+        PRIMARY KEY (function_id, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE debounces (
+        function_id  TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        run_id       TEXT NOT NULL,
+        first_at     INTEGER NOT NULL,
+        PRIMARY KEY (function_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX debounces_run ON debounces (run_id);
+    CREATE TABLE skips (
+        event_id     TEXT NOT NULL,
+        function_id  TEXT NOT NULL,
+        reason       TEXT NOT NULL,
+        message      TEXT NOT NULL,
+        at           INTEGER NOT NULL,
+        PRIMARY KEY (event_id, function_id)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

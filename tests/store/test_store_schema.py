@@ -81,6 +81,7 @@ async def test_both_dialects_describe_the_same_database(tmp_path: Path) -> None:
             shape.pop(meta, None)
     assert {"functions", "events", "runs", "steps", "jobs", "pauses", "idempotency", "cron_ticks"} <= set(got_lite)
     assert sorted(got_lite) == sorted(got_pg)
-    assert got_lite["jobs"]["indexes"] == ["jobs_due", "jobs_owner", "jobs_run"]
+    assert got_lite["jobs"]["indexes"] == ["jobs_due", "jobs_owner", "jobs_run", "jobs_slot1", "jobs_slot2",
+                                           "jobs_waiting"]
     for table in got_lite:
         assert got_lite[table] == got_pg[table], table
