@@ -225,3 +225,19 @@ async def test_a_waiting_run_says_why(stepflow: RunningServer, step_server: Step
         gate.set()
     done = await client.wait_for_run(waiting["run_id"], timeout=15)
     assert done["status"] == "Completed" and "waiting" not in done
+
+
+async def test_an_event_shows_the_functions_it_skipped_and_why(stepflow: RunningServer,
+                                                               step_server: StepServer) -> None:
+    url = step_server.json("/ok", {})
+    await stepflow.register(workflow_config({"s": {"runtime": {"type": "http", "url": url}}}, id="once-an-hour",
+                                            event="w/ping", rate_limit={"limit": 1, "period": "1h"}))
+    await stepflow.register(workflow_config({"s": {"runtime": {"type": "http", "url": url}}}, id="always",
+                                            event="w/ping"))
+    first, second = [(await stepflow.client.send({"name": "w/ping", "data": {}}))[0] for _ in range(2)]
+    shown = await stepflow.client.get_event(second)
+    [skip] = shown["skipped"]
+    assert (skip["function_id"], skip["reason"]) == ("once-an-hour", "rate_limit") and skip["at"].endswith("Z")
+    assert (await stepflow.client.get_event(first))["skipped"] == []
+    runs = await stepflow.client.get_event_runs(second)
+    assert [r["function_id"] for r in runs] == ["always"]  # the other function ran as usual

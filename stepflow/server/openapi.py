@@ -167,7 +167,15 @@ def _schemas() -> dict[str, Any]:
             "type": "object", "required": ["id", "name", "data", "ts", "received_at"], "additionalProperties": False,
             "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "data": {"type": "object"},
                            "ts": {"type": "integer"}, "user": {"type": "object"}, "v": {"type": "string"},
-                           "received_at": TIMESTAMP},
+                           "received_at": TIMESTAMP,
+                           "skipped": {"type": "array", "description": "`GET /v1/events/{id}` only: the functions "
+                                                                       "whose flow control started no run for it",
+                                       "items": {"type": "object", "additionalProperties": False,
+                                                 "required": ["function_id", "reason", "message", "at"],
+                                                 "properties": {
+                                                     "function_id": {"type": "string"},
+                                                     "reason": {"enum": ["rate_limit", "debounce", "singleton"]},
+                                                     "message": {"type": "string"}, "at": TIMESTAMP}}}},
         },
         "RunV1": {
             "description": "A run in the field names of Inngest's REST API v1.",

@@ -14,7 +14,7 @@ from stepflow.engine.run_search import SCAN_BUDGET, RunFilter, list_runs
 from stepflow.errors import InvalidRequestError, NotFoundError
 from stepflow.ids import is_ulid, is_valid_event_id, now_ms
 from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response, read_json_object
-from stepflow.server.serialize import describe_waiting, event_v1, run_v1, run_v2, step_v1
+from stepflow.server.serialize import describe_waiting, event_v1, iso, run_v1, run_v2, step_v1
 from stepflow.store.records import RunRecord, RunStatus
 
 MAX_WAIT_SECONDS = 300.0
@@ -82,10 +82,14 @@ def _wait_seconds(request: web.Request) -> float | None:
 
 async def get_event(request: web.Request) -> web.Response:
     event_id = _event_id(request)
-    event = await request.app[ENGINE_KEY].store.get_event(event_id)
+    store = request.app[ENGINE_KEY].store
+    event = await store.get_event(event_id)
     if event is None:
         raise NotFoundError(f"event {event_id} not found")
-    return json_response({"data": event_v1(event)})
+    out = event_v1(event)
+    # the functions it started no run of, because of their flow control (rate limit, debounce, singleton)
+    out["skipped"] = [{**skip, "at": iso(skip["at"])} for skip in await store.get_event_skips(event_id)]
+    return json_response({"data": out})
 
 
 async def get_event_runs_v1(request: web.Request) -> web.Response:
