@@ -36,7 +36,8 @@ APP_IDS = {"python": "e2e-python", "js_v3": "e2e-js-v3", "js_v4": "e2e-js-v4"}
 # the functions every SDK app declares (local ids; on the wire and in stepflow they are "<app id>-<id>")
 FUNCTIONS = ["three-steps", "sleeper", "wait-match", "wait-timeout", "invoke-child", "invoke-parent", "send-child",
              "send-parent", "parallel", "always-fails", "non-retriable", "retry-after", "cancellable", "cron-tick",
-             "cross-invoke-stepflow", "fails-notify", "fails-notify-failure", "sleep-until", "flaky-once"]
+             "cross-invoke-stepflow", "fails-notify", "fails-notify-failure", "sleep-until", "flaky-once",
+             "one-at-a-time"]
 # ("fails-notify-failure" is the onFailure / on_failure handler the SDKs register next to "fails-notify")
 STEPFLOW_APP_ID = "sf-cross"
 STEPFLOW_FUNCTIONS = ["double", "call-inngest"]

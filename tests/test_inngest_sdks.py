@@ -536,6 +536,24 @@ def test_p_step_fails_once_then_succeeds(sf: Stack) -> None:
     assert step["output"] == "ok on attempt 2", step
 
 
+def test_q_flow_control_from_the_sdk_holds(sf: Stack) -> None:
+    """The SDK's `concurrency` (keyed by CEL) and `throttle` options, synced: the runs of one token execute their
+    step one at a time."""
+    need(sf, "one-at-a-time")
+    listed = sf.registered()[sf.fn_id("one-at-a-time")]
+    assert listed["flow_control"]["concurrency"] == [{"limit": 1, "key": "event.data.token"}], listed
+    assert listed["flow_control"]["throttle"]["limit"] == 100 and listed["flow_control"]["throttle"]["period"] == 1
+    tok = token()
+    events = [sf.send(sf.ev("one-at-a-time"), {"token": tok, "i": i}) for i in range(3)]
+    runs = [sf.finish(e, timeout=30) for e in events]
+    assert {r["status"] for r in runs} == {"Completed"}, runs
+    counts = sf.counts(tok)
+    starts, ends = sorted(counts["start"]["times"]), sorted(counts["end"]["times"])
+    assert len(starts) == len(ends) == 3
+    # never two at once: each step started after the previous one ended
+    assert all(starts[i + 1] >= ends[i] for i in range(2)), (starts, ends)
+
+
 def test_cross_inngest_sdk_invokes_stepflow_function(sf: Stack) -> None:
     need(sf, "cross-invoke-stepflow", stepflow_fns=("double",))
     run = sf.finish(sf.send(sf.ev("cross-invoke"), {"n": 7}))

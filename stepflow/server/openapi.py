@@ -237,13 +237,16 @@ def _schemas() -> dict[str, Any]:
         "Function": {
             "type": "object", "additionalProperties": False,
             "required": ["id", "name", "app_id", "version", "kind", "triggers", "source", "durable_endpoint",
-                         "paused", "paused_at"],
+                         "flow_control", "paused", "paused_at"],
             "properties": {
                 "id": {"type": "string"}, "name": {"type": "string"}, "app_id": {"type": "string"},
                 "version": {"type": "integer", "minimum": 1},
                 "kind": {"type": "string", "enum": ["workflow", "code"]},
                 "durable_endpoint": {"type": "boolean",
                                      "description": "a durable endpoint's function (its runs are its requests)"},
+                "flow_control": {"type": "object", "description": "its concurrency, throttle, rate_limit, "
+                                                                  "debounce, singleton and priority, as declared "
+                                                                  "(docs/flow-control.md); {} when none"},
                 "paused": {"type": "boolean", "description": "paused with `POST /v2/functions/{id}/pause`"},
                 "paused_at": {"type": ["string", "null"], "format": "date-time"},
                 "triggers": {"type": "array", "items": {"oneOf": [

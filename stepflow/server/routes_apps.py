@@ -137,7 +137,8 @@ async def list_functions(request: web.Request) -> web.Response:
     paused = await engine.store.paused_functions()  # read each time: another process may have paused one
     data = [{"id": fn.id, "name": fn.name, "app_id": fn.app_id, "version": version, "kind": fn.kind,
              "triggers": [t.to_config() for t in fn.triggers], "source": fn.source,
-             "durable_endpoint": is_endpoint_function(fn), "paused": fn.id in paused,
+             "durable_endpoint": is_endpoint_function(fn), "flow_control": fn.flow.to_config(),
+             "paused": fn.id in paused,
              "paused_at": iso(paused[fn.id]) if fn.id in paused else None}
             for version, fn in sorted(engine.functions.active(), key=lambda item: item[1].id)]
     return json_response({"data": data})

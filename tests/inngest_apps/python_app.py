@@ -12,6 +12,7 @@ at GET /counts?token=T, so the tests can assert that a step ran exactly N times.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
@@ -275,9 +276,24 @@ async def flaky_once(ctx: inngest.Context) -> dict[str, Any]:
     return {"value": await ctx.step.run("flaky", flaky)}
 
 
+# (q) flow control: one run at a time per token (concurrency keyed by CEL), each step taking 300 ms
+@client.create_function(fn_id="one-at-a-time", trigger=inngest.TriggerEvent(event=ev("one-at-a-time")),
+                        concurrency=[inngest.Concurrency(limit=1, key="event.data.token")],
+                        throttle=inngest.Throttle(limit=100, period=datetime.timedelta(seconds=1)))
+async def one_at_a_time(ctx: inngest.Context) -> dict[str, Any]:
+    t = ctx.event.data["token"]
+
+    async def work() -> int:
+        hit(t, "start")
+        await asyncio.sleep(0.3)
+        return hit(t, "end")
+
+    return {"n": await ctx.step.run("work", work)}
+
+
 FUNCTIONS = [three_steps, sleeper, wait_match, wait_timeout, invoke_child, invoke_parent, send_child, send_parent,
              parallel, always_fails, non_retriable, retry_after, cancellable, cron_tick, cross_invoke, fails_notify,
-             sleep_until, flaky_once]
+             sleep_until, flaky_once, one_at_a_time]
 
 api = fastapi.FastAPI()
 inngest.fast_api.serve(api, client, FUNCTIONS)

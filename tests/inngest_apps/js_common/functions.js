@@ -204,9 +204,24 @@ export function buildFunctions(sdk) {
       return { value };
     });
 
+  // (q) flow control: one run at a time per token (concurrency keyed by CEL), each step taking 300 ms
+  const oneAtATime = createFunction({
+    id: "one-at-a-time",
+    concurrency: { limit: 1, key: "event.data.token" },
+    throttle: { limit: 100, period: "1s" },
+  }, { event: ev("one-at-a-time") },
+  async ({ event, step }) => {
+    const n = await step.run("work", async () => {
+      hit(event.data.token, "start");
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      return hit(event.data.token, "end");
+    });
+    return { n };
+  });
+
   return [threeSteps, sleeper, waitMatch, waitTimeout, invokeChild, invokeParent, sendChild, sendParent,
     parallel, alwaysFails, nonRetriable, retryAfter, cancellable, cronFn, crossInvoke, failsNotify, sleepUntil,
-    flakyOnce];
+    flakyOnce, oneAtATime];
 }
 
 /**
