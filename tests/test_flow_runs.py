@@ -241,3 +241,49 @@ async def test_an_event_shows_the_functions_it_skipped_and_why(stepflow: Running
     assert (await stepflow.client.get_event(first))["skipped"] == []
     runs = await stepflow.client.get_event_runs(second)
     assert [r["function_id"] for r in runs] == ["always"]  # the other function ran as usual
+
+
+async def test_batching_collects_events_into_one_run(tmp_path: Path, step_server: StepServer) -> None:
+    """max_size 3: six events make two full runs at once, each step Input holding its three events in order;
+    a seventh waits for the timeout and runs alone."""
+    seen: list[list[int]] = []
+
+    async def batch(payload: dict[str, Any], _: web.Request) -> web.StreamResponse:
+        numbers = [e["data"]["n"] for e in payload["events"]]
+        assert payload["event"] == payload["events"][0]
+        seen.append(numbers)
+        return web.json_response({"count": len(numbers)})
+
+    async with engines(tmp_path) as running:
+        engine = running[0]
+        await register(running, {"id": "bulk", "triggers": [{"event": "flow/go"}], "batch_events": {
+            "max_size": 3, "timeout": "2s", "key": "event.data.key"},
+            "steps": {"s": {"runtime": {"type": "http", "url": step_server.route("/batch", batch)}}}})
+        events: list[str] = []
+        for n in range(6):
+            events += await send(engine, {"key": "a", "n": n})
+        sent_at = time.monotonic()
+        runs = await all_ended(engine, events, 6, timeout=10)   # each event lists the run it joined
+        assert len({r.id for r in runs}) == 2 and time.monotonic() - sent_at < 1.8  # full: no timeout waited
+        assert sorted(seen) == [[0, 1, 2], [3, 4, 5]]
+        [late] = await send(engine, {"key": "a", "n": 6})
+        [alone] = await all_ended(engine, [late], 1, timeout=10)
+        assert seen[-1] == [6] and alone.output == {"count": 1}
+        assert time.monotonic() - sent_at >= 1.9  # it waited for the timeout
+
+
+async def test_batching_if_leaves_events_out_and_a_waiting_batch_says_so(stepflow: RunningServer,
+                                                                         step_server: StepServer) -> None:
+    await stepflow.register(workflow_config(
+        {"s": {"runtime": {"type": "http", "url": step_server.json("/ok", {})}}}, id="bulk", event="w/b",
+        batch_events={"max_size": 100, "timeout": "60s", "if": "event.data.batch"}))
+    client = stepflow.client
+    waiting = [(await client.send({"name": "w/b", "data": {"batch": True}}))[0] for _ in range(2)]
+    [alone] = await client.send({"name": "w/b", "data": {"batch": False}})
+    done = await client.wait_for_output(alone, timeout=10)  # not batched: runs at once
+    assert done == {}
+    [run] = await client.get_event_runs(waiting[1])
+    assert run["run_id"] == (await client.get_event_runs(waiting[0]))[0]["run_id"]
+    shown = await client.get_run(run["run_id"])
+    assert shown["status"] == "Queued" and shown["waiting"].startswith("batching 2/100 until 20"), shown
+    await client.cancel(run["run_id"])

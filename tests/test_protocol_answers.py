@@ -244,17 +244,21 @@ async def test_a_sync_is_accepted_with_every_form_of_the_signing_key(stepflow_fa
     assert stored.retries.attempts == 2  # Inngest's retries: 1 is one retry, two attempts in all
 
 
-async def test_a_sync_that_sets_an_option_not_carried_out_is_refused_naming_it(stepflow: RunningServer) -> None:
+async def test_a_syncs_batching_is_translated_and_a_bad_value_refused_naming_it(stepflow: RunningServer) -> None:
     sync = {"appName": "js-app", "framework": "express", "url": "http://127.0.0.1:9/api/inngest",
             "functions": [{"id": "js-app-batched", "name": "batched", "triggers": [{"event": "app/x"}],
-                           "batchEvents": {"maxSize": 10, "timeout": "5s"},
+                           "batchEvents": {"maxSize": 10, "timeout": "5s", "key": "event.data.user"},
                            "steps": {"step": {"id": "step", "name": "step",
                                               "runtime": {"type": "http", "url": "http://127.0.0.1:9/x"}}}}]}
     async with aiohttp.ClientSession() as http, http.post(f"{stepflow.url}/fn/register", json=sync) as resp:
+        assert resp.status == 200, await resp.text()
+    [listed] = await stepflow.client.list_functions()
+    assert listed["flow_control"] == {"batch_events": {"max_size": 10, "timeout": 5.0, "key": "event.data.user"}}
+    sync["functions"][0]["batchEvents"] = {"maxSize": 10, "timeout": "5m"}  # type: ignore[index]
+    async with aiohttp.ClientSession() as http, http.post(f"{stepflow.url}/fn/register", json=sync) as resp:
         assert resp.status == 400
         body = await resp.json()
-    assert "'batch_events' is not carried out" in body["error"] and "js-app-batched" in body["error"]
-    assert await stepflow.client.list_functions() == []
+    assert "'batch_events.timeout' must be between 1s and 1m" in body["error"] and "js-app-batched" in body["error"]
 
 
 async def test_a_syncs_flow_control_is_translated_and_kept(stepflow: RunningServer) -> None:

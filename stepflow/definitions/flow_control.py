@@ -25,7 +25,7 @@ SINGLETON_MODES = ("skip", "cancel")
 MAX_PRIORITY_SECONDS = 600
 FIELDS = ("concurrency", "throttle", "rate_limit", "debounce", "batch_events", "priority", "singleton")
 # the controls the engine carries out; the others are refused at load rather than accepted and ignored
-ENFORCED = frozenset({"concurrency", "throttle", "rate_limit", "debounce", "priority", "singleton"})
+ENFORCED = frozenset(FIELDS)
 
 
 def key_value(key: Expression | None, event: dict[str, Any]) -> str:

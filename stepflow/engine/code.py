@@ -66,7 +66,7 @@ def build_call_input(fn: FunctionDef, state: RunState, job_attempt: int, max_att
     stack += sorted(set(steps) - set(stack))
     return wire.call_input(event=state.event or {}, steps=steps, run_id=state.run.id,
                                attempt=job_attempt, max_attempts=max_attempts, stack=stack,
-                               target=target, version=version, extra_ctx=extra)
+                               target=target, version=version, extra_ctx=extra, events=state.events)
 
 
 def build_remote_input(fn: FunctionDef, state: RunState, step_id: str, attempt: int, max_attempts: int,
@@ -76,7 +76,7 @@ def build_remote_input(fn: FunctionDef, state: RunState, step_id: str, attempt: 
              for sid, s in state.steps.items() if s.kind is not None and s.status is StepStatus.COMPLETED}
     step = state.steps.get(step_id)
     document: dict[str, Any] = {
-        "event": state.event or {}, "events": [state.event or {}], "steps": steps,
+        "event": state.event or {}, "events": state.events or [state.event or {}], "steps": steps,
         "ctx": {"run_id": state.run.id, "function_id": fn.id, "app_id": fn.app_id,
                 "step_id": step.name if step and step.name else step_id, "attempt": attempt,
                 "max_attempts": max_attempts}}

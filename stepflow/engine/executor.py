@@ -203,7 +203,7 @@ class Executor:
         max_attempts = fn.attempts_for(job.step_id)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
                           attempt=job.attempt, max_attempts=max_attempts)
-        invocation = Invocation(input=build_input(state.event or {}, state.completed_outputs(), ctx),
+        invocation = Invocation(input=build_input(state.event or {}, state.completed_outputs(), ctx, state.events),
                                 options=step.runtime.options, ctx=ctx,
                                 timeout=self._timeout_for(step.runtime.options, step.timeout),
                                 max_output_bytes=self.config.max_output_bytes, signing_key=self.config.signing_key)

@@ -55,6 +55,14 @@ def run_flow(fn: FunctionDef, event: dict[str, Any]) -> RunFlow:
         out.rate_limit = (f"r:{fn.id}:{key_value(r.key, event)}", round(interval), round(interval * (r.limit - 1)))
     if flow.singleton is not None:
         out.singleton = (key_value(flow.singleton.key, event), flow.singleton.mode)
+    if flow.batch_events is not None:
+        b = flow.batch_events
+        try:
+            batched = b.condition is None or b.condition.is_true({"event": event})
+        except ExpressionError:
+            batched = False
+        if batched:  # an event the `if` leaves out runs on its own, as a batch of one
+            out.batch = (key_value(b.key, event), b.max_size, round(b.timeout * 1000))
     if flow.debounce is not None:
         d = flow.debounce
         out.debounce = (key_value(d.key, event), round(d.period * 1000),

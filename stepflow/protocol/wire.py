@@ -109,9 +109,11 @@ def data_memo(output: Any) -> dict[str, Any]:
 
 def call_input(*, event: dict[str, Any], steps: dict[str, Any], run_id: str, attempt: int, max_attempts: int,
                stack: list[str], target: str | None, version: int = SDK_CHOOSES_VERSION,
-               extra_ctx: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra_ctx: dict[str, Any] | None = None,
+               events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The Input of one call, with every field the official SDKs validate.
 
+    `events` is a batch run's events (the first is `event`); otherwise `[event]`.
     `use_api` is false: the memos and events are always sent whole (true would make the SDK fetch them from
     Inngest Cloud's API). `disable_immediate_execution` is false: the SDK may run a lone new step inline.
     """
@@ -122,7 +124,8 @@ def call_input(*, event: dict[str, Any], steps: dict[str, Any], run_id: str, att
     }
     if extra_ctx:
         ctx.update(extra_ctx)
-    return {"event": event, "events": [event], "steps": steps, "ctx": ctx, "use_api": False, "version": version}
+    return {"event": event, "events": events or [event], "steps": steps, "ctx": ctx, "use_api": False,
+            "version": version}
 
 
 @lru_cache(maxsize=4096)  # one URL per function and target: built once, not on every call

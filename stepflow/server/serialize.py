@@ -25,6 +25,8 @@ def describe_waiting(waiting: dict[str, Any]) -> str:
     if waiting["reason"] == "concurrency":
         what = f'concurrency key "{waiting["key"]}"' if waiting["key"] is not None else "concurrency limit"
         return f"{what} ({waiting['executing']}/{waiting['limit']})"
+    if waiting["reason"] == "batch":
+        return f"batching {waiting['size']}/{waiting['max_size']} until {iso(waiting['until'])}"
     return f"{'throttled' if waiting['reason'] == 'throttle' else 'debouncing'} until {iso(waiting['until'])}"
 
 

@@ -31,6 +31,8 @@ class Conn(Protocol):
 
     async def fetchval(self, sql: str, *args: Any) -> Any: ...
 
+    async def fetchrow(self, sql: str, *args: Any) -> Any: ...
+
 
 # (slot1, limit1, slot2, limit2, priority_ms) of a run, as its jobs carry them
 RunSlots = tuple[str | None, int | None, str | None, int | None, int]
@@ -136,7 +138,7 @@ async def record_skip(c: Conn, event_id: str | None, function_id: str, reason: s
 async def waiting_reasons(c: Conn, run_id: str, now: int) -> dict[str, dict[str, Any]]:
     """Why the run's work is not executing, by step id ("" for a code function's call):
     `{"reason": "concurrency", "key", "executing", "limit"}` (key None: a limit without key), or
-    `{"reason": "throttle" | "debounce", "until": ms}`."""
+    `{"reason": "throttle" | "debounce", "until": ms}`, or `{"reason": "batch", "until", "size", "max_size"}`."""
     rows = await c.fetch("SELECT step_id, waiting_on, hold, available_at, slot1, limit1, limit2 FROM jobs WHERE "
                          "run_id=? AND kind IN ('step', 'call') AND (waiting_on IS NOT NULL OR "
                          "(hold IS NOT NULL AND available_at>?))", run_id, now)
@@ -147,6 +149,10 @@ async def waiting_reasons(c: Conn, run_id: str, now: int) -> dict[str, dict[str,
             reasons[step_id] = {"reason": "concurrency", "key": value or None,
                                 "executing": await executing(c, slot, now),
                                 "limit": int(limit1 if slot == slot1 else limit2)}
+        elif hold == "batch":
+            size = await c.fetchrow("SELECT size, max_size FROM batches WHERE run_id=?", run_id)
+            reasons[step_id] = {"reason": "batch", "until": int(available_at), "size": int(size[0]) if size else 1,
+                                "max_size": int(size[1]) if size else 1}
         else:
             reasons[step_id] = {"reason": hold, "until": int(available_at)}
     return reasons

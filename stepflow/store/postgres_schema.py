@@ -149,7 +149,7 @@ MIGRATIONS: list[str] = [
     # version 5: flow control. Concurrency slots (a job holds its run's slots while leased; a job that would
     # exceed a limit waits parked on the slot, `waiting_on`, and is woken in `queued_at` order as slots free up);
     # priority; throttle and rate-limit state (GCRA: one theoretical arrival time per key); singleton and
-    # debounce keys; the events a control skipped, and why
+    # debounce keys; event batches (a batch run's events, in order: `run_events`); the events a control skipped
     """
     ALTER TABLE runs ADD COLUMN slot1 TEXT;
     ALTER TABLE runs ADD COLUMN limit1 INTEGER;
@@ -185,6 +185,23 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (function_id, key)
     );
     CREATE INDEX debounces_run ON debounces (run_id);
+    ALTER TABLE runs ADD COLUMN batched INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE batches (
+        function_id  TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        run_id       TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        max_size     INTEGER NOT NULL,
+        PRIMARY KEY (function_id, key)
+    );
+    CREATE INDEX batches_run ON batches (run_id);
+    CREATE TABLE run_events (
+        run_id    TEXT NOT NULL,
+        seq       INTEGER NOT NULL,
+        event_id  TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE INDEX run_events_event ON run_events (event_id);
     CREATE TABLE skips (
         event_id     TEXT NOT NULL,
         function_id  TEXT NOT NULL,

@@ -132,6 +132,7 @@ class RunFlow:
     rate_limit: tuple[str, int, int] | None = None      # (key, emission interval ms, burst tolerance ms)
     singleton: tuple[str, str] | None = None            # (key, "skip" | "cancel")
     debounce: tuple[str, int, int | None] | None = None  # (key, period ms, timeout ms)
+    batch: tuple[str, int, int] | None = None           # (key, max size, timeout ms)
 
 
 @dataclass(slots=True)
@@ -176,6 +177,7 @@ class RunState:
     run: RunRecord
     event: dict[str, Any] | None
     steps: dict[str, StepRecord]
+    events: list[dict[str, Any]] | None = None  # a batch run's events, in order (the first is `event`)
     pending_jobs: int = 0        # other jobs of this run still queued or running
     pending_pauses: int = 0      # waits (events, invoked runs) not yet resolved
     busy_steps: frozenset[str] = frozenset()  # steps with a job queued or running, or a wait, right now

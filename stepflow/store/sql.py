@@ -139,8 +139,10 @@ class SqlStore(SqlFunctionPauses):
         return [{"function_id": r[0], "reason": r[1], "message": r[2], "at": int(r[3])} for r in rows]
 
     async def get_event_runs(self, event_id: str) -> list[RunRecord]:
-        rows = await self._read(lambda c: c.fetch(f"SELECT {RUN_COLUMNS} FROM runs WHERE event_id=? ORDER BY id",
-                                                  event_id))
+        # the runs it triggered, and the batch runs it joined
+        rows = await self._read(lambda c: c.fetch(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE event_id=? UNION SELECT {RUN_COLUMNS} FROM runs WHERE id IN "
+            "(SELECT run_id FROM run_events WHERE event_id=?) ORDER BY 1", event_id, event_id))
         return [run_record(r) for r in rows]
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -271,8 +273,9 @@ class SqlStore(SqlFunctionPauses):
                 for slot, _ in slots:
                     room[slot] -= 1
                 if run[3] == "QUEUED" and job_kind in (JobKind.STEP, JobKind.CALL):
-                    if job_flow[4] == "debounce":
-                        await c.execute("DELETE FROM debounces WHERE run_id=?", run_id)  # later events: a new run
+                    if job_flow[4] in ("debounce", "batch"):  # it starts: later events make a new run
+                        await c.execute(f"DELETE FROM {'debounces' if job_flow[4] == 'debounce' else 'batches'} "
+                                        "WHERE run_id=?", run_id)
                     if await c.execute("UPDATE runs SET status='RUNNING', started_at=? WHERE id=? AND status='QUEUED'",
                                        now, run_id) and run[4] is not None:
                         await self._insert_jobs(c, run_id, [NewJob("", now + run[4], JobKind.RUN_TIMEOUT,

@@ -159,12 +159,13 @@ class SqlBase(Store):
         start_deadline = now + run.start_timeout_ms if run.start_timeout_ms is not None else None
         slots = run_slots(run)
         await c.execute(f"INSERT INTO runs ({RUN_COLUMNS}, finish_timeout_ms, start_deadline, operation_id, slot1, "
-                        "limit1, slot2, limit2, priority_ms, singleton_key) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, "
-                        "NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "limit1, slot2, limit2, priority_ms, singleton_key, batched) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                        "NULL, NULL, NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         run.run_id, run.function_id, run.function_version, run.app_id, event_id, run.status.value,
                         now, run.original_run_id, run.finish_timeout_ms, start_deadline, run.operation_id,
                         *(slots[:4] if slots else (None, None, None, None)), slots[4] if slots else 0,
-                        run.flow.singleton[0] if run.flow and run.flow.singleton else None)
+                        run.flow.singleton[0] if run.flow and run.flow.singleton else None,
+                        1 if run.flow and run.flow.batch else 0)
         for kept in run.steps:  # a rerun from a step: the results it keeps, in their recorded order
             await self._write_step(c, run.run_id, kept)
         await self._insert_jobs(c, run.run_id, run.jobs, now, slots=slots, hold=hold)
@@ -188,6 +189,10 @@ class SqlBase(Store):
                 await flow.record_skip(c, event_id, run.function_id, "rate_limit",
                                        "rate limited: the function's rate_limit allows no more runs now"
                                        + (f" for key {key.split(':', 2)[2]!r}" if key.split(":", 2)[2] else ""), now)
+                return False, None
+        if control.batch is not None:
+            added, hold = await self._batch(c, run, event_id, now)
+            if added:
                 return False, None
         if control.debounce is not None:
             key, period, timeout = control.debounce
@@ -235,6 +240,38 @@ class SqlBase(Store):
                     job.available_at = max(job.available_at, start)
                 hold = "throttle"
         return True, hold
+
+    async def _batch(self, c: Conn, run: NewRun, event_id: str | None, now: int) -> tuple[bool, str | None]:
+        """Event batching: add the event to its key's open batch (True; full, the batch's run starts now), or
+        open a batch with a new run whose first jobs wait `timeout` for more events."""
+        assert run.flow is not None and run.flow.batch is not None
+        key, max_size, timeout = run.flow.batch
+        await self._lock_key(c, f"b:{run.function_id}:{key}")
+        row = await c.fetchrow("SELECT b.run_id, b.size FROM batches b JOIN runs r ON r.id = b.run_id WHERE "
+                               "b.function_id=? AND b.key=? AND r.status='QUEUED'", run.function_id, key)
+        if row is not None:
+            batch_run, size = row[0], int(row[1]) + 1
+            await c.execute("INSERT INTO run_events (run_id, seq, event_id) VALUES (?, ?, ?)", batch_run, size - 1,
+                            event_id)
+            await c.execute("UPDATE runs SET batched=? WHERE id=?", size, batch_run)
+            if size >= max_size:  # full: it starts now, and the next event opens a new batch
+                await c.execute("DELETE FROM batches WHERE function_id=? AND key=?", run.function_id, key)
+                await c.execute("UPDATE jobs SET available_at=?, queued_at=?, hold=NULL WHERE run_id=? AND "
+                                "hold='batch'", now, now, batch_run)
+                await self._work_added(c)
+            else:
+                await c.execute("UPDATE batches SET size=? WHERE function_id=? AND key=?", size, run.function_id,
+                                key)
+            return True, None
+        await c.execute("DELETE FROM batches WHERE function_id=? AND key=?", run.function_id, key)
+        await c.execute("INSERT INTO run_events (run_id, seq, event_id) VALUES (?, 0, ?)", run.run_id, event_id)
+        if max_size <= 1:
+            return False, None
+        await c.execute("INSERT INTO batches (function_id, key, run_id, size, max_size) VALUES (?, ?, ?, 1, ?)",
+                        run.function_id, key, run.run_id, max_size)
+        for job in run.jobs:
+            job.available_at = max(job.available_at, now + timeout)
+        return False, "batch"
 
     async def _run_slots(self, c: Conn, run_id: str) -> flow.RunSlots | None:
         row = await c.fetchrow("SELECT slot1, limit1, slot2, limit2, priority_ms FROM runs WHERE id=?", run_id)
@@ -357,12 +394,18 @@ class SqlBase(Store):
             await self._resolve_pause(c, pause_id, run_id, step_id, None, error, now)
 
     async def _load_run_state(self, c: Conn, run_id: str) -> RunState | None:
-        row = await c.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", run_id)
+        row = await c.fetchrow(f"SELECT {RUN_COLUMNS}, batched FROM runs WHERE id=?", run_id)
         if row is None:
             return None
         run = run_record(row)
         event = None
-        if run.event_id is not None:
+        events = None
+        if row[-1]:  # a batch run: its events in the order they came, the first one its `event`
+            rows = await c.fetch("SELECT e.payload FROM run_events b JOIN events e ON e.id = b.event_id WHERE "
+                                 "b.run_id=? ORDER BY b.seq", run_id)
+            events = [codec.unpack(bytes(r[0])) for r in rows]
+            event = events[0] if events else None
+        elif run.event_id is not None:
             payload = await c.fetchval("SELECT payload FROM events WHERE id=?", run.event_id)
             event = codec.unpack(bytes(payload)) if payload is not None else None
         rows = await c.fetch(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id=?", run_id)
@@ -371,7 +414,7 @@ class SqlBase(Store):
         pauses = await c.fetch("SELECT step_id FROM pauses WHERE run_id=? AND kind != 'cancel'", run_id)
         busy = frozenset(row[0] for row in (*jobs, *pauses) if row[0])
         return RunState(run=run, event=event, steps=steps, pending_jobs=len(jobs), pending_pauses=len(pauses),
-                        busy_steps=busy)
+                        busy_steps=busy, events=events)
 
     async def _finish_run(self, c: Conn, run_id: str, status: RunStatus, output: Any, error: dict[str, Any] | None,
                           now: int) -> bool:
@@ -390,6 +433,7 @@ class SqlBase(Store):
             await c.execute("DELETE FROM singletons WHERE function_id=? AND key=? AND run_id=?", ended[5], ended[4],
                             run_id)
         await c.execute("DELETE FROM debounces WHERE run_id=?", run_id)
+        await c.execute("DELETE FROM batches WHERE run_id=?", run_id)
         await c.execute("UPDATE steps SET status='cancelled', ended_at=? WHERE run_id=? AND status='scheduled'",
                         now, run_id)
         self.hooks.run_ended(run_id)
