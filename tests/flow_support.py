@@ -31,6 +31,7 @@ class Recorder:
     total_running: int = 0
     most_total: int = 0
     started: list[tuple[float, str, Any]] = field(default_factory=list)  # (monotonic time, key, event data)
+    spans: list[tuple[float, float, str, str, int]] = field(default_factory=list)  # (start, end, key, run, attempt)
 
     async def __call__(self, payload: dict[str, Any], _: web.Request) -> web.StreamResponse:
         data = payload["event"]["data"]
@@ -40,11 +41,14 @@ class Recorder:
         self.total_running += 1
         self.most[key] = max(self.most[key], self.running[key])
         self.most_total = max(self.most_total, self.total_running)
+        began = time.monotonic()
         try:
             await asyncio.sleep(self.hold)
         finally:
             self.running[key] -= 1
             self.total_running -= 1
+            ctx = payload.get("ctx") or {}
+            self.spans.append((began, time.monotonic(), key, str(ctx.get("run_id")), int(ctx.get("attempt") or 0)))
         return web.json_response({"n": data.get("n")})
 
 

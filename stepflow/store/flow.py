@@ -96,9 +96,12 @@ async def wake(c: Conn, slot: str, limit: int, now: int) -> int:
     room = limit - await occupancy(c, slot, now)
     if room <= 0:
         return 0
+    # `waiting_on=?` again on the row itself: on PostgreSQL a concurrent wake may have woken (and a claim leased)
+    # a row the subquery picked; re-checked after the row lock, it is left alone instead of having its lease
+    # undone (available_at in the past makes a leased job look abandoned)
     return await c.execute(
-        "UPDATE jobs SET available_at=?, waiting_on=NULL WHERE id IN (SELECT id FROM jobs WHERE waiting_on=? "
-        "ORDER BY queued_at, id LIMIT ?)", now, slot, room)
+        "UPDATE jobs SET available_at=?, waiting_on=NULL WHERE waiting_on=? AND lease_owner IS NULL AND id IN "
+        "(SELECT id FROM jobs WHERE waiting_on=? ORDER BY queued_at, id LIMIT ?)", now, slot, slot, room)
 
 
 async def wake_all(c: Conn, now: int) -> int:

@@ -99,6 +99,7 @@ def parse_url(url: str) -> tuple[str, str | None, int]:
 
 class PostgresStore(SqlStore):
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    for_update = " FOR UPDATE"
 
     def __init__(self, url: str, *, pool_size: int | None = None) -> None:
         super().__init__()

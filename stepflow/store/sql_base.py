@@ -92,6 +92,7 @@ class SqlBase(Store):
 
     url: str
     skip_locked = ""  # appended to the claim's row selection where the backend supports it
+    for_update = ""   # appended to a selection whose rows the transaction must hold (where transactions overlap)
 
     def __init__(self) -> None:
         self.hooks = StoreHooks()  # until the engine attaches its own
@@ -198,13 +199,14 @@ class SqlBase(Store):
             key, period, timeout = control.debounce
             await self._lock_key(c, f"d:{run.function_id}:{key}")
             row = await c.fetchrow("SELECT d.run_id, d.first_at, r.event_id FROM debounces d JOIN runs r ON "
-                                   "r.id = d.run_id WHERE d.function_id=? AND d.key=? AND r.status='QUEUED'",
-                                   run.function_id, key)
+                                   "r.id = d.run_id WHERE d.function_id=? AND d.key=?", run.function_id, key)
+            if row is not None and not await self._still_queued(c, row[0]):
+                row = None  # its run started meanwhile: this event begins a new burst
             if row is not None:  # the burst goes on: its run waits longer, and takes this (the last) event
                 due = now + period if timeout is None else min(now + period, row[1] + timeout)
                 await c.execute("UPDATE runs SET event_id=? WHERE id=?", event_id, row[0])
-                await c.execute("UPDATE jobs SET available_at=?, queued_at=? WHERE run_id=? AND hold='debounce'",
-                                due, due, row[0])
+                await c.execute("UPDATE jobs SET available_at=?, queued_at=? WHERE run_id=? AND hold='debounce' AND "
+                                "lease_owner IS NULL", due, due, row[0])
                 await flow.record_skip(c, row[2], run.function_id, "debounce",
                                        f"debounced: event {event_id} came later, and run {row[0]} takes it", now)
                 return False, None
@@ -247,8 +249,9 @@ class SqlBase(Store):
         assert run.flow is not None and run.flow.batch is not None
         key, max_size, timeout = run.flow.batch
         await self._lock_key(c, f"b:{run.function_id}:{key}")
-        row = await c.fetchrow("SELECT b.run_id, b.size FROM batches b JOIN runs r ON r.id = b.run_id WHERE "
-                               "b.function_id=? AND b.key=? AND r.status='QUEUED'", run.function_id, key)
+        row = await c.fetchrow("SELECT run_id, size FROM batches WHERE function_id=? AND key=?", run.function_id, key)
+        if row is not None and not await self._still_queued(c, row[0]):
+            row = None  # its run started meanwhile: this event opens a new batch
         if row is not None:
             batch_run, size = row[0], int(row[1]) + 1
             await c.execute("INSERT INTO run_events (run_id, seq, event_id) VALUES (?, ?, ?)", batch_run, size - 1,
@@ -257,7 +260,7 @@ class SqlBase(Store):
             if size >= max_size:  # full: it starts now, and the next event opens a new batch
                 await c.execute("DELETE FROM batches WHERE function_id=? AND key=?", run.function_id, key)
                 await c.execute("UPDATE jobs SET available_at=?, queued_at=?, hold=NULL WHERE run_id=? AND "
-                                "hold='batch'", now, now, batch_run)
+                                "hold='batch' AND lease_owner IS NULL", now, now, batch_run)
                 await self._work_added(c)
             else:
                 await c.execute("UPDATE batches SET size=? WHERE function_id=? AND key=?", size, run.function_id,
@@ -272,6 +275,17 @@ class SqlBase(Store):
         for job in run.jobs:
             job.available_at = max(job.available_at, now + timeout)
         return False, "batch"
+
+    async def _still_queued(self, c: Conn, run_id: str) -> bool:
+        """Has the run not started, and can it not start before this transaction ends? Its jobs are locked first,
+        in the order a claim locks rows (jobs, then the run): a claim leasing one of them has either committed
+        (the lease shows) or waits for us (SKIP LOCKED passes them by)."""
+        jobs = await c.fetch(f"SELECT lease_owner FROM jobs WHERE run_id=? AND kind IN ('step', 'call')"
+                             f"{self.for_update}", run_id)
+        if any(row[0] is not None for row in jobs):
+            return False
+        await self._lock_run(c, run_id)
+        return bool(await c.fetchval("SELECT status FROM runs WHERE id=?", run_id) == RunStatus.QUEUED.value)
 
     async def _run_slots(self, c: Conn, run_id: str) -> flow.RunSlots | None:
         row = await c.fetchrow("SELECT slot1, limit1, slot2, limit2, priority_ms FROM runs WHERE id=?", run_id)
