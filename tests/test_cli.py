@@ -180,6 +180,8 @@ def workflow_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
          "steps": {"nap": {"runtime": {"type": "http", "url": steps + "/slow"}}}},
         {"id": "flaky", "triggers": [{"event": "math/flaky"}],
          "steps": {"wobbly": {"runtime": {"type": "http", "url": steps + "/flaky"}}}},
+        {"id": "one-by-one", "triggers": [{"event": "math/queue"}], "concurrency": 1,
+         "steps": {"nap": {"runtime": {"type": "http", "url": steps + "/slow"}}}},
     ]}))
     yield path
     _Steps.release.set()
@@ -658,3 +660,20 @@ def test_migrate_a_sqlite_file_and_an_unreachable_database(tmp_path: Path) -> No
     assert cli("migrate", "--db", str(db)).returncode == 0  # again: nothing to do
     unreachable = cli("migrate", "--db", f"postgresql://postgres@127.0.0.1:{free_port()}/test")
     assert_clean_failure(unreachable, "cannot connect to PostgreSQL")
+
+
+def test_runs_show_says_why_a_run_waits(dev: Server) -> None:
+    first = run_id_of(dev, send(dev, "math/queue"))
+    second = run_id_of(dev, send(dev, "math/queue"))
+    try:
+        deadline = time.monotonic() + 10
+        while json.loads(cli("runs", "show", first, "--json", "--url", dev.url).stdout)["status"] != "Running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        shown = cli("runs", "show", second, "--url", dev.url)
+        assert shown.returncode == 0 and "waiting: concurrency limit (1/1)" in shown.stdout, shown
+        listed = json.loads(cli("functions", "list", "--json", "--url", dev.url).stdout)
+        assert [f["flow_control"] for f in listed if f["id"] == "one-by-one"] == [{"concurrency": [{"limit": 1}]}]
+    finally:
+        for run_id in (first, second):
+            cli("runs", "cancel", run_id, "--url", dev.url)

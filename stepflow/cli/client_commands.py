@@ -162,6 +162,8 @@ def _show(run_id: str, wait: bool, timeout: float, url: str, signing_key: str | 
         print_table([info], RUN_COLUMNS)
         if info.get("error"):
             click.echo(f"error: {codec.dumps(info['error']).decode()}")
+        if info.get("waiting"):  # flow control holds it (docs/flow-control.md)
+            click.echo(f"waiting: {info['waiting']}")
         click.echo()
         print_table(steps, STEP_COLUMNS)
     if info["status"] in ("Failed", "Cancelled"):
