@@ -55,6 +55,20 @@ async def test_scope_all_shares_a_key_between_functions(tmp_path: Path, step_ser
     assert recorder.most == {"db-7": 1} and len(recorder.started) == 12
 
 
+async def test_scope_app_shares_a_key_between_an_apps_functions_only(tmp_path: Path,
+                                                                      step_server: StepServer) -> None:
+    recorder = Recorder(hold=0.15)
+    shared = [{"limit": 1, "key": "event.data.key", "scope": "app"}]
+    async with engines(tmp_path) as running:
+        for fid, app in (("one", "billing"), ("two", "billing"), ("three", "reports")):
+            await register(running, {"id": fid, "app_id": app, **one_step(
+                step_server, recorder, path=f"/{fid}", concurrency=shared)})
+        events = await send(running[0], *({"key": "k", "n": n} for n in range(4)))  # a run of each function each
+        await all_ended(running[-1], events, 12)
+    # billing's two functions shared one slot, reports had its own: two steps at once, never three
+    assert len(recorder.started) == 12 and recorder.most_total == 2
+
+
 async def test_a_saturated_key_does_not_delay_other_keys(tmp_path: Path, step_server: StepServer) -> None:
     """Tenant A queues 300 runs with concurrency 1 per key; tenant B's run, sent after them, starts at once."""
     recorder = Recorder(hold=0.02)
