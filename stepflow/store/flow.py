@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from stepflow.store.records import JobKind
+from stepflow.store.records import JobKind, RunSlots
 
 PARKED = 2**62  # the available_at of a job set aside (a paused run's, or one waiting for a slot)
 SLOT_KINDS = (JobKind.STEP.value, JobKind.CALL.value)  # the jobs that execute the user's code, and hold slots
@@ -34,8 +34,11 @@ class Conn(Protocol):
     async def fetchrow(self, sql: str, *args: Any) -> Any: ...
 
 
-# (slot1, limit1, slot2, limit2, priority_ms) of a run, as its jobs carry them
-RunSlots = tuple[str | None, int | None, str | None, int | None, int]
+def as_slots(row: Any) -> RunSlots | None:
+    """(slot1, limit1, slot2, limit2, priority_ms) columns as a run's slots; None when it has neither."""
+    if row[0] is None and row[2] is None and not row[4]:
+        return None
+    return (row[0], row[1], row[2], row[3], int(row[4] or 0))
 
 
 async def occupancy(c: Conn, slot: str, now: int) -> int:
@@ -93,6 +96,8 @@ async def park(c: Conn, job_id: int, slot: str) -> None:
 
 async def wake(c: Conn, slot: str, limit: int, now: int) -> int:
     """Make the slot's oldest waiters due, as many as it has room for. Returns how many."""
+    if await c.fetchval("SELECT 1 FROM jobs WHERE waiting_on=? LIMIT 1", slot) is None:
+        return 0  # nobody waits (the usual case when the limit is not reached): nothing to count
     room = limit - await occupancy(c, slot, now)
     if room <= 0:
         return 0

@@ -121,6 +121,10 @@ class NewJob:
     attempt: int = 0
 
 
+# a run's concurrency slots and priority, as its jobs carry them: (slot1, limit1, slot2, limit2, priority ms)
+RunSlots = tuple[str | None, int | None, str | None, int | None, int]
+
+
 @dataclass(slots=True)
 class RunFlow:
     """What flow control asks of a new run, worked out from its function and event (engine/runs.py); the store
@@ -178,6 +182,7 @@ class RunState:
     event: dict[str, Any] | None
     steps: dict[str, StepRecord]
     events: list[dict[str, Any]] | None = None  # a batch run's events, in order (the first is `event`)
+    slots: RunSlots | None = None  # its concurrency slots and priority (None: it has neither)
     pending_jobs: int = 0        # other jobs of this run still queued or running
     pending_pauses: int = 0      # waits (events, invoked runs) not yet resolved
     busy_steps: frozenset[str] = frozenset()  # steps with a job queued or running, or a wait, right now

@@ -24,6 +24,7 @@ from stepflow.store.records import (
     NewRun,
     Pause,
     RunRecord,
+    RunSlots,
     RunState,
     RunStatus,
     StepRecord,
@@ -74,7 +75,7 @@ def event_record(row: Row) -> EventRecord:
                        received_at=row[2], user=payload.get("user"), v=payload.get("v"))
 
 
-def run_slots(run: NewRun) -> flow.RunSlots | None:
+def run_slots(run: NewRun) -> RunSlots | None:
     """A new run's concurrency slots and priority, as its jobs carry them (None: it has neither)."""
     if run.flow is None or (not run.flow.slots and not run.flow.priority_ms):
         return None
@@ -287,14 +288,12 @@ class SqlBase(Store):
         await self._lock_run(c, run_id)
         return bool(await c.fetchval("SELECT status FROM runs WHERE id=?", run_id) == RunStatus.QUEUED.value)
 
-    async def _run_slots(self, c: Conn, run_id: str) -> flow.RunSlots | None:
+    async def _run_slots(self, c: Conn, run_id: str) -> RunSlots | None:
         row = await c.fetchrow("SELECT slot1, limit1, slot2, limit2, priority_ms FROM runs WHERE id=?", run_id)
-        if row is None or (row[0] is None and row[2] is None and not row[4]):
-            return None
-        return (row[0], row[1], row[2], row[3], int(row[4] or 0))
+        return flow.as_slots(row) if row is not None else None
 
     async def _insert_jobs(self, c: Conn, run_id: str, jobs: list[NewJob], now: int, *,
-                           slots: flow.RunSlots | None | bool = True, hold: str | None = None) -> None:
+                           slots: RunSlots | None | bool = True, hold: str | None = None) -> None:
         """`slots`: the run's concurrency slots and priority if the caller knows them (None: it has none), else
         read from the run when a job needs them. `hold`: why these jobs are not due now (debounce, throttle)."""
         for job in jobs:
@@ -313,7 +312,7 @@ class SqlBase(Store):
                                 run_id, job.step_id, job.available_at, job.name, job.step_kind)
 
     async def _enqueue_call(self, c: Conn, run_id: str, at: int, now: int, attempt: int = 0,
-                            slots: flow.RunSlots | None | bool = True, hold: str | None = None) -> None:
+                            slots: RunSlots | None | bool = True, hold: str | None = None) -> None:
         """At most one waiting (unleased) untargeted call per run: calling twice would replay twice."""
         row = await c.fetchrow("SELECT id, available_at, waiting_on FROM jobs WHERE run_id=? AND kind='call' AND "
                                "payload IS NULL AND lease_owner IS NULL", run_id)
@@ -330,13 +329,13 @@ class SqlBase(Store):
 
     async def _call_if_idle(self, c: Conn, run_id: str, now: int) -> None:
         """Call the function again once nothing of the run is pending (all parallel work has settled)."""
-        status = await c.fetchval("SELECT status FROM runs WHERE id=?", run_id)
-        if status is None or RunStatus(status).is_terminal:
+        row = await c.fetchrow("SELECT status, slot1, limit1, slot2, limit2, priority_ms FROM runs WHERE id=?", run_id)
+        if row is None or RunStatus(row[0]).is_terminal:
             return
         busy = await c.fetchval("SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id=? AND kind != 'run_timeout') OR "
                                 "EXISTS (SELECT 1 FROM pauses WHERE run_id=? AND kind != 'cancel')", run_id, run_id)
         if not busy:
-            await self._enqueue_call(c, run_id, now, now)
+            await self._enqueue_call(c, run_id, now, now, 0, flow.as_slots(row[1:]))
 
     async def _insert_pause(self, c: Conn, pause: NewPause, now: int) -> None:
         pause_id = await c.fetchval("INSERT INTO pauses (run_id, step_id, kind, event_name, expression, child_run_id, "
@@ -408,7 +407,8 @@ class SqlBase(Store):
             await self._resolve_pause(c, pause_id, run_id, step_id, None, error, now)
 
     async def _load_run_state(self, c: Conn, run_id: str) -> RunState | None:
-        row = await c.fetchrow(f"SELECT {RUN_COLUMNS}, batched FROM runs WHERE id=?", run_id)
+        row = await c.fetchrow(f"SELECT {RUN_COLUMNS}, slot1, limit1, slot2, limit2, priority_ms, batched FROM runs "
+                               "WHERE id=?", run_id)
         if row is None:
             return None
         run = run_record(row)
@@ -428,7 +428,7 @@ class SqlBase(Store):
         pauses = await c.fetch("SELECT step_id FROM pauses WHERE run_id=? AND kind != 'cancel'", run_id)
         busy = frozenset(row[0] for row in (*jobs, *pauses) if row[0])
         return RunState(run=run, event=event, steps=steps, pending_jobs=len(jobs), pending_pauses=len(pauses),
-                        busy_steps=busy, events=events)
+                        busy_steps=busy, events=events, slots=flow.as_slots(row[-6:-1]))
 
     async def _finish_run(self, c: Conn, run_id: str, status: RunStatus, output: Any, error: dict[str, Any] | None,
                           now: int) -> bool:
@@ -512,7 +512,7 @@ class SqlBase(Store):
             await c.execute("DELETE FROM pauses WHERE run_id=? AND step_id=?", run_id, step_id)
         for new_event in decision.events:
             await self._insert_new_event(c, new_event)
-        await self._insert_jobs(c, run_id, decision.jobs, now)
+        await self._insert_jobs(c, run_id, decision.jobs, now, slots=state.slots)
         for pause in decision.pauses:
             await self._insert_pause(c, pause, now)
         if decision.finish is not None:
