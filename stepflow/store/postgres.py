@@ -284,6 +284,11 @@ class PostgresStore(SqlStore):
         # only serializes two keys that did not need it
         await c.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", key)
 
+    async def _lock_keys(self, c: Conn, keys: list[str]) -> None:
+        # one round trip; the rows come from the ordered subquery, so the locks are taken in the keys' order
+        await c.execute("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM "
+                        "(SELECT k FROM unnest(?::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n) AS ordered", keys)
+
     async def _work_added(self, c: Conn) -> None:
         await c.execute("SELECT pg_notify(?, '')", JOBS_CHANNEL)
 

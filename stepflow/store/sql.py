@@ -300,11 +300,12 @@ class SqlStore(SqlFunctionPauses):
             for slot, limit in flow.slots_of((row[7], row[8], row[9], row[10], 0)):
                 limits[slot] = limit
                 mine[slot] = mine.get(slot, 0) + 1
-        room: dict[str, int] = {}
-        for slot in sorted(limits):
-            await self._lock_key(c, f"c:{slot}")
-            room[slot] = limits[slot] - (await flow.executing(c, slot, now) - mine[slot])
-        return room
+        if not limits:
+            return {}
+        slots = sorted(limits)
+        await self._lock_keys(c, [f"c:{slot}" for slot in slots])
+        executing = await flow.executing_many(c, slots, now)
+        return {slot: limits[slot] - (executing[slot] - mine[slot]) for slot in slots}
 
     async def run_waiting(self, run_id: str, now: int) -> dict[str, dict[str, Any]]:
         return await self._read(lambda c: flow.waiting_reasons(c, run_id, now))

@@ -111,6 +111,11 @@ class SqlBase(Store):
         """Serialize decisions about one flow-control key (a concurrency slot, a throttle, a singleton…) until the
         transaction ends (a no-op where transactions are serial already)."""
 
+    async def _lock_keys(self, c: Conn, keys: list[str]) -> None:
+        """`_lock_key` for each of `keys`, in the order given (callers sort them: no deadlock between two)."""
+        for key in keys:
+            await self._lock_key(c, key)
+
     async def _work_added(self, c: Conn) -> None:
         """New due work was written in this transaction (a backend may wake other processes)."""
 
