@@ -37,7 +37,7 @@ APP_IDS = {"python": "e2e-python", "js_v3": "e2e-js-v3", "js_v4": "e2e-js-v4"}
 FUNCTIONS = ["three-steps", "sleeper", "wait-match", "wait-timeout", "invoke-child", "invoke-parent", "send-child",
              "send-parent", "parallel", "always-fails", "non-retriable", "retry-after", "cancellable", "cron-tick",
              "cross-invoke-stepflow", "fails-notify", "fails-notify-failure", "sleep-until", "flaky-once",
-             "one-at-a-time"]
+             "one-at-a-time", "batched"]
 # ("fails-notify-failure" is the onFailure / on_failure handler the SDKs register next to "fails-notify")
 STEPFLOW_APP_ID = "sf-cross"
 STEPFLOW_FUNCTIONS = ["double", "call-inngest"]

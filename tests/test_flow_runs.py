@@ -12,6 +12,9 @@ from typing import Any
 from aiohttp import web
 from conftest import RunningServer, StepServer, workflow_config
 from flow_support import Recorder, all_ended, engines, one_step, register, runs_of, send
+from test_sdk_support import embedded, first_run
+
+import stepflow
 
 from stepflow.store.records import RunStatus
 
@@ -289,3 +292,21 @@ async def test_batching_if_leaves_events_out_and_a_waiting_batch_says_so(stepflo
     shown = await client.get_run(run["run_id"])
     assert shown["status"] == "Queued" and shown["waiting"].startswith("batching 2/100 until 20"), shown
     await client.cancel(run["run_id"])
+
+
+async def test_an_sdk_function_gets_its_batch_as_ctx_events(tmp_path: Path) -> None:
+    app = stepflow.App("batched")
+    seen: list[list[int]] = []
+
+    @app.function(id="bulk", trigger=stepflow.event("flow/bulk"), batch_events={"max_size": 4, "timeout": "5s"})
+    async def bulk(ctx: stepflow.Context) -> int:
+        numbers = [e.data["n"] for e in ctx.events]
+        seen.append(numbers)
+        return await ctx.step.run("sum", lambda: sum(numbers))
+
+    async with embedded(tmp_path, app) as engine:
+        events = [(await engine.send({"name": "flow/bulk", "data": {"n": n}}))[0] for n in range(4)]
+        run = await first_run(engine, events[0], timeout=10)
+        assert run["output"] == 6 and [r["run_id"] for r in await engine.get_event_runs(events[3])] == [
+            run["run_id"]]
+    assert seen and all(numbers == [0, 1, 2, 3] for numbers in seen)

@@ -554,6 +554,15 @@ def test_q_flow_control_from_the_sdk_holds(sf: Stack) -> None:
     assert all(starts[i + 1] >= ends[i] for i in range(2)), (starts, ends)
 
 
+def test_r_batch_events_from_the_sdk(sf: Stack) -> None:
+    """The SDK's `batchEvents`, synced: three events make one run, whose function sees all three."""
+    need(sf, "batched")
+    ids = [sf.send(sf.ev("batched"), {"n": n}) for n in range(3)]
+    runs = [sf.finish(event_id, timeout=30) for event_id in ids]
+    assert len({r["run_id"] for r in runs}) == 1, runs
+    assert runs[0]["status"] == "Completed" and runs[0]["output"] == {"ns": [0, 1, 2]}, runs[0]
+
+
 def test_cross_inngest_sdk_invokes_stepflow_function(sf: Stack) -> None:
     need(sf, "cross-invoke-stepflow", stepflow_fns=("double",))
     run = sf.finish(sf.send(sf.ev("cross-invoke"), {"n": 7}))

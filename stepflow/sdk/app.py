@@ -101,7 +101,7 @@ class App:
                  concurrency: int | dict[str, Any] | list[dict[str, Any]] | None = None,
                  throttle: dict[str, Any] | None = None, rate_limit: dict[str, Any] | None = None,
                  debounce: dict[str, Any] | None = None, singleton: dict[str, Any] | None = None,
-                 priority: dict[str, Any] | None = None,
+                 priority: dict[str, Any] | None = None, batch_events: dict[str, Any] | None = None,
                  on_failure: Handler | None = None) -> Callable[[Handler], FunctionSpec]:
         """Declare a durable function.
 
@@ -110,7 +110,8 @@ class App:
         timeouts: {"start": "1m", "finish": "1h"} — cancel a run queued or running longer than that.
         cancel_on: {"event": "app/cancelled", "if": "event.data.id == async.data.id"} (or a list of them).
         idempotency: CEL over `event`; one run per key per 24 h.
-        concurrency, throttle, rate_limit, debounce, singleton, priority: flow control (docs/flow-control.md),
+        concurrency, throttle, rate_limit, debounce, singleton, priority, batch_events: flow control
+            (docs/flow-control.md); a batch's events are `ctx.events`,
             e.g. concurrency=[{"limit": 5, "key": "event.data.tenant_id"}], throttle={"limit": 10, "period": "1m"}.
         on_failure: an async handler called (as its own function) when a run of this one fails.
         """
@@ -126,7 +127,8 @@ class App:
                 idempotency=idempotency,
                 timeouts={k: _duration(v) for k, v in (timeouts or {}).items()},
                 flow=_flow_options(concurrency=concurrency, throttle=throttle, rate_limit=rate_limit,
-                                   debounce=debounce, singleton=singleton, priority=priority),
+                                   debounce=debounce, singleton=singleton, priority=priority,
+                                   batch_events=batch_events),
                 logger=logging.getLogger(f"stepflow.function.{id}"))
             parse_function(spec.config({"type": "inprocess", "handler": f"{self.id}:{id}"}),
                            source=f"{handler.__module__}.{handler.__qualname__}")  # fail at import, not at run

@@ -291,9 +291,16 @@ async def one_at_a_time(ctx: inngest.Context) -> dict[str, Any]:
     return {"n": await ctx.step.run("work", work)}
 
 
+# (r) batching: three events make one run, which sees them all in ctx.events
+@client.create_function(fn_id="batched", trigger=inngest.TriggerEvent(event=ev("batched")),
+                        batch_events=inngest.Batch(max_size=3, timeout=datetime.timedelta(seconds=5)))
+async def batched(ctx: inngest.Context) -> dict[str, Any]:
+    return {"ns": [e.data["n"] for e in ctx.events]}
+
+
 FUNCTIONS = [three_steps, sleeper, wait_match, wait_timeout, invoke_child, invoke_parent, send_child, send_parent,
              parallel, always_fails, non_retriable, retry_after, cancellable, cron_tick, cross_invoke, fails_notify,
-             sleep_until, flaky_once, one_at_a_time]
+             sleep_until, flaky_once, one_at_a_time, batched]
 
 api = fastapi.FastAPI()
 inngest.fast_api.serve(api, client, FUNCTIONS)

@@ -219,9 +219,14 @@ export function buildFunctions(sdk) {
     return { n };
   });
 
+  // (r) batching: three events make one run, which sees them all in `events`
+  const batched = createFunction({ id: "batched", batchEvents: { maxSize: 3, timeout: "5s" } },
+    { event: ev("batched") },
+    async ({ events }) => ({ ns: events.map((e) => e.data.n) }));
+
   return [threeSteps, sleeper, waitMatch, waitTimeout, invokeChild, invokeParent, sendChild, sendParent,
     parallel, alwaysFails, nonRetriable, retryAfter, cancellable, cronFn, crossInvoke, failsNotify, sleepUntil,
-    flakyOnce, oneAtATime];
+    flakyOnce, oneAtATime, batched];
 }
 
 /**
