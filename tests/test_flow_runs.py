@@ -15,7 +15,6 @@ from flow_support import Recorder, all_ended, engines, one_step, register, runs_
 from test_sdk_support import embedded, first_run
 
 import stepflow
-
 from stepflow.store.records import RunStatus
 
 
