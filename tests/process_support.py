@@ -60,7 +60,7 @@ class StepflowProcess:
                     pytest.fail(f"stepflow dev exited with {self.proc.returncode}:\n{self.log}")
                 try:
                     async with http.get(f"{self.url}/v1/runs?limit=1") as resp:
-                        if resp.status == 200:
+                        if resp.status in (200, 401):  # up (401: it has a signing key)
                             return
                 except aiohttp.ClientError:
                     pass

@@ -34,6 +34,15 @@ def main() -> None:
     """stepflow: durable step execution. Events trigger functions; every step result is stored."""
 
 
+def _check_bind(_ctx: Any, _param: Any, value: str | None) -> str | None:
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT (e.g. 127.0.0.1:9464) or :PORT, got {value!r}")
+    return f"{host or '127.0.0.1'}:{port}"
+
+
 def _server_options(func: Any) -> Any:
     options = [
         click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False),
@@ -58,6 +67,9 @@ def _server_options(func: Any) -> Any:
                      help="Seconds a request's headers may take to arrive (slow clients are cut off; 0: no limit)."),
         click.option("--body-timeout", type=float, default=30.0, show_default=True, envvar="STEPFLOW_BODY_TIMEOUT",
                      help="Seconds a request's body may take to arrive (0: no limit)."),
+        click.option("--metrics-bind", default=None, envvar="STEPFLOW_METRICS_BIND", metavar="HOST:PORT",
+                     callback=_check_bind, help="Also serve GET /metrics on this address, without a key (on the "
+                     "server's own port it is behind the signing key)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -82,13 +94,14 @@ def configure_logging(*, verbose: bool, quiet: bool, log_format: str, activity: 
 def _start(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
            concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool,
            settings: ServerSettings, run_workers: bool = True, *, quiet: bool = False,
-           log_format: str = "text") -> None:
+           log_format: str = "text", metrics_bind: str | None = None) -> None:
     # dev tells what happens by default, as Inngest's dev server does; a production server only with -v
     configure_logging(verbose=verbose, quiet=quiet, log_format=log_format, activity=settings.dev)
     engine = EngineConfig.from_env(concurrency=concurrency, backoff_base=backoff_base, step_timeout=step_timeout,
                                    signing_key=settings.signing_keys[0] if settings.signing_keys else None)
     options = ServerOptions(host=host, port=port, store_url=db, function_files=list(files), settings=settings,
-                            engine=engine, app_urls=list(app_urls), run_workers=run_workers)
+                            engine=engine, app_urls=list(app_urls), run_workers=run_workers,
+                            metrics_bind=metrics_bind)
     try:
         _run_async(run_server(options, announce=lambda line: click.echo(line, err=False)))
     except StepflowError as exc:
@@ -104,14 +117,14 @@ def _start(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: i
 @click.option("--event-key", envvar="STEPFLOW_EVENT_KEY", default=None, help="Optional in dev.")
 def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
         concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool, quiet: bool,
-        log_format: str, header_timeout: float, body_timeout: float, signing_key: str | None,
-        event_key: str | None) -> None:
+        log_format: str, header_timeout: float, body_timeout: float, metrics_bind: str | None,
+        signing_key: str | None, event_key: str | None) -> None:
     """Everything in one process on embedded SQLite, keyless unless keys are given."""
     settings = ServerSettings(signing_keys=[signing_key] if signing_key else [],
                               event_keys=[event_key] if event_key else [], dev=True,
                               header_timeout=header_timeout, body_timeout=body_timeout)
     _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings,
-           quiet=quiet, log_format=log_format)
+           quiet=quiet, log_format=log_format, metrics_bind=metrics_bind)
 
 
 @main.command()
@@ -124,8 +137,9 @@ def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int,
               help="Also execute steps in this process (--no-workers: APIs only, next to `stepflow worker`s).")
 def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
           concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool,
-          quiet: bool, log_format: str, header_timeout: float, body_timeout: float, signing_key: str | None,
-          signing_key_fallback: str | None, event_keys: tuple[str, ...], workers: bool) -> None:
+          quiet: bool, log_format: str, header_timeout: float, body_timeout: float, metrics_bind: str | None,
+          signing_key: str | None, signing_key_fallback: str | None, event_keys: tuple[str, ...],
+          workers: bool) -> None:
     """The production server: the same as dev, but keys are required."""
     if not signing_key:
         fail("stepflow serve needs a signing key: --signing-key or STEPFLOW_SIGNING_KEY "
@@ -142,7 +156,7 @@ def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: in
     settings = ServerSettings(signing_keys=keys, event_keys=list(event_keys), dev=False,
                               header_timeout=header_timeout, body_timeout=body_timeout)
     _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings, workers,
-           quiet=quiet, log_format=log_format)
+           quiet=quiet, log_format=log_format, metrics_bind=metrics_bind)
 
 
 @main.command()
@@ -153,8 +167,11 @@ def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: in
 @click.option("--step-timeout", type=float, default=None, help="Default step timeout, seconds [900]")
 @click.option("--signing-key", envvar="STEPFLOW_SIGNING_KEY", default=None, help="Signs requests to steps.")
 @click.option("-v", "--verbose", is_flag=True, help="Log engine activity.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, envvar="STEPFLOW_METRICS_PORT",
+              help="Serve GET /metrics (Prometheus) on this port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="The address --metrics-port binds.")
 def worker(db: str, concurrency: int | None, backoff_base: float | None, step_timeout: float | None,
-           signing_key: str | None, verbose: bool) -> None:
+           signing_key: str | None, verbose: bool, metrics_port: int | None, metrics_host: str) -> None:
     """The engine alone: claims and executes steps from the shared store (run as many as needed)."""
     from stepflow.server.runner import run_worker
 
@@ -163,7 +180,8 @@ def worker(db: str, concurrency: int | None, backoff_base: float | None, step_ti
     config = EngineConfig.from_env(concurrency=concurrency, backoff_base=backoff_base, step_timeout=step_timeout,
                                    signing_key=signing_key)
     try:
-        _run_async(run_worker(db, config, announce=click.echo))
+        _run_async(run_worker(db, config, announce=click.echo,
+                              metrics_bind=f"{metrics_host}:{metrics_port}" if metrics_port else None))
     except StepflowError as exc:
         fail(exc.message)
 

@@ -129,10 +129,12 @@ class EndpointCheckpoints:
         result = cp.get("result") or {}
 
         error = result.get("error")
+        answered: list[str] = []  # the endpoint whose request this answers, once (a repeated checkpoint: not)
 
         def advance(state: RunState) -> Advance:
             if state.run.status.is_terminal:
                 return Advance()
+            answered.append(state.run.function_id)
             if error is not None:
                 # the handler raised: its caller got a clean 500; the run is Failed, with the error
                 detail = error if isinstance(error, dict) else {"message": str(error)}
@@ -141,6 +143,9 @@ class EndpointCheckpoints:
             return Advance(finish=RunStatus.COMPLETED, output=result)
 
         run = await self.engine.store.advance_run(run_id, advance, now_ms())
+        if answered:
+            status = result.get("status_code")
+            self.engine.metrics.endpoint_requests.labels(answered[-1], str(status) if status else "500").inc()
         return {"op": "response", "run_id": run_id, "known": run is not None}
 
 

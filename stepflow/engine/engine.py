@@ -43,6 +43,7 @@ from stepflow.errors import (
 from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid, now_ms
+from stepflow.observability.metrics import Metrics
 from stepflow.runtimes import default_runtimes
 from stepflow.runtimes.base import Runtime, RuntimeRegistry
 from stepflow.store.base import Store, StoreHooks
@@ -65,11 +66,14 @@ class EngineCore:
         for runtime in runtimes if runtimes is not None else default_runtimes():
             self.runtimes.add(runtime)
         self.watcher = RunWatcher(store)
-        store.attach(StoreHooks(pause_matcher=PauseMatcher(), run_ended=self._run_ended))
+        self.metrics = Metrics()
+        store.attach(StoreHooks(pause_matcher=PauseMatcher(), run_ended=self._run_ended,
+                                run_finished=lambda fid, status, ms: self.metrics.run_ended(fid, status, ms / 1000),
+                                transaction_done=self.metrics.store_transactions.observe))
         self.outage = Outage()
         # the executor waits for an unavailable database instead of dropping what a step produced
         self.executor = Executor(cast(Store, PatientStore(store, self.outage)), self.functions, self.runtimes,
-                                 self.config)
+                                 self.config, self.metrics)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-6:]}"
         self._run_workers = run_workers
         self._wake = asyncio.Event()
@@ -166,6 +170,7 @@ class EngineCore:
             return runs
 
         ids = await self.store.ingest_events(events, plan)
+        self.metrics.events_received.inc(len(planned))
         self._wake.set()  # new runs, or waits these events resolved
         if activity.enabled():
             for ev in events:
@@ -332,6 +337,10 @@ class EngineCore:
                     if jobs:  # a claim was written: the database takes writes again
                         self.outage.ended()
                     for job in jobs:
+                        if job.lease_expired:
+                            self.metrics.leases_expired.inc()
+                        if job.started_run:
+                            self.metrics.runs_started.labels(job.function_id).inc()
                         task = asyncio.create_task(self._execute(job))
                         self._inflight[job.id] = task
                 if free <= 0 or len(jobs) == free:

@@ -22,6 +22,7 @@ from stepflow.engine.planner import advance_workflow
 from stepflow.engine.registry import FunctionRegistry
 from stepflow.engine.retry import backoff_delay
 from stepflow.ids import now_ms
+from stepflow.observability.metrics import Metrics
 from stepflow.protocol import wire
 from stepflow.protocol.answers import StepAnswer, StepAttemptError, interpret
 from stepflow.protocol.contract import StepContext, StepResponse, build_input
@@ -72,11 +73,12 @@ class Attempt:
 
 class Executor:
     def __init__(self, store: Store, functions: FunctionRegistry, runtimes: RuntimeRegistry,
-                 config: EngineConfig) -> None:
+                 config: EngineConfig, metrics: Metrics | None = None) -> None:
         self.store = store
         self.functions = functions
         self.runtimes = runtimes
         self.config = config
+        self.metrics = metrics or Metrics()
         # the executor request version each function's SDK chose (X-Inngest-Req-Version of its answers)
         self._request_versions: dict[str, int] = {}
 
@@ -108,7 +110,12 @@ class Executor:
         except Exception as exc:  # a bug in a driver must not kill the worker; record it on the step
             log.exception("runtime %s crashed on run %s", runtime_type, invocation.ctx.run_id)
             answer, failure = None, StepAttemptError("runtime_error", f"{type(exc).__name__}: {exc}")
-        return Attempt(answer=answer, failure=failure, started=started, ended=now_ms())
+        ended = now_ms()
+        # outcome: the answer's status class (2xx, 206 for an SDK's ops, 4xx, 5xx), or why there was none
+        outcome = (("206" if answer.response.status == 206 else f"{answer.response.status // 100}xx")
+                   if answer is not None else failure.code if failure is not None else "error")
+        self.metrics.attempt(runtime_type, outcome, (ended - started) / 1000)
+        return Attempt(answer=answer, failure=failure, started=started, ended=ended)
 
     async def _settle(self, job: Job, update: StepUpdate | None, advance: Any, now: int) -> RunRecord | None:
         functions = self.functions
@@ -176,6 +183,7 @@ class Executor:
         logs = attempt.answer.logs if attempt.answer else attempt.failure.logs if attempt.failure else None
         now = attempt.ended
         if isinstance(verdict, RetryLater):
+            self.metrics.retries.labels(job.function_id).inc()
             if activity.enabled():
                 activity.step_retried(job.run_id, job.function_id, job.step_id, job.attempt, verdict.delay,
                                       verdict.error)
@@ -261,9 +269,10 @@ class Executor:
             return decided[-1]
 
         ended = await self._settle(job, None, decide, now)
-        if decided and activity.enabled():
-            for write in decided[-1].steps:  # a step (or the call) put back for another attempt
-                if write.status is StepStatus.SCHEDULED and write.error is not None and write.attempts:
+        for write in decided[-1].steps if decided else ():  # a step (or the call) put back for another attempt
+            if write.status is StepStatus.SCHEDULED and write.error is not None and write.attempts:
+                self.metrics.retries.labels(job.function_id).inc()
+                if activity.enabled():
                     delay = max(0.0, ((write.scheduled_at or now) - now) / 1000)
                     activity.step_retried(job.run_id, job.function_id, write.name or write.step_id,
                                           write.attempts - 1, delay, write.error)

@@ -136,7 +136,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     path = request.path
     # the durable endpoints' output URL is for end users: its run-scoped token is its authentication
     token_route = path.startswith("/v1/runs/") and path.endswith("/output")
-    if path.startswith(("/v1/", "/v2/")) and settings.rest_auth_required and not token_route:
+    if (path.startswith(("/v1/", "/v2/")) or path == "/metrics") and settings.rest_auth_required \
+            and not token_route:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -147,7 +148,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def create_app(engine: EngineCore | EmbeddedEngine, settings: ServerSettings) -> web.Application:
-    from stepflow.server import openapi, routes_apps, routes_endpoints, routes_events, routes_operations, routes_rest
+    from stepflow.server import (
+        openapi,
+        routes_apps,
+        routes_endpoints,
+        routes_events,
+        routes_metrics,
+        routes_operations,
+        routes_rest,
+    )
 
     core = engine if isinstance(engine, EngineCore) else getattr(engine, "core", None)  # stepflow.Engine's core
     if not isinstance(core, EngineCore):
@@ -162,6 +171,7 @@ def create_app(engine: EngineCore | EmbeddedEngine, settings: ServerSettings) ->
     routes_operations.setup(app)
     routes_apps.setup(app)
     routes_endpoints.setup(app)
+    routes_metrics.setup(app)
     openapi.setup(app)
     app.router.add_get("/health", health)
     return app

@@ -678,6 +678,13 @@ def _paths() -> dict[str, Any]:
                     {"name": "key", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
                      "example": EXAMPLE_IDEMPOTENCY_KEY}],
             tag="endpoints")},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics (text format)", "tags": ["server"], "security": REST_SECURITY,
+            "description": "Events, runs, step attempts, durations, retries, expired leases, the shared queue and "
+                           "the work flow control holds (docs/observability.md). Behind the signing key like the "
+                           "REST API; `--metrics-bind` serves it on a listener of its own without one.",
+            "responses": {"200": {"description": "the metrics", "content": {
+                "text/plain": {"schema": {"type": "string"}}}}, **_errors(401, 500)}}},
         "/health": {"get": {"summary": "Liveness", "tags": ["server"], "security": [],
                             "responses": {"200": _json({"type": "object", "required": ["status"],
                                                         "additionalProperties": False,

@@ -17,6 +17,7 @@ from stepflow.errors import DefinitionError
 from stepflow.server.app import ServerSettings, create_app
 from stepflow.server.http_protocol import StepflowAppRunner
 from stepflow.server.routes_apps import SYNC_LOG_KEY, sync_app
+from stepflow.server.routes_metrics import serve_metrics
 from stepflow.store import store_from_url
 
 log = logging.getLogger("stepflow.server")
@@ -32,6 +33,7 @@ class ServerOptions:
     settings: ServerSettings = field(default_factory=ServerSettings)
     engine: EngineConfig = field(default_factory=EngineConfig)
     run_workers: bool = True
+    metrics_bind: str | None = None    # HOST:PORT: GET /metrics on a listener of its own, without a key
 
 
 async def run_server(options: ServerOptions, announce: Callable[[str], None] = print) -> None:
@@ -45,6 +47,7 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
     engine = EngineCore(store_from_url(options.store_url), options.engine, run_workers=options.run_workers)
     await engine.start()
     runner: web.AppRunner | None = None
+    metrics_runner: web.AppRunner | None = None
     try:
         # Workflow functions are what this start's files say: ones left active in the store by an earlier start
         # with other files would otherwise keep answering events unseen. (SDK apps' functions stay: they sync.)
@@ -68,6 +71,9 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
             if "@" in engine.store.url else engine.store.url  # never print a database password
         if store_desc.startswith("sqlite:///"):
             store_desc = f"SQLite {Path(store_desc[len('sqlite:///'):]).resolve()}"
+        if options.metrics_bind:
+            metrics_runner = await serve_metrics(engine, options.metrics_bind)
+            announce(f"  metrics: http://{options.metrics_bind}/metrics (no key)")
         announce(f"stepflow listening on http://{options.host}:{options.port}")
         announce(f"  store: {store_desc}")
         announce(f"  events: POST http://{options.host}:{options.port}/e/<event key>   "
@@ -92,16 +98,24 @@ async def run_server(options: ServerOptions, announce: Callable[[str], None] = p
         engine.watcher.close()
         if runner is not None:
             await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await engine.stop()
 
 
-async def run_worker(store_url: str, config: EngineConfig, announce: Callable[[str], None] = print) -> None:
-    """An engine with no HTTP: claims and executes jobs from the shared store until SIGINT/SIGTERM."""
+async def run_worker(store_url: str, config: EngineConfig, announce: Callable[[str], None] = print,
+                     metrics_bind: str | None = None) -> None:
+    """An engine with no HTTP API: claims and executes jobs from the shared store until SIGINT/SIGTERM; with
+    `metrics_bind` (HOST:PORT), it answers GET /metrics there."""
     engine = EngineCore(store_from_url(store_url), config)
     await engine.start()
+    metrics_runner: web.AppRunner | None = None
     try:
         announce(f"stepflow worker {engine.worker_id} on {engine.store.url.split('@')[-1]}: "
                  f"{len(engine.functions.active())} function(s), concurrency {config.concurrency}")
+        if metrics_bind:
+            metrics_runner = await serve_metrics(engine, metrics_bind)
+            announce(f"  metrics: http://{metrics_bind}/metrics")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -109,4 +123,6 @@ async def run_worker(store_url: str, config: EngineConfig, announce: Callable[[s
         await stop.wait()
         announce("stepflow worker stopping: finishing in-flight steps…")
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await engine.stop()

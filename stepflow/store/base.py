@@ -49,6 +49,9 @@ class StoreHooks:
 
     pause_matcher: PauseMatcher = _no_expression_matches   # does this event resolve this pause?
     run_ended: Callable[[str], None] = field(default=lambda run_id: None)  # a run ended in a transaction
+    # for metrics: a run ended (function id, status, ms since its creation); a transaction committed (seconds)
+    run_finished: Callable[[str, str, int], None] = field(default=lambda function_id, status, ms: None)
+    transaction_done: Callable[[float], None] = field(default=lambda seconds: None)
 
 
 class EngineLock(Protocol):
@@ -230,6 +233,11 @@ class Store(ABC):
     async def run_waiting(self, run_id: str, now: int) -> dict[str, dict[str, Any]]:
         """Why the run's work waits, by step id ("" for a code function's call): a concurrency slot, a throttle
         or a debounce (store/flow.py `waiting_reasons`). Empty when nothing of it waits on flow control."""
+        ...
+
+    @abstractmethod
+    async def queue_stats(self, now: int) -> dict[str, Any]:
+        """The shared queue, for metrics: `{"due", "executing", "oldest_due_age_ms", "waiting": {control: n}}`."""
         ...
 
     @abstractmethod

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -216,6 +217,7 @@ class PostgresStore(SqlStore):
             try:
                 async with self._acquire() as raw:
                     try:
+                        started = time.perf_counter()
                         transaction = raw.transaction()
                         await transaction.start()
                         try:
@@ -228,6 +230,7 @@ class PostgresStore(SqlStore):
                             raise
                         committing = True
                         await transaction.commit()
+                        self.hooks.transaction_done(time.perf_counter() - started)
                         return result
                     except Exception as exc:
                         if _is_disconnect(asyncpg, exc):

@@ -172,6 +172,8 @@ class Job:
     kind: JobKind = JobKind.STEP
     payload: dict[str, Any] | None = None
     slots: tuple[tuple[str, int], ...] = ()  # the concurrency slots it holds while executing: (slot, limit)
+    lease_expired: bool = False   # claimed again after its previous worker's lease lapsed
+    started_run: bool = False     # this claim started its run (Queued → Running)
 
 
 @dataclass(slots=True)

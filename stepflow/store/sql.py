@@ -231,12 +231,13 @@ class SqlStore(SqlFunctionPauses):
             # an expired lease: its worker died mid-attempt, which counts as an attempt.
             rows = await c.fetch(
                 "UPDATE jobs SET attempt=attempt + CASE WHEN lease_owner IS NULL THEN 0 ELSE 1 END, lease_owner=?, "
-                "available_at=?, token=token+1 WHERE id IN "
+                "reclaimed=CASE WHEN lease_owner IS NULL THEN 0 ELSE 1 END, available_at=?, token=token+1 WHERE id IN "
                 "(SELECT j.id FROM jobs j WHERE j.available_at<=? AND NOT (j.kind='call' AND j.payload IS NULL "
                 " AND EXISTS (SELECT 1 FROM jobs k WHERE k.run_id=j.run_id AND k.kind='call' AND k.payload IS "
                 " NULL AND k.lease_owner IS NOT NULL AND k.id != j.id)) ORDER BY j.available_at "
                 f"LIMIT ?{self.skip_locked}) "
-                "RETURNING id, run_id, step_id, token, attempt, kind, payload, slot1, limit1, slot2, limit2, hold",
+                "RETURNING id, run_id, step_id, token, attempt, kind, payload, slot1, limit1, slot2, limit2, hold, "
+                "reclaimed",
                 worker_id, now + lease_ms, now, limit)
             room = await self._slot_room(c, rows, now)
             jobs: list[Job] = []
@@ -272,12 +273,14 @@ class SqlStore(SqlFunctionPauses):
                     continue
                 for slot, _ in slots:
                     room[slot] -= 1
+                started = False
                 if run[3] == "QUEUED" and job_kind in (JobKind.STEP, JobKind.CALL):
                     if job_flow[4] in ("debounce", "batch"):  # it starts: later events make a new run
                         await c.execute(f"DELETE FROM {'debounces' if job_flow[4] == 'debounce' else 'batches'} "
                                         "WHERE run_id=?", run_id)
-                    if await c.execute("UPDATE runs SET status='RUNNING', started_at=? WHERE id=? AND status='QUEUED'",
-                                       now, run_id) and run[4] is not None:
+                    started = await c.execute("UPDATE runs SET status='RUNNING', started_at=? WHERE id=? AND "
+                                              "status='QUEUED'", now, run_id) == 1
+                    if started and run[4] is not None:
                         await self._insert_jobs(c, run_id, [NewJob("", now + run[4], JobKind.RUN_TIMEOUT,
                                                                    {"which": "finish"}, step_row=False)], now)
                 target = step_id if job_kind is JobKind.STEP else (job_payload or {}).get("target")
@@ -286,7 +289,8 @@ class SqlStore(SqlFunctionPauses):
                                     "WHERE run_id=? AND step_id=?", attempt + 1, now, run_id, target)
                 jobs.append(Job(id=job_id, run_id=run_id, step_id=step_id, token=token, function_id=run[0],
                                 function_version=run[1], app_id=run[2], attempt=attempt, kind=job_kind,
-                                payload=job_payload, slots=tuple(slots)))
+                                payload=job_payload, slots=tuple(slots), lease_expired=bool(job_flow[5]),
+                                started_run=started))
             return jobs
 
         return await self._transaction(body)
@@ -309,6 +313,23 @@ class SqlStore(SqlFunctionPauses):
 
     async def run_waiting(self, run_id: str, now: int) -> dict[str, dict[str, Any]]:
         return await self._read(lambda c: flow.waiting_reasons(c, run_id, now))
+
+    async def queue_stats(self, now: int) -> dict[str, Any]:
+        async def read(c: Conn) -> dict[str, Any]:
+            row = await c.fetchrow(
+                "SELECT (SELECT COUNT(*) FROM jobs WHERE available_at<=? AND lease_owner IS NULL), "
+                "(SELECT COUNT(*) FROM jobs WHERE lease_owner IS NOT NULL AND available_at>?), "
+                "(SELECT MIN(available_at) FROM jobs WHERE available_at<=? AND lease_owner IS NULL), "
+                "(SELECT COUNT(*) FROM jobs WHERE waiting_on IS NOT NULL)", now, now, now)
+            held = await c.fetch("SELECT hold, COUNT(*) FROM jobs WHERE hold IS NOT NULL AND available_at>? AND "
+                                 "lease_owner IS NULL GROUP BY hold", now)
+            waiting = {"concurrency": int(row[3])} if row else {}
+            waiting.update({str(h): int(n) for h, n in held})
+            return {"due": int(row[0]) if row else 0, "executing": int(row[1]) if row else 0,
+                    "oldest_due_age_ms": max(0, now - int(row[2])) if row and row[2] is not None else 0,
+                    "waiting": waiting}
+
+        return await self._read(read)
 
     async def wake_waiting(self, now: int) -> int:
         # a read first: an engine with nothing waiting (the usual case) writes nothing

@@ -441,9 +441,10 @@ class SqlBase(Store):
         ended already (it stays as it was)."""
         ended = await c.fetchrow(f"UPDATE runs SET status=?, ended_at=?, output=?, error=? WHERE id=? AND status NOT "
                                  f"IN {TERMINAL_SQL} RETURNING slot1, limit1, slot2, limit2, singleton_key, "
-                                 "function_id", status.value, now, pack(output), pack(error), run_id)
+                                 "function_id, created_at", status.value, now, pack(output), pack(error), run_id)
         if ended is None:
             return False
+        self.hooks.run_finished(ended[5], status.v1_name, now - int(ended[6]))
         await c.execute("DELETE FROM jobs WHERE run_id=?", run_id)
         await c.execute("DELETE FROM pauses WHERE run_id=?", run_id)
         for slot, limit in flow.slots_of((ended[0], ended[1], ended[2], ended[3], 0)):

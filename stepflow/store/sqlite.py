@@ -27,6 +27,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,11 +201,13 @@ class SqliteStore(SqlStore):
     async def _transaction(self, body: Callable[[Conn], Awaitable[T]]) -> T:
         conn = self._connection()
         db = conn.db
+        started = time.perf_counter()
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = await body(conn)
                 db.execute("COMMIT")
+                self.hooks.transaction_done(time.perf_counter() - started)
             except BaseException:
                 # SQLite may already have rolled back on its own (a full disk, an I/O error), and a failed
                 # COMMIT may leave the transaction open: either way, none of it stays and the next BEGIN works

@@ -163,6 +163,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN limit2 INTEGER;
     ALTER TABLE jobs ADD COLUMN waiting_on TEXT;
     ALTER TABLE jobs ADD COLUMN hold TEXT;
+    ALTER TABLE jobs ADD COLUMN reclaimed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN queued_at INTEGER;
     CREATE INDEX jobs_slot1 ON jobs (slot1) WHERE slot1 IS NOT NULL AND waiting_on IS NULL;
     CREATE INDEX jobs_slot2 ON jobs (slot2) WHERE slot2 IS NOT NULL AND waiting_on IS NULL;
