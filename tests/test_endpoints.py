@@ -690,6 +690,8 @@ async def test_a_durable_endpoint_is_listed_as_one_and_cannot_be_paused(
         assert resp.status == 200 and await resp.json() == {"pong": True}
         run_id = resp.headers["X-Run-ID"]
     assert (await stored_run(server, api, run_id))["status"] == "Completed"  # its checkpoints are in
+    async with http.get(f"{server.url}/metrics") as resp:  # the request is counted, by endpoint and status
+        assert 'stepflow_durable_endpoint_requests_total{endpoint="GET-ping",status="200"} 1.0' in await resp.text()
     [listed] = [f for f in await server.client.list_functions() if f["id"] == "GET-ping"]
     assert listed["durable_endpoint"] is True and listed["paused"] is False and listed["paused_at"] is None
     # its runs execute inside the app's own requests: a pause could not hold them, so it is refused, not faked
