@@ -246,14 +246,22 @@ def test_dev_logs_json_lines_or_nothing_when_quiet(workflow_file: Path) -> None:
         text = wait_for_log(dev, f'"run_id":"{run_id}","function_id":"adder","status":"Completed"')
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     kinds = {(line.get("kind"), line.get("status")) for line in lines if line["logger"] == "stepflow.activity"}
-    assert {("event", None), ("run", "Completed")} <= kinds, lines
+    assert {("event", None), ("run_started", None), ("step", "completed"), ("run", "Completed")} <= kinds, lines
     [event_line] = [line for line in lines if line.get("kind") == "event"]
     assert event_line["event_id"] == event_id and event_line["functions"] == ["adder"]
+    steps = [line for line in lines if line.get("kind") == "step" and line["run_id"] == run_id]
+    assert [(s["step"], s["attempt"], s["function_id"]) for s in steps] == [("add", 1, "adder"), ("check", 1, "adder")]
+    assert all(isinstance(s["duration_ms"], int) for s in steps)
     with server_process("dev", workflow_file.parent, "-f", str(workflow_file), "--quiet") as quiet:
         run_id = run_id_of(quiet, send(quiet, "math/add", {"a": 1, "b": 1}))
         cli("run", run_id, "--wait", "--json", "--url", quiet.url)
         time.sleep(0.3)
         assert "stepflow.activity" not in quiet.log.read_text()
+    with server_process("dev", workflow_file.parent, "-f", str(workflow_file), "--log-level", "warning") as calm:
+        run_id = run_id_of(calm, send(calm, "math/add", {"a": 1, "b": 1}))
+        cli("run", run_id, "--wait", "--json", "--url", calm.url)
+        time.sleep(0.3)
+        assert "INFO" not in calm.log.read_text()  # --log-level warning: no INFO line, activity or not
 
 
 def test_dev_says_where_the_store_and_api_are(dev: Server) -> None:

@@ -62,6 +62,9 @@ def _server_options(func: Any) -> Any:
                      help="Only warnings and errors (dev prints a line per event, retry and ended run otherwise)."),
         click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
                      envvar="STEPFLOW_LOG_FORMAT", help="json: one JSON object per line, for log collectors."),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+                     default=None, envvar="STEPFLOW_LOG_LEVEL",
+                     help="The level of every logger, stepflow's activity lines included (overrides -v / -q)."),
         click.option("--header-timeout", type=float, default=10.0, show_default=True,
                      envvar="STEPFLOW_HEADER_TIMEOUT",
                      help="Seconds a request's headers may take to arrive (slow clients are cut off; 0: no limit)."),
@@ -76,9 +79,11 @@ def _server_options(func: Any) -> Any:
     return func
 
 
-def configure_logging(*, verbose: bool, quiet: bool, log_format: str, activity: bool) -> None:
-    """WARNING and above always; the activity lines (events, retries, ended runs, syncs) when `activity` and not
-    `quiet`; everything at INFO with `verbose`. Text for people, JSON lines for machines."""
+def configure_logging(*, verbose: bool, quiet: bool, log_format: str, activity: bool,
+                      level: str | None = None) -> None:
+    """WARNING and above always; the activity lines (events, runs, steps, retries, syncs) when `activity` and not
+    `quiet`; everything at INFO with `verbose`; `level` sets every logger's level instead. Text for people, JSON
+    lines for machines."""
     handler = logging.StreamHandler()
     if log_format == "json":
         handler.setFormatter(JsonLines())
@@ -89,14 +94,17 @@ def configure_logging(*, verbose: bool, quiet: bool, log_format: str, activity: 
     root.setLevel(logging.INFO if verbose and not quiet else logging.WARNING)
     logging.getLogger("stepflow.activity").setLevel(
         logging.WARNING if quiet else logging.INFO if (activity or verbose) else logging.WARNING)
+    if level is not None:
+        root.setLevel(level.upper())
+        logging.getLogger("stepflow.activity").setLevel(level.upper())
 
 
 def _start(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
            concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool,
            settings: ServerSettings, run_workers: bool = True, *, quiet: bool = False,
-           log_format: str = "text", metrics_bind: str | None = None) -> None:
+           log_format: str = "text", metrics_bind: str | None = None, log_level: str | None = None) -> None:
     # dev tells what happens by default, as Inngest's dev server does; a production server only with -v
-    configure_logging(verbose=verbose, quiet=quiet, log_format=log_format, activity=settings.dev)
+    configure_logging(verbose=verbose, quiet=quiet, log_format=log_format, activity=settings.dev, level=log_level)
     engine = EngineConfig.from_env(concurrency=concurrency, backoff_base=backoff_base, step_timeout=step_timeout,
                                    signing_key=settings.signing_keys[0] if settings.signing_keys else None)
     options = ServerOptions(host=host, port=port, store_url=db, function_files=list(files), settings=settings,
@@ -117,14 +125,14 @@ def _start(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: i
 @click.option("--event-key", envvar="STEPFLOW_EVENT_KEY", default=None, help="Optional in dev.")
 def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
         concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool, quiet: bool,
-        log_format: str, header_timeout: float, body_timeout: float, metrics_bind: str | None,
-        signing_key: str | None, event_key: str | None) -> None:
+        log_format: str, log_level: str | None, header_timeout: float, body_timeout: float,
+        metrics_bind: str | None, signing_key: str | None, event_key: str | None) -> None:
     """Everything in one process on embedded SQLite, keyless unless keys are given."""
     settings = ServerSettings(signing_keys=[signing_key] if signing_key else [],
                               event_keys=[event_key] if event_key else [], dev=True,
                               header_timeout=header_timeout, body_timeout=body_timeout)
     _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings,
-           quiet=quiet, log_format=log_format, metrics_bind=metrics_bind)
+           quiet=quiet, log_format=log_format, metrics_bind=metrics_bind, log_level=log_level)
 
 
 @main.command()
@@ -137,9 +145,9 @@ def dev(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int,
               help="Also execute steps in this process (--no-workers: APIs only, next to `stepflow worker`s).")
 def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: int, db: str | None,
           concurrency: int | None, backoff_base: float | None, step_timeout: float | None, verbose: bool,
-          quiet: bool, log_format: str, header_timeout: float, body_timeout: float, metrics_bind: str | None,
-          signing_key: str | None, signing_key_fallback: str | None, event_keys: tuple[str, ...],
-          workers: bool) -> None:
+          quiet: bool, log_format: str, log_level: str | None, header_timeout: float, body_timeout: float,
+          metrics_bind: str | None, signing_key: str | None, signing_key_fallback: str | None,
+          event_keys: tuple[str, ...], workers: bool) -> None:
     """The production server: the same as dev, but keys are required."""
     if not signing_key:
         fail("stepflow serve needs a signing key: --signing-key or STEPFLOW_SIGNING_KEY "
@@ -156,7 +164,7 @@ def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: in
     settings = ServerSettings(signing_keys=keys, event_keys=list(event_keys), dev=False,
                               header_timeout=header_timeout, body_timeout=body_timeout)
     _start(files, app_urls, host, port, db, concurrency, backoff_base, step_timeout, verbose, settings, workers,
-           quiet=quiet, log_format=log_format, metrics_bind=metrics_bind)
+           quiet=quiet, log_format=log_format, metrics_bind=metrics_bind, log_level=log_level)
 
 
 @main.command()
@@ -170,13 +178,17 @@ def serve(files: tuple[str, ...], app_urls: tuple[str, ...], host: str, port: in
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, envvar="STEPFLOW_METRICS_PORT",
               help="Serve GET /metrics (Prometheus) on this port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="The address --metrics-port binds.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              envvar="STEPFLOW_LOG_FORMAT", help="json: one JSON object per line, for log collectors.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default=None, envvar="STEPFLOW_LOG_LEVEL", help="The level of every logger (overrides -v).")
 def worker(db: str, concurrency: int | None, backoff_base: float | None, step_timeout: float | None,
-           signing_key: str | None, verbose: bool, metrics_port: int | None, metrics_host: str) -> None:
+           signing_key: str | None, verbose: bool, metrics_port: int | None, metrics_host: str, log_format: str,
+           log_level: str | None) -> None:
     """The engine alone: claims and executes steps from the shared store (run as many as needed)."""
     from stepflow.server.runner import run_worker
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose=verbose, quiet=False, log_format=log_format, activity=verbose, level=log_level)
     config = EngineConfig.from_env(concurrency=concurrency, backoff_base=backoff_base, step_timeout=step_timeout,
                                    signing_key=signing_key)
     try:

@@ -1,5 +1,6 @@
 """What the engine is doing, one line per thing a person watching `stepflow dev` wants to see: an event received
-(and the runs it started), a step retried, a run ended (function, status, duration).
+(and the runs it started), a run started, a step completed, failed or retried, a run ended (function, status,
+duration). Each line carries its fields (run_id, function_id, step, attempt, …) for `--log-format json`.
 
 Logged at INFO on the `stepflow.activity` logger, so any logging setup can show, silence or ship it;
 `stepflow dev` shows it unless `--quiet`, as text or as JSON lines (`--log-format json`). Nothing is computed for
@@ -28,6 +29,21 @@ def event_received(event: EventRecord, function_ids: Sequence[str]) -> None:
     log.info("event %s (%s) received; %s", event.name, event.id, started,
              extra={"activity": {"kind": "event", "event_id": event.id, "name": event.name,
                                  "functions": list(function_ids)}})
+
+
+def run_started(run_id: str, function_id: str) -> None:
+    log.info("run %s (%s) started", run_id, function_id,
+             extra={"activity": {"kind": "run_started", "run_id": run_id, "function_id": function_id}})
+
+
+def step_ended(run_id: str, function_id: str, step: str, attempt: int, status: str, duration_ms: int | None,
+               error: dict[str, Any] | None = None) -> None:
+    timing = f" in {duration_ms} ms" if duration_ms is not None else ""
+    detail = f": {str(error.get('message') or error.get('code') or '')[:300]}" if error else ""
+    log.log(logging.INFO if status == "completed" else logging.WARNING, "run %s (%s): step %s %s%s (attempt %d)%s",
+            run_id, function_id, step, status, timing, attempt + 1, detail,
+            extra={"activity": {"kind": "step", "run_id": run_id, "function_id": function_id, "step": step,
+                                "attempt": attempt + 1, "status": status, "duration_ms": duration_ms}})
 
 
 def step_retried(run_id: str, function_id: str, step: str, attempt: int, delay: float, error: dict[str, Any]) -> None:

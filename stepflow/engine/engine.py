@@ -341,6 +341,8 @@ class EngineCore:
                             self.metrics.leases_expired.inc()
                         if job.started_run:
                             self.metrics.runs_started.labels(job.function_id).inc()
+                            if activity.enabled():
+                                activity.run_started(job.run_id, job.function_id)
                         task = asyncio.create_task(self._execute(job))
                         self._inflight[job.id] = task
                 if free <= 0 or len(jobs) == free:

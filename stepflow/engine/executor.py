@@ -190,6 +190,11 @@ class Executor:
             update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now, error=verdict.error, logs=logs)
             await self.store.retry_job(job, update, now + int(verdict.delay * 1000))
             return None
+        if activity.enabled():
+            activity.step_ended(job.run_id, job.function_id, job.step_id, job.attempt,
+                                "completed" if isinstance(verdict, Succeeded) else "failed",
+                                attempt.ended - attempt.started,
+                                None if isinstance(verdict, Succeeded) else verdict.error)
         if isinstance(verdict, Succeeded):
             return StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output=stored(verdict.response), logs=logs)
         return StepUpdate(status=StepStatus.FAILED, ended_at=now, error=failed(verdict.error), logs=logs)
@@ -270,6 +275,10 @@ class Executor:
 
         ended = await self._settle(job, None, decide, now)
         for write in decided[-1].steps if decided else ():  # a step (or the call) put back for another attempt
+            if write.status in (StepStatus.COMPLETED, StepStatus.FAILED) and write.kind == "run" \
+                    and activity.enabled():  # a step.run the SDK executed inline in this call
+                activity.step_ended(job.run_id, job.function_id, write.name or write.step_id,
+                                    max(0, (write.attempts or 1) - 1), write.status.value, None, write.error)
             if write.status is StepStatus.SCHEDULED and write.error is not None and write.attempts:
                 self.metrics.retries.labels(job.function_id).inc()
                 if activity.enabled():
