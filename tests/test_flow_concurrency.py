@@ -85,8 +85,9 @@ async def test_a_saturated_key_does_not_delay_other_keys(tmp_path: Path, step_se
         await all_ended(engine, [b_event], 1)
         [b_started] = [at for at, key, _ in recorder.started if key == "B"]
         a_meanwhile = sum(1 for at, key, _ in recorder.started if key == "A" and sent_at <= at <= b_started)
-        # B waited for no more than a claim cycle of A's (one step at a time), not for A's backlog of ~300
-        assert a_meanwhile <= 3, (a_before, a_meanwhile)
+        # B waited for no more than a claim cycle or two of A's (one step at a time, 20 ms each; bound generous for
+        # a loaded machine), not for A's backlog of ~300
+        assert a_meanwhile <= 10, (a_before, a_meanwhile)
         assert recorder.most["A"] == 1
         await all_ended(engine, backlog, 300, timeout=120)
     assert recorder.most == {"A": 1, "B": 1}

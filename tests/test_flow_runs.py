@@ -30,8 +30,9 @@ async def test_throttle_spaces_run_starts_and_drops_none(tmp_path: Path, step_se
     assert {r.status for r in runs} == {RunStatus.COMPLETED}
     offsets = sorted(at - sent_at for at, _, _ in recorder.started)
     assert len(offsets) == 6
-    assert offsets[2] < 0.8                     # limit + burst at once
-    # then one start per second: the 4th no earlier than ~1 s, the 6th no earlier than ~3 s (bounds generous)
+    # limit + burst at once (the third well before the fourth, however slow the machine), then one start per
+    # second: the 4th no earlier than ~1 s, the 6th no earlier than ~3 s
+    assert offsets[3] - offsets[2] >= 0.5, offsets
     assert offsets[3] >= 0.9 and offsets[5] >= 2.9, offsets
     # FIFO: the first three together (in any order: two engines claim them at once), then the others in order
     order = [data["n"] for _, _, data in sorted(recorder.started)]
@@ -147,7 +148,8 @@ async def test_debounce_timeout_bounds_the_wait(tmp_path: Path, step_server: Ste
                 break
             await asyncio.sleep(0.3)
         assert recorder.started, "the timeout did not start the run"
-        assert 1.8 <= recorder.started[0][0] - first_sent <= 3.2
+        # the timeout (2 s) started it, not the end of the burst (which never came: that would be >= 4.5 s)
+        assert 1.8 <= recorder.started[0][0] - first_sent <= 4.2
 
 
 async def test_priority_moves_runs_ahead_in_a_backlog(tmp_path: Path, step_server: StepServer) -> None:
