@@ -18,6 +18,7 @@ from typing import Any
 
 from stepflow.definitions import FunctionDef, parse_function
 from stepflow.engine import code
+from stepflow.engine.ops import op_logs
 from stepflow.engine.runs import new_run
 from stepflow.errors import ConflictError, InvalidRequestError
 from stepflow.events import validate_event
@@ -82,7 +83,8 @@ class EndpointCheckpoints:
     async def _steps(self, run_id: str, cp: dict[str, Any]) -> dict[str, Any]:
         now = now_ms()
         writes = [StepWrite(str(op["id"]), StepStatus.COMPLETED, name=str(op.get("displayName") or op["id"]),
-                            kind="run", output={"data": op.get("data")}, ended_at=now, attempts=1)
+                            kind="run", output={"data": op.get("data")}, ended_at=now, attempts=1,
+                            logs=op_logs(op))
                   for op in cp.get("steps") or [] if isinstance(op, dict) and op.get("op") == Op.STEP_RUN]
 
         def advance(state: RunState) -> Advance:

@@ -173,6 +173,10 @@ def _run_complete(cc: CallContext, decision: Advance, op: dict[str, Any]) -> Non
         decision.finish, decision.output = RunStatus.COMPLETED, op.get("data")
 
 
+MAX_LOGS = 64 * 1024  # characters of log lines kept per step attempt
+TRUNCATED = "\n[… truncated: the step wrote more than 64 KiB of log lines]\n"
+
+
 # --- the handlers, one per op ---------------------------------------------------------------------------------
 
 
@@ -188,7 +192,7 @@ def _step_ran(x: OpInput) -> Effect:
         # stored: drop it. The next call replays and meets the failed step as a StepError.
         return Effect.STOP
     x.decision.steps.append(StepWrite(x.sid, StepStatus.COMPLETED, name=x.name, kind="run", output={"data": data},
-                                      ended_at=x.cc.now, attempts=attempt + 1))
+                                      ended_at=x.cc.now, attempts=attempt + 1, logs=op_logs(x.op)))
     return Effect.CALL_AGAIN
 
 
@@ -314,15 +318,23 @@ def _step_error(cc: CallContext, decision: Advance, sid: str, name: str, op: dic
         at = now + int(delay * 1000)
         error["retry_in_ms"] = int(delay * 1000)
         decision.steps.append(StepWrite(sid, StepStatus.SCHEDULED, name=name, kind="run", error=error,
-                                        attempts=attempt + 1, scheduled_at=at))
+                                        attempts=attempt + 1, scheduled_at=at, logs=op_logs(op)))
         decision.jobs.append(NewJob(sid if cc.target else "", at, JobKind.CALL,
                                     {"target": sid} if cc.target else None, step_row=False, attempt=attempt + 1))
         return False
     if retriable:
         error["message"] += f" (gave up after {attempts_text(cc.max_attempts)})"
     decision.steps.append(StepWrite(sid, StepStatus.FAILED, name=name, kind="run", error=error,
-                                    attempts=attempt + 1, ended_at=now))
+                                    attempts=attempt + 1, ended_at=now, logs=op_logs(op)))
     return True
+
+
+def op_logs(op: dict[str, Any]) -> str | None:
+    """The ctx.logger lines stepflow's SDK sends with a step's op (`logs`), bounded as the SDK bounds them."""
+    logs = op.get("logs")
+    if not isinstance(logs, str) or not logs:
+        return None
+    return logs if len(logs) <= MAX_LOGS else logs[:MAX_LOGS - len(TRUNCATED)] + TRUNCATED
 
 
 def _wait_for_event(state: RunState, cc: CallContext, decision: Advance, sid: str, name: str,

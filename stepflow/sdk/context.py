@@ -41,14 +41,22 @@ class ReplaySafeLogger:
     """A logger that stays quiet while the function replays steps it already ran, so each line is written
     once per run, not once per call."""
 
-    def __init__(self, logger: logging.Logger, is_replaying: Callable[[], bool]) -> None:
+    def __init__(self, logger: logging.Logger, is_replaying: Callable[[], bool],
+                 capture: Callable[[int, str], None] | None = None) -> None:
         self._logger = logger
         self._is_replaying = is_replaying
+        self._capture = capture  # the call's collector: each line is also kept with the step it was written in
 
     def _log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
         if not self._is_replaying():
             kwargs.setdefault("stacklevel", 3)
             self._logger.log(level, msg, *args, **kwargs)
+            if self._capture is not None:
+                try:
+                    text = msg % args if args else str(msg)
+                except (TypeError, ValueError):
+                    text = f"{msg} {args}"
+                self._capture(level, text)
 
     def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
         self._log(logging.DEBUG, msg, *args, **kwargs)

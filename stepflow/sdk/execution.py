@@ -21,6 +21,8 @@ the engine records them in one transaction before it calls again.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import math
 import time
 import traceback
@@ -39,6 +41,10 @@ from stepflow.sdk.steps import FoundStep, StepTools, inside_step
 if TYPE_CHECKING:
     from stepflow.sdk.app import FunctionSpec
 
+MAX_STEP_LOGS = 64 * 1024     # characters of ctx.logger lines kept per step attempt
+LOGS_TRUNCATED = "\n[… truncated: the step wrote more than 64 KiB of log lines]\n"
+# the step (hashed id) whose callable is running: ctx.logger lines are kept with it
+_LOGGING_STEP: contextvars.ContextVar[str] = contextvars.ContextVar("stepflow_logging_step", default="")
 DEFAULT_INLINE_BUDGET = 1.0   # seconds of inline step execution per call before results are handed back
 SETTLE_ROUNDS = 3             # loop iterations that let sibling tasks of an asyncio.gather reach their steps
 
@@ -104,8 +110,28 @@ class Execution:
             app_id=str(ctx.get("app_id", spec.app_id)),
             attempt=int(ctx.get("attempt", 0)),
             step=StepTools(self),
-            logger=ReplaySafeLogger(spec.logger, self.is_replaying),
+            logger=ReplaySafeLogger(spec.logger, self.is_replaying, self._keep_log),
         )
+        # ctx.logger lines of this call, by the step (hashed id) they were written in ("": outside any step)
+        self._logs: dict[str, str] = {}
+
+    # --- ctx.logger lines, kept with their step -------------------------------------------------------------
+
+    def _keep_log(self, level: int, text: str) -> None:
+        key = _LOGGING_STEP.get()
+        kept = self._logs.get(key, "")
+        if len(kept) >= MAX_STEP_LOGS:
+            return  # already full (and marked)
+        line = f"{time.strftime('%H:%M:%S')} {logging.getLevelName(level)} {text}\n"
+        kept += line
+        if len(kept) > MAX_STEP_LOGS:
+            kept = kept[:MAX_STEP_LOGS - len(LOGS_TRUNCATED)] + LOGS_TRUNCATED
+        self._logs[key] = kept
+
+    def _take_logs(self, hashed: str) -> str | None:
+        """The lines written in this step, after those written before it outside any step in this call."""
+        text = self._logs.pop("", "") + self._logs.pop(hashed, "")
+        return text[-MAX_STEP_LOGS:] if text else None
 
     # --- called by the step tools -------------------------------------------------------------------------
 
@@ -143,6 +169,7 @@ class Execution:
         assert step.run is not None
         op: dict[str, Any] = {"id": step.hashed, "displayName": step.display, "name": step.display}
         error: dict[str, Any] | None = None
+        logging_step = _LOGGING_STEP.set(step.hashed)
         try:
             value = await step.run()
             try:
@@ -165,6 +192,11 @@ class Execution:
                 # is not stored (nor send it: over HTTP the whole answer would be over the limit).
                 error = output_too_large(step.display, len(encoded), self._max_output_bytes)
                 op["opts"] = {"retriable": False}
+        finally:
+            _LOGGING_STEP.reset(logging_step)
+        logs = self._take_logs(step.hashed)
+        if logs is not None:
+            op["logs"] = logs  # stepflow's engine keeps them with the step (other servers ignore the field)
         if error is not None:
             op.update(op=Op.STEP_ERROR, error=error)
             self._ops.append(op)

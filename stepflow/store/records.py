@@ -217,6 +217,7 @@ class StepWrite:
     attempts: int | None = None
     scheduled_at: int | None = None
     ended_at: int | None = None
+    logs: str | None = None      # what the attempt wrote with ctx.logger (None: keep what is stored)
 
 
 @dataclass(slots=True)

@@ -472,15 +472,16 @@ class SqlBase(Store):
             seq = await c.fetchval("SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE run_id=?", run_id)
         await c.execute(
             "INSERT INTO steps (run_id, step_id, status, attempts, scheduled_at, ended_at, output, error, seq, "
-            "name, kind) VALUES (?, ?, ?, COALESCE(?, 0), ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO "
-            "UPDATE SET status=excluded.status, attempts=COALESCE(?, steps.attempts), "
+            "name, kind, logs) VALUES (?, ?, ?, COALESCE(?, 0), ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) "
+            "DO UPDATE SET status=excluded.status, attempts=COALESCE(?, steps.attempts), "
             "scheduled_at=COALESCE(excluded.scheduled_at, steps.scheduled_at), "
             "ended_at=COALESCE(excluded.ended_at, steps.ended_at), "
             "output=COALESCE(excluded.output, steps.output), error=excluded.error, "
             "seq=CASE WHEN excluded.seq > 0 THEN excluded.seq ELSE steps.seq END, "
-            "name=COALESCE(excluded.name, steps.name), kind=COALESCE(excluded.kind, steps.kind)",
+            "name=COALESCE(excluded.name, steps.name), kind=COALESCE(excluded.kind, steps.kind), "
+            "logs=COALESCE(excluded.logs, steps.logs)",
             run_id, w.step_id, w.status.value, w.attempts, w.scheduled_at, w.ended_at, pack(w.output),
-            pack(w.error), seq, w.name, w.kind, w.attempts)
+            pack(w.error), seq, w.name, w.kind, w.logs, w.attempts)
 
     async def _fail_if_stalled(self, c: Conn, job: Job, now: int) -> None:
         """The invariant that no run hangs silently, checked in the transaction that settles each job: after
