@@ -9,6 +9,7 @@ import email.utils
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Any
 
@@ -83,6 +84,8 @@ async def test_input_is_posted_as_json_with_event_events_steps_and_ctx(stepflow:
     assert event["id"] == run["event_id"] and isinstance(event["ts"], int)
     assert first_input["events"] == [event]
     assert first_input["steps"] == {}
+    traceparent = first_input["ctx"].pop("traceparent")
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", traceparent) and headers["traceparent"] == traceparent
     assert first_input["ctx"] == {"run_id": run["run_id"], "function_id": "wf", "app_id": "default",
                                   "step_id": "a", "attempt": 0, "max_attempts": 5}
 

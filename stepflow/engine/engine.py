@@ -157,8 +157,9 @@ class EngineCore:
     async def register(self, fn: FunctionDef) -> int:
         return await self.functions.register(fn)
 
-    async def ingest(self, events: list[EventRecord]) -> list[str]:
-        """Store events and start the runs they trigger, in one transaction; then wake the workers."""
+    async def ingest(self, events: list[EventRecord], trace: tuple[str, str] | None = None) -> list[str]:
+        """Store events and start the runs they trigger, in one transaction; then wake the workers. `trace`:
+        the sender's (trace id, span id), from its `traceparent`: the runs join that trace."""
         # keyed by the record itself: two events of one request may share an id (the second is a duplicate)
         matches = {id(ev): self.functions.matching(ev.name, ev.to_dict()) for ev in events}
 
@@ -167,6 +168,9 @@ class EngineCore:
         def plan(ev: EventRecord) -> list[Any]:
             runs = plan_runs_for_event(matches[id(ev)], ev)
             planned[id(ev)] = [run.function_id for run in runs]
+            if trace is not None:
+                for run in runs:
+                    run.trace_id, run.parent_span_id = trace
             return runs
 
         ids = await self.store.ingest_events(events, plan)

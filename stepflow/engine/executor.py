@@ -23,6 +23,7 @@ from stepflow.engine.registry import FunctionRegistry
 from stepflow.engine.retry import backoff_delay
 from stepflow.ids import now_ms
 from stepflow.observability.metrics import Metrics
+from stepflow.observability.tracing import new_span_id, traceparent
 from stepflow.protocol import wire
 from stepflow.protocol.answers import StepAnswer, StepAttemptError, interpret
 from stepflow.protocol.contract import StepContext, StepResponse, build_input
@@ -35,6 +36,7 @@ from stepflow.store.records import (
     RunRecord,
     RunState,
     RunStatus,
+    SpanRecord,
     StepStatus,
     StepUpdate,
 )
@@ -69,6 +71,22 @@ class Attempt:
     failure: StepAttemptError | None
     started: int
     ended: int
+    outcome: str = ""   # the answer's status class (2xx, 206, 4xx, 5xx) or why there was none (timeout, …)
+
+    def span(self, job: Job, invocation: Invocation, name: str, runtime: str) -> SpanRecord | None:
+        """This attempt as a span of its run's trace (None when the run has no trace)."""
+        if not invocation.ctx.traceparent:
+            return None
+        attributes: dict[str, Any] = {"step.id": invocation.ctx.step_id or None, "runtime": runtime,
+                                      "attempt": job.attempt + 1, "outcome": self.outcome}
+        if self.answer is not None:
+            attributes["status"] = self.answer.response.status
+        if self.failure is not None:
+            attributes["error"] = self.failure.message[:500]
+        ok = self.outcome in ("2xx", "206")
+        return SpanRecord(run_id=job.run_id, span_id=invocation.ctx.traceparent.split("-")[2], parent_id=None,
+                          name=name, start=self.started, end=self.ended, status="ok" if ok else "error",
+                          attributes={k: v for k, v in attributes.items() if v is not None})
 
 
 class Executor:
@@ -115,7 +133,7 @@ class Executor:
         outcome = (("206" if answer.response.status == 206 else f"{answer.response.status // 100}xx")
                    if answer is not None else failure.code if failure is not None else "error")
         self.metrics.attempt(runtime_type, outcome, (ended - started) / 1000)
-        return Attempt(answer=answer, failure=failure, started=started, ended=ended)
+        return Attempt(answer=answer, failure=failure, started=started, ended=ended, outcome=outcome)
 
     async def _settle(self, job: Job, update: StepUpdate | None, advance: Any, now: int) -> RunRecord | None:
         functions = self.functions
@@ -182,12 +200,15 @@ class Executor:
         verdict = self._classify(attempt, job, max_attempts)
         logs = attempt.answer.logs if attempt.answer else attempt.failure.logs if attempt.failure else None
         now = attempt.ended
+        span = attempt.span(job, invocation, f"step {job.step_id}", runtime_type)
+        if span is not None and isinstance(verdict, RetryLater):
+            span.attributes["retry.in_ms"] = int(verdict.delay * 1000)
         if isinstance(verdict, RetryLater):
             self.metrics.retries.labels(job.function_id).inc()
             if activity.enabled():
                 activity.step_retried(job.run_id, job.function_id, job.step_id, job.attempt, verdict.delay,
                                       verdict.error)
-            update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now, error=verdict.error, logs=logs)
+            update = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now, error=verdict.error, logs=logs, span=span)
             await self.store.retry_job(job, update, now + int(verdict.delay * 1000))
             return None
         if activity.enabled():
@@ -196,8 +217,9 @@ class Executor:
                                 attempt.ended - attempt.started,
                                 None if isinstance(verdict, Succeeded) else verdict.error)
         if isinstance(verdict, Succeeded):
-            return StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output=stored(verdict.response), logs=logs)
-        return StepUpdate(status=StepStatus.FAILED, ended_at=now, error=failed(verdict.error), logs=logs)
+            return StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output=stored(verdict.response), logs=logs,
+                              span=span)
+        return StepUpdate(status=StepStatus.FAILED, ended_at=now, error=failed(verdict.error), logs=logs, span=span)
 
     # --- workflow steps -----------------------------------------------------------------------------------
 
@@ -215,7 +237,7 @@ class Executor:
             return None
         max_attempts = fn.attempts_for(job.step_id)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
-                          attempt=job.attempt, max_attempts=max_attempts)
+                          attempt=job.attempt, max_attempts=max_attempts, traceparent=_attempt_traceparent(state))
         invocation = Invocation(input=build_input(state.event or {}, state.completed_outputs(), ctx, state.events),
                                 options=step.runtime.options, ctx=ctx,
                                 timeout=self._timeout_for(step.runtime.options, step.timeout),
@@ -240,7 +262,9 @@ class Executor:
         document = code.build_call_input(fn, state, job.attempt, max_attempts, target,
                                          max_output_bytes=self.config.max_output_bytes, version=version)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=target or "",
-                          attempt=job.attempt, max_attempts=max_attempts)
+                          attempt=job.attempt, max_attempts=max_attempts, traceparent=_attempt_traceparent(state))
+        if ctx.traceparent:
+            document["ctx"]["traceparent"] = ctx.traceparent
         options = dict(fn.runtime.options)
         if fn.runtime.type == "http":
             # the official SDKs read the function and the targeted step from the query only
@@ -268,9 +292,12 @@ class Executor:
                      **attempt.failure.details}
             retryable, retry_after = attempt.failure.retryable, None
         decided: list[Advance] = []
+        span = attempt.span(job, invocation, f"call {target}" if target else "call", fn.runtime.type)
 
         def decide(state: RunState) -> Advance:
             decided.append(code.advance_after_call(state, cc, response, error, retryable, retry_after))
+            if span is not None:
+                decided[-1].spans.append(span)
             return decided[-1]
 
         ended = await self._settle(job, None, decide, now)
@@ -297,7 +324,7 @@ class Executor:
             return None
         max_attempts = fn.attempts_for("")
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
-                          attempt=job.attempt, max_attempts=max_attempts)
+                          attempt=job.attempt, max_attempts=max_attempts, traceparent=_attempt_traceparent(state))
         invocation = Invocation(
             input=code.build_remote_input(fn, state, job.step_id, job.attempt, max_attempts, payload.get("data")),
             options=runtime, ctx=ctx, timeout=self._timeout_for(runtime),
@@ -358,3 +385,8 @@ class Executor:
                 "message": f"cancelled: the run did not finish within its finish timeout ({fn.finish_timeout:g}s)"})
 
         return await self._settle(job, None, advance, now)
+
+
+def _attempt_traceparent(state: RunState) -> str | None:
+    """A new span of the run's trace for one attempt (None for a run without a trace: one stored before traces)."""
+    return traceparent(state.run.trace_id, new_span_id()) if state.run.trace_id else None

@@ -23,6 +23,7 @@ from stepflow.errors import DefinitionError, ExpressionError, InvalidRequestErro
 from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid
+from stepflow.observability.tracing import new_span_id
 from stepflow.protocol.wire import UNSUPPORTED_OPS, Op
 from stepflow.store.records import (
     Advance,
@@ -33,6 +34,7 @@ from stepflow.store.records import (
     NewPause,
     RunState,
     RunStatus,
+    SpanRecord,
     StepRecord,
     StepStatus,
     StepWrite,
@@ -218,16 +220,33 @@ def _sleep(x: OpInput) -> Effect:
     except ValueError as exc:
         raise NoProgress("protocol_error", f"sleep {x.name!r}: {exc}", x.sid, x.name) from exc
     x.decision.jobs.append(NewJob(x.sid, until, JobKind.SLEEP, name=x.name, step_kind="sleep"))
+    _waiting_span(x, f"sleep {x.name}", until)
     return Effect.NONE
 
 
+def _waiting_span(x: OpInput, name: str, until: int | None, **attributes: Any) -> None:
+    """A sleep or a wait as a span of the run's trace: from now to when it is due (or may time out)."""
+    if x.state.run.trace_id:
+        x.decision.spans.append(SpanRecord(run_id=x.state.run.id, span_id=new_span_id(), parent_id=None,
+                                           name=name, start=x.cc.now, end=until,
+                                           attributes={"step.id": x.name, **attributes}))
+
+
 def _wait(x: OpInput) -> Effect:
-    return Effect.CALL_AGAIN if _wait_for_event(x.state, x.cc, x.decision, x.sid, x.name, x.op, x.opts) \
-        else Effect.NONE
+    if _wait_for_event(x.state, x.cc, x.decision, x.sid, x.name, x.op, x.opts):
+        return Effect.CALL_AGAIN  # resolved at once (or refused): nothing waits
+    event = x.opts.get("event") or x.op.get("name")
+    _waiting_span(x, f"wait {x.name}", next((j.available_at for j in x.decision.jobs if j.step_id == x.sid), None),
+                  event=str(event))
+    return Effect.NONE
 
 
 def _invoke_function(x: OpInput) -> Effect:
-    return Effect.CALL_AGAIN if _invoke(x.state, x.cc, x.decision, x.sid, x.name, x.opts) else Effect.NONE
+    if _invoke(x.state, x.cc, x.decision, x.sid, x.name, x.opts):
+        return Effect.CALL_AGAIN
+    child = next((p.child_run_id for p in x.decision.pauses if p.step_id == x.sid), None)
+    _waiting_span(x, f"invoke {x.name}", None, **({"child_run.id": child} if child else {}))
+    return Effect.NONE
 
 
 def _send(x: OpInput) -> Effect:

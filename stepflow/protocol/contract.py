@@ -27,10 +27,14 @@ class StepContext:
     step_id: str
     attempt: int
     max_attempts: int
+    traceparent: str | None = None   # W3C trace context of this attempt (docs/observability.md)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "function_id": self.function_id, "app_id": self.app_id,
-                "step_id": self.step_id, "attempt": self.attempt, "max_attempts": self.max_attempts}
+        out = {"run_id": self.run_id, "function_id": self.function_id, "app_id": self.app_id,
+               "step_id": self.step_id, "attempt": self.attempt, "max_attempts": self.max_attempts}
+        if self.traceparent:
+            out["traceparent"] = self.traceparent
+        return out
 
 
 def build_input(event: dict[str, Any], steps: dict[str, Any], ctx: StepContext,

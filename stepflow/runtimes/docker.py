@@ -104,6 +104,8 @@ class DockerRuntime:
     def _config(self, invocation: Invocation, argument: str) -> dict[str, Any]:
         opts = invocation.options
         env = [f"{k}={v}" for k, v in (opts.get("env") or {}).items()]
+        if invocation.ctx.traceparent:
+            env.append(f"TRACEPARENT={invocation.ctx.traceparent}")  # OpenTelemetry SDKs read it
         if argument.startswith("@"):
             env.append(f"STEPFLOW_INPUT_FILE={INPUT_FILE}")
         network = bool(opts.get("network"))

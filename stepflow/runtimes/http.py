@@ -40,6 +40,8 @@ class HttpRuntime:
         url: str = invocation.options["url"]
         headers: dict[str, str] = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         headers.update(invocation.options.get("headers") or {})
+        if invocation.ctx.traceparent:
+            headers["traceparent"] = invocation.ctx.traceparent  # the step's own instrumentation joins the trace
         body = invocation.input
         if invocation.signing_key:
             # Send (and sign) the canonical form: the official SDKs verify the signature against it.

@@ -201,6 +201,17 @@ def _schemas() -> dict[str, Any]:
                                                              "why (docs/flow-control.md)"},
             },
         },
+        "Span": {
+            "type": "object", "additionalProperties": False,
+            "required": ["span_id", "parent_id", "name", "start", "end", "status", "attributes", "children"],
+            "properties": {
+                "span_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+                "parent_id": {"type": ["string", "null"]}, "name": {"type": "string"},
+                "start": TIMESTAMP, "end": _nullable(TIMESTAMP), "status": {"enum": ["ok", "error"]},
+                "attributes": {"type": "object"},
+                "children": {"type": "array", "items": {"$ref": "#/components/schemas/Span"}},
+            },
+        },
         "RunV2": INNGEST_RUN_SCHEMA,
         "RunV2Extended": {
             **INNGEST_RUN_SCHEMA, "title": "InngestRun, extended",
@@ -537,6 +548,14 @@ def _paths() -> dict[str, Any]:
                 "properties": {"from_step": {"type": "string", "minLength": 1}}}}}},
             "responses": {"201": _json(_data(_ref("RunV1")), "the new run"), **_errors(400, 401, 404, 409, 413, 500)},
         }},
+        "/v2/runs/{run_id}/trace": {"get": _rest(
+            "The run's trace: a span tree (the run, each step attempt and call, sleeps and waits)",
+            _json(_data({"type": "object", "required": ["trace_id", "root", "span_count"],
+                         "additionalProperties": False,
+                         "properties": {"trace_id": {"type": ["string", "null"], "pattern": "^[0-9a-f]{32}$"},
+                                        "span_count": {"type": "integer", "minimum": 1},
+                                        "root": _ref("Span")}}), "the trace"),
+            params=[RUN_ID], errors=(400, 401, 404, 500), tag="runs")},
         "/v2/functions/{function_id}/pause": {"post": {
             "summary": "Pause a function: nothing of it executes, nothing is lost", "tags": ["functions"],
             "security": REST_SECURITY,

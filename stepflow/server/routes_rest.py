@@ -13,6 +13,7 @@ from stepflow.durations import parse_duration
 from stepflow.engine.run_search import SCAN_BUDGET, RunFilter, list_runs
 from stepflow.errors import InvalidRequestError, NotFoundError
 from stepflow.ids import is_ulid, is_valid_event_id, now_ms
+from stepflow.observability.tracing import span_tree
 from stepflow.server.app import ENGINE_KEY, SETTINGS_KEY, json_response, read_json_object
 from stepflow.server.serialize import describe_waiting, event_v1, iso, run_v1, run_v2, step_v1
 from stepflow.store.records import RunRecord, RunStatus
@@ -248,6 +249,21 @@ async def get_run_v2(request: web.Request) -> web.Response:
     return json_response({"data": run_v2(await _load_run(request, _run_id(request)), extended)})
 
 
+async def get_run_trace(request: web.Request) -> web.Response:
+    """`GET /v2/runs/{run_id}/trace`: the run's trace as a span tree, from stepflow's own store."""
+    run = await _load_run(request, _run_id(request))
+    store = request.app[ENGINE_KEY].store
+    tree = span_tree(run, await store.get_run_spans(run.id), [])
+    _times(tree["root"])
+    return json_response({"data": tree})
+
+
+def _times(node: dict[str, Any]) -> None:
+    node["start"], node["end"] = iso(node["start"]), iso(node["end"])
+    for child in node["children"]:
+        _times(child)
+
+
 async def get_event_runs_v2(request: web.Request) -> web.Response:
     extended = _extended(request)
     return json_response({"data": [run_v2(r, extended) for r in await _event_runs(request)]})
@@ -273,3 +289,4 @@ def setup(app: web.Application) -> None:
     r.add_get("/v2/runs/{run_id}", get_run_v2)
     r.add_get("/v2/runs/{run_id}/steps", get_run_steps)
     r.add_post("/v2/runs/{run_id}/rerun", rerun_run)
+    r.add_get("/v2/runs/{run_id}/trace", get_run_trace)

@@ -29,6 +29,7 @@ from stepflow.store.records import (
     RunRecord,
     RunState,
     RunStatus,
+    SpanRecord,
     StepRecord,
     StepUpdate,
 )
@@ -129,6 +130,11 @@ class Store(ABC):
 
     @abstractmethod
     async def get_event_runs(self, event_id: str) -> list[RunRecord]: ...
+
+    @abstractmethod
+    async def get_run_spans(self, run_id: str) -> list[SpanRecord]:
+        """The spans kept with the run (step attempts, sleeps, waits), by start time."""
+        ...
 
     @abstractmethod
     async def get_event_skips(self, event_id: str) -> list[dict[str, Any]]:

@@ -149,7 +149,8 @@ MIGRATIONS: list[str] = [
     # version 5: flow control. Concurrency slots (a job holds its run's slots while leased; a job that would
     # exceed a limit waits parked on the slot, `waiting_on`, and is woken in `queued_at` order as slots free up);
     # priority; throttle and rate-limit state (GCRA: one theoretical arrival time per key); singleton and
-    # debounce keys; event batches (a batch run's events, in order: `run_events`); the events a control skipped
+    # debounce keys; event batches (a batch run's events, in order: `run_events`); the events a control skipped;
+    # traces: a run's trace id and its spans (step attempts, sleeps, waits), kept with it
     """
     ALTER TABLE runs ADD COLUMN slot1 TEXT;
     ALTER TABLE runs ADD COLUMN limit1 INTEGER;
@@ -203,6 +204,19 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, seq)
     );
     CREATE INDEX run_events_event ON run_events (event_id);
+    ALTER TABLE runs ADD COLUMN trace_id TEXT;
+    ALTER TABLE runs ADD COLUMN parent_span_id TEXT;
+    CREATE TABLE spans (
+        run_id      TEXT NOT NULL,
+        span_id     TEXT NOT NULL,
+        parent_id   TEXT,
+        name        TEXT NOT NULL,
+        start_ms    BIGINT NOT NULL,
+        end_ms      BIGINT,
+        status      TEXT NOT NULL,
+        attributes  BYTEA,
+        PRIMARY KEY (run_id, span_id)
+    );
     CREATE TABLE skips (
         event_id     TEXT NOT NULL,
         function_id  TEXT NOT NULL,

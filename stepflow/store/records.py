@@ -75,6 +75,8 @@ class RunRecord:
     output: Any = None
     error: dict[str, Any] | None = None
     original_run_id: str | None = None   # a rerun: the run it repeats
+    trace_id: str | None = None          # its trace (32 hex digits); steps carry it in `traceparent`
+    parent_span_id: str | None = None    # the sender's span, when the event came with a `traceparent`
 
 
 @dataclass(slots=True)
@@ -155,6 +157,8 @@ class NewRun:
     steps: list[StepWrite] = field(default_factory=list)     # a rerun from a step: the results it keeps
     operation_id: str | None = None                          # a replay: the operation that started it
     flow: RunFlow | None = None                              # concurrency, throttle, … (None: no control)
+    trace_id: str | None = None                              # its trace; None: a new one
+    parent_span_id: str | None = None                        # the sender's span (an incoming traceparent)
 
 
 @dataclass(slots=True)
@@ -194,6 +198,20 @@ class RunState:
 
 
 @dataclass(slots=True)
+class SpanRecord:
+    """One span of a run's trace, kept with the run (the run's own root span is made from the run itself)."""
+
+    run_id: str
+    span_id: str                 # 16 hex digits (W3C)
+    parent_id: str | None        # None: a child of the run's root span
+    name: str                    # "step charge", "call", "sleep nap", "wait approval", …
+    start: int                   # epoch ms
+    end: int | None
+    status: str = "ok"           # ok | error
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class StepUpdate:
     """What an attempt produced: stored on the step row."""
 
@@ -202,6 +220,7 @@ class StepUpdate:
     output: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     logs: str | None = None
+    span: SpanRecord | None = None   # the attempt's span, stored with it
 
 
 @dataclass(slots=True)
@@ -263,6 +282,7 @@ class Advance:
     # steps, sleeps and waits all settled). The store applies the rule, after everything above, in the same
     # transaction — it is written once, there.
     call_when_idle: bool = False
+    spans: list[SpanRecord] = field(default_factory=list)   # the trace's spans this decision adds
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ from stepflow.store.records import (
     RunRecord,
     RunState,
     RunStatus,
+    SpanRecord,
     StepRecord,
     StepStatus,
     StepUpdate,
@@ -132,6 +133,14 @@ class SqlStore(SqlFunctionPauses):
             return {}
         sql = "SELECT id, payload, received_at FROM events WHERE id IN (" + ", ".join("?" * len(unique)) + ")"
         return {e.id: e for e in map(event_record, await self._read(lambda c: c.fetch(sql, *unique)))}
+
+    async def get_run_spans(self, run_id: str) -> list[SpanRecord]:
+        rows = await self._read(lambda c: c.fetch(
+            "SELECT run_id, span_id, parent_id, name, start_ms, end_ms, status, attributes FROM spans WHERE "
+            "run_id=? ORDER BY start_ms, span_id", run_id))
+        return [SpanRecord(run_id=r[0], span_id=r[1], parent_id=r[2], name=r[3], start=int(r[4]),
+                           end=int(r[5]) if r[5] is not None else None, status=r[6],
+                           attributes=codec.unpack(r[7]) or {}) for r in rows]
 
     async def get_event_skips(self, event_id: str) -> list[dict[str, Any]]:
         rows = await self._read(lambda c: c.fetch("SELECT function_id, reason, message, at FROM skips WHERE "
@@ -407,6 +416,8 @@ class SqlStore(SqlFunctionPauses):
                                 "logs=COALESCE(?, logs) WHERE run_id=? AND step_id=?",
                                 update.status.value, update.ended_at, pack(update.output), pack(update.error), seq,
                                 update.logs, job.run_id, job.step_id)
+                if update.span is not None:
+                    await self._insert_span(c, update.span)
             progressed = advance is not None and await self._advance(c, job.run_id, advance, now)
             if job.kind is not JobKind.RUN_TIMEOUT and not progressed:
                 await self._fail_if_stalled(c, job, now)
@@ -472,6 +483,8 @@ class SqlStore(SqlFunctionPauses):
                             owned, bool(run_ended), bool(run_ended), update.ended_at, available_at, pack(update.error),
                             update.logs, job.run_id, job.step_id)
             if owned:
+                if update.span is not None:
+                    await self._insert_span(c, update.span)
                 await self._free_slots(c, job, available_at)
                 await self._work_added(c)
             return owned

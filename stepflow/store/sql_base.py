@@ -6,6 +6,7 @@ transaction; the backends (sqlite.py, postgres.py) provide the connection, the t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -27,13 +28,15 @@ from stepflow.store.records import (
     RunSlots,
     RunState,
     RunStatus,
+    SpanRecord,
     StepRecord,
     StepStatus,
     StepWrite,
 )
 
 RUN_COLUMNS = ("id, function_id, function_version, app_id, event_id, status, created_at, started_at, "
-               "ended_at, output, error, original_run_id")
+               "ended_at, output, error, original_run_id, trace_id, parent_span_id")
+MAX_SPANS = 1000  # spans kept per run: a trace's size is bounded (a run of 100,000 steps keeps its first 1,000)
 STEP_COLUMNS = ("run_id, step_id, status, attempts, scheduled_at, started_at, ended_at, output, error, seq, "
                 "logs, name, kind")
 PAUSE_COLUMNS = "id, run_id, step_id, kind, event_name, expression, child_run_id, expires_at"
@@ -60,7 +63,8 @@ class Conn(Protocol):
 def run_record(row: Row) -> RunRecord:
     return RunRecord(id=row[0], function_id=row[1], function_version=row[2], app_id=row[3], event_id=row[4],
                      status=RunStatus(row[5]), created_at=row[6], started_at=row[7], ended_at=row[8],
-                     output=codec.unpack(row[9]), error=codec.unpack(row[10]), original_run_id=row[11])
+                     output=codec.unpack(row[9]), error=codec.unpack(row[10]), original_run_id=row[11],
+                     trace_id=row[12], parent_span_id=row[13])
 
 
 def step_record(row: Row) -> StepRecord:
@@ -73,6 +77,11 @@ def event_record(row: Row) -> EventRecord:
     payload = codec.unpack(row[1])
     return EventRecord(id=row[0], name=payload["name"], data=payload["data"], ts=payload["ts"],
                        received_at=row[2], user=payload.get("user"), v=payload.get("v"))
+
+
+def new_trace_id() -> str:
+    """A W3C trace id: 32 hex digits, not all zero."""
+    return os.urandom(16).hex()
 
 
 def run_slots(run: NewRun) -> RunSlots | None:
@@ -167,9 +176,10 @@ class SqlBase(Store):
         slots = run_slots(run)
         await c.execute(f"INSERT INTO runs ({RUN_COLUMNS}, finish_timeout_ms, start_deadline, operation_id, slot1, "
                         "limit1, slot2, limit2, priority_ms, singleton_key, batched) VALUES (?, ?, ?, ?, ?, ?, ?, "
-                        "NULL, NULL, NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "NULL, NULL, NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         run.run_id, run.function_id, run.function_version, run.app_id, event_id, run.status.value,
-                        now, run.original_run_id, run.finish_timeout_ms, start_deadline, run.operation_id,
+                        now, run.original_run_id, run.trace_id or new_trace_id(), run.parent_span_id,
+                        run.finish_timeout_ms, start_deadline, run.operation_id,
                         *(slots[:4] if slots else (None, None, None, None)), slots[4] if slots else 0,
                         run.flow.singleton[0] if run.flow and run.flow.singleton else None,
                         1 if run.flow and run.flow.batch else 0)
@@ -331,6 +341,14 @@ class SqlBase(Store):
             slots = await self._run_slots(c, run_id)
         await flow.insert_job(c, run_id, "", JobKind.CALL.value, None, at, attempt,
                               slots if not isinstance(slots, bool) else None, now, hold)
+
+    async def _insert_span(self, c: Conn, span: SpanRecord) -> None:
+        """Keep a span with its run, up to MAX_SPANS a run (the count is one indexed range: the run's spans)."""
+        await c.execute("INSERT INTO spans (run_id, span_id, parent_id, name, start_ms, end_ms, status, attributes) "
+                        "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM spans WHERE run_id=?) < ? "
+                        "ON CONFLICT (run_id, span_id) DO NOTHING", span.run_id, span.span_id, span.parent_id,
+                        span.name, span.start, span.end, span.status, pack(span.attributes or None), span.run_id,
+                        MAX_SPANS)
 
     async def _call_if_idle(self, c: Conn, run_id: str, now: int) -> None:
         """Call the function again once nothing of the run is pending (all parallel work has settled)."""
@@ -522,6 +540,8 @@ class SqlBase(Store):
         await self._insert_jobs(c, run_id, decision.jobs, now, slots=state.slots)
         for pause in decision.pauses:
             await self._insert_pause(c, pause, now)
+        for span in decision.spans:
+            await self._insert_span(c, span)
         if decision.finish is not None:
             await self._finish_run(c, run_id, decision.finish, decision.output, decision.error, now)
         elif decision.call_when_idle:
