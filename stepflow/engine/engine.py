@@ -44,6 +44,7 @@ from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid, now_ms
 from stepflow.observability.metrics import Metrics
+from stepflow.observability.otlp import OtlpExporter
 from stepflow.runtimes import default_runtimes
 from stepflow.runtimes.base import Runtime, RuntimeRegistry
 from stepflow.store.base import Store, StoreHooks
@@ -67,6 +68,7 @@ class EngineCore:
             self.runtimes.add(runtime)
         self.watcher = RunWatcher(store)
         self.metrics = Metrics()
+        self._otlp: OtlpExporter | None = None
         store.attach(StoreHooks(pause_matcher=PauseMatcher(), run_ended=self._run_ended,
                                 run_finished=lambda fid, status, ms: self.metrics.run_ended(fid, status, ms / 1000),
                                 transaction_done=self.metrics.store_transactions.observe))
@@ -121,6 +123,10 @@ class EngineCore:
             self._operations_task = asyncio.create_task(operations.run(), name="stepflow-operations")
         # API-only processes too: they match events against functions other processes registered
         self._refresh_task = asyncio.create_task(self._refresh_functions(), name="stepflow-functions")
+        # traces leave over OTLP when the standard variables say where (docs/observability.md)
+        self._otlp = OtlpExporter.from_env(self.store)
+        if self._otlp is not None:
+            self._otlp.start()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop claiming; give in-flight steps `grace` seconds, then cancel them (their leases are released,
@@ -143,6 +149,8 @@ class EngineCore:
             except StoreError as exc:  # the database is away: the leases expire by themselves
                 log.warning("could not release this worker's leases: %s", exc.message)
         await self.runtimes.close()
+        if self._otlp is not None:
+            await self._otlp.stop()  # what ended before the stop is exported
         await self.store.close()
 
     async def __aenter__(self) -> EngineCore:
@@ -306,6 +314,8 @@ class EngineCore:
         # called inside the store's transaction: only schedule the notification
         loop = asyncio.get_running_loop()
         loop.call_soon(self.watcher.notify, run_id)
+        if self._otlp is not None:
+            loop.call_soon(self._otlp.run_ended, run_id)
         self._wake.set()  # an ended run may have resumed a parent (invoke) with new work
         if activity.enabled():
             task = loop.create_task(self._log_run_end(run_id))
