@@ -17,6 +17,7 @@ from conftest import POSTGRES_URL, RunningServer, ServerFactory, StepServer, fre
 from process_support import StepflowProcess, serve_and_workers
 from prometheus_client.parser import text_string_to_metric_families
 
+from stepflow.engine import EngineConfig
 from stepflow.server import ServerSettings
 
 SK = "signkey-test-" + "9e" * 32
@@ -143,3 +144,13 @@ async def test_a_worker_serves_its_metrics_on_its_metrics_port(tmp_path: Path, s
         assert value(metrics, "stepflow_runs_ended_total", function="w", status="Completed") == 3, ids
         assert value(metrics, "stepflow_step_attempts_total", runtime="http", outcome="2xx") == 3
         assert value(metrics, "stepflow_events_received_total") == 0  # the API process received them
+
+
+async def test_metrics_off_records_nothing(stepflow_factory: ServerFactory, step_server: StepServer) -> None:
+    server = await stepflow_factory(config=EngineConfig(backoff_base=0.01, poll_interval=0.2, metrics=False))
+    await server.register(workflow_config({"s": {"runtime": {"type": "http", "url": step_server.json("/ok", {})}}},
+                                          id="uncounted", event="m/off"))
+    [event_id] = await server.client.send({"name": "m/off", "data": {}})
+    [run] = await server.client.get_event_runs(event_id)
+    assert (await server.client.wait_for_run(run["run_id"], timeout=20))["status"] == "Completed"
+    assert await scrape(server.url) == {}

@@ -10,10 +10,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from conftest import RunningServer, StepServer, workflow_config
+from conftest import RunningServer, ServerFactory, StepServer, workflow_config
 from test_sdk_support import embedded, first_run
 
 import stepflow
+from stepflow.engine import EngineConfig
 from stepflow.observability.tracing import root_span_id
 
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-01$")
@@ -101,3 +102,17 @@ async def test_an_sdk_functions_calls_and_sleeps_are_spans(tmp_path: Path) -> No
     nap = next(s for s in spans if s.name == "sleep nap")
     assert nap.end is not None and nap.end - nap.start >= 40 and nap.attributes["step.id"] == "nap"
     assert all(s.attributes.get("runtime") == "inprocess" for s in spans if s.name == "call")
+
+
+async def test_tracing_off_keeps_no_spans_and_sends_no_traceparent(stepflow_factory: ServerFactory,
+                                                                   step_server: StepServer) -> None:
+    server = await stepflow_factory(config=EngineConfig(backoff_base=0.01, poll_interval=0.2, tracing=False))
+    await server.register(workflow_config({"s": {"runtime": {"type": "http", "url": step_server.json("/ok", {})}}},
+                                          id="untraced", event="t/off"))
+    [event_id] = await server.client.send({"name": "t/off", "data": {}})
+    [run] = await server.client.get_event_runs(event_id)
+    await server.client.wait_for_run(run["run_id"], timeout=20)
+    trace = await trace_of(server, run["run_id"])
+    assert trace["root"]["children"] == [] and trace["span_count"] == 1  # the run alone
+    assert "traceparent" not in step_server.headers["/ok"][0]
+    assert "traceparent" not in step_server.calls["/ok"][0]["ctx"]

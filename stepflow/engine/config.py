@@ -19,6 +19,10 @@ class EngineConfig:
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     signing_key: str | None = None       # signs requests to step servers (X-Inngest-Signature)
     environment_id: str = "local"
+    # traces: a span per step attempt kept with the run, and `traceparent` to steps (docs/observability.md);
+    # STEPFLOW_TRACING=off turns both off (runs then have no trace, and steps get no traceparent)
+    tracing: bool = True
+    metrics: bool = True                 # Prometheus metrics (STEPFLOW_METRICS=off: none are recorded)
     # Testing: sleeps end at once, waits for events time out at once unless a matching event was sent since
     # the run was created (see stepflow.testing). Never for production.
     fast_forward: bool = False
@@ -38,6 +42,10 @@ class EngineConfig:
             config.max_output_bytes = int(env["STEPFLOW_MAX_OUTPUT_BYTES"])
         if "STEPFLOW_LEASE_SECONDS" in env:
             config.lease_seconds = float(env["STEPFLOW_LEASE_SECONDS"])
+        if env.get("STEPFLOW_TRACING", "").lower() in ("off", "0", "false", "no"):
+            config.tracing = False
+        if env.get("STEPFLOW_METRICS", "").lower() in ("off", "0", "false", "no"):
+            config.metrics = False
         for key, value in overrides.items():
             if value is not None:
                 setattr(config, key, value)

@@ -43,7 +43,7 @@ from stepflow.errors import (
 from stepflow.events import validate_event
 from stepflow.expressions import Expression
 from stepflow.ids import new_ulid, now_ms
-from stepflow.observability.metrics import Metrics
+from stepflow.observability.metrics import Metrics, MetricsOff
 from stepflow.observability.otlp import OtlpExporter
 from stepflow.runtimes import default_runtimes
 from stepflow.runtimes.base import Runtime, RuntimeRegistry
@@ -67,7 +67,7 @@ class EngineCore:
         for runtime in runtimes if runtimes is not None else default_runtimes():
             self.runtimes.add(runtime)
         self.watcher = RunWatcher(store)
-        self.metrics = Metrics()
+        self.metrics = Metrics() if self.config.metrics else MetricsOff()
         self._otlp: OtlpExporter | None = None
         store.attach(StoreHooks(pause_matcher=PauseMatcher(), run_ended=self._run_ended,
                                 run_finished=lambda fid, status, ms: self.metrics.run_ended(fid, status, ms / 1000),

@@ -100,6 +100,13 @@ class Executor:
         # the executor request version each function's SDK chose (X-Inngest-Req-Version of its answers)
         self._request_versions: dict[str, int] = {}
 
+    def _traceparent(self, state: RunState) -> str | None:
+        """A new span of the run's trace for one attempt (None when tracing is off, or for a run without a trace:
+        one stored before traces)."""
+        if not self.config.tracing or not state.run.trace_id:
+            return None
+        return traceparent(state.run.trace_id, new_span_id())
+
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         return backoff_delay(attempt, self.config.backoff_base, self.config.backoff_max, retry_after)
 
@@ -237,7 +244,7 @@ class Executor:
             return None
         max_attempts = fn.attempts_for(job.step_id)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
-                          attempt=job.attempt, max_attempts=max_attempts, traceparent=_attempt_traceparent(state))
+                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state))
         invocation = Invocation(input=build_input(state.event or {}, state.completed_outputs(), ctx, state.events),
                                 options=step.runtime.options, ctx=ctx,
                                 timeout=self._timeout_for(step.runtime.options, step.timeout),
@@ -262,7 +269,7 @@ class Executor:
         document = code.build_call_input(fn, state, job.attempt, max_attempts, target,
                                          max_output_bytes=self.config.max_output_bytes, version=version)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=target or "",
-                          attempt=job.attempt, max_attempts=max_attempts, traceparent=_attempt_traceparent(state))
+                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state))
         if ctx.traceparent:
             document["ctx"]["traceparent"] = ctx.traceparent
         options = dict(fn.runtime.options)
@@ -277,7 +284,8 @@ class Executor:
         now = attempt.ended
         cc = code.CallContext(fn, self.functions, attempt=job.attempt, max_attempts=max_attempts, target=target,
                               call_started=attempt.started, now=now, max_output_bytes=self.config.max_output_bytes,
-                              backoff=self.backoff, fast_forward=self.config.fast_forward)
+                              backoff=self.backoff, fast_forward=self.config.fast_forward,
+                              tracing=self.config.tracing)
         if attempt.answer is not None:
             answer = attempt.answer
             answered = wire.answered_version(answer.headers)
@@ -324,7 +332,7 @@ class Executor:
             return None
         max_attempts = fn.attempts_for("")
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
-                          attempt=job.attempt, max_attempts=max_attempts, traceparent=_attempt_traceparent(state))
+                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state))
         invocation = Invocation(
             input=code.build_remote_input(fn, state, job.step_id, job.attempt, max_attempts, payload.get("data")),
             options=runtime, ctx=ctx, timeout=self._timeout_for(runtime),
@@ -387,6 +395,3 @@ class Executor:
         return await self._settle(job, None, advance, now)
 
 
-def _attempt_traceparent(state: RunState) -> str | None:
-    """A new span of the run's trace for one attempt (None for a run without a trace: one stored before traces)."""
-    return traceparent(state.run.trace_id, new_span_id()) if state.run.trace_id else None

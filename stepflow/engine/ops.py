@@ -48,7 +48,7 @@ class CallContext:
 
     def __init__(self, fn: FunctionDef, functions: FunctionRegistry, *, attempt: int, max_attempts: int,
                  target: str | None, call_started: int, now: int, max_output_bytes: int,
-                 backoff: Any, fast_forward: bool = False) -> None:
+                 backoff: Any, fast_forward: bool = False, tracing: bool = True) -> None:
         self.fn = fn
         self.functions = functions
         self.attempt = attempt
@@ -59,6 +59,7 @@ class CallContext:
         self.max_output_bytes = max_output_bytes
         self.backoff = backoff  # (attempt, retry_after seconds or None) -> delay seconds
         self.fast_forward = fast_forward
+        self.tracing = tracing  # sleeps and waits become spans of the run's trace
 
 
 class Effect(Enum):
@@ -226,7 +227,7 @@ def _sleep(x: OpInput) -> Effect:
 
 def _waiting_span(x: OpInput, name: str, until: int | None, **attributes: Any) -> None:
     """A sleep or a wait as a span of the run's trace: from now to when it is due (or may time out)."""
-    if x.state.run.trace_id:
+    if x.cc.tracing and x.state.run.trace_id:
         x.decision.spans.append(SpanRecord(run_id=x.state.run.id, span_id=new_span_id(), parent_id=None,
                                            name=name, start=x.cc.now, end=until,
                                            attributes={"step.id": x.name, **attributes}))

@@ -76,3 +76,36 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text format, for `GET /metrics`."""
         return generate_latest(self.registry)
+
+
+class _Off:
+    """A metric that records nothing (labels() returns itself)."""
+
+    def labels(self, *_: Any) -> _Off:
+        return self
+
+    def inc(self, *_: Any) -> None:
+        return None
+
+    def observe(self, *_: Any) -> None:
+        return None
+
+
+class MetricsOff(Metrics):
+    """STEPFLOW_METRICS=off: every metric records nothing, and `GET /metrics` answers an empty page."""
+
+    def __init__(self) -> None:  # noqa: D107 - no registry, no metric objects: nothing is counted
+        off: Any = _Off()
+        self.registry = CollectorRegistry()
+        for name in ("events_received", "runs_started", "runs_ended", "run_duration", "step_attempts",
+                     "step_duration", "retries", "leases_expired", "endpoint_requests", "store_transactions"):
+            setattr(self, name, off)
+
+    def attempt(self, runtime: str, outcome: str, seconds: float) -> None:
+        return None
+
+    def run_ended(self, function_id: str, status: str, seconds: float | None) -> None:
+        return None
+
+    def set_queue(self, stats: dict[str, Any]) -> None:
+        return None
