@@ -63,6 +63,12 @@ class FailedForGood:
 Verdict = Succeeded | RetryLater | FailedForGood
 
 
+# a run's trace is bounded: spans for its first MAX_TRACED_STEPS steps, and the first MAX_TRACED_ATTEMPTS
+# attempts of each (a retry storm does not grow it)
+MAX_TRACED_STEPS = 1000
+MAX_TRACED_ATTEMPTS = 10
+
+
 @dataclass(slots=True)
 class Attempt:
     """One delivery of an Input through a runtime: an answer, or the reason there was none."""
@@ -100,11 +106,12 @@ class Executor:
         # the executor request version each function's SDK chose (X-Inngest-Req-Version of its answers)
         self._request_versions: dict[str, int] = {}
 
-    def _traceparent(self, state: RunState) -> str | None:
+    def _traceparent(self, state: RunState, attempt: int = 0) -> str | None:
         """A new span of the run's trace for one attempt (None when tracing is off, or for a run without a trace:
         one stored before traces)."""
-        if not self.config.tracing or not state.run.trace_id:
-            return None
+        if not self.config.tracing or not state.run.trace_id or len(state.steps) >= MAX_TRACED_STEPS \
+                or attempt >= MAX_TRACED_ATTEMPTS:
+            return None  # (a run's trace is bounded: its first 1,000 steps)
         return traceparent(state.run.trace_id, new_span_id())
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -244,7 +251,7 @@ class Executor:
             return None
         max_attempts = fn.attempts_for(job.step_id)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
-                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state))
+                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state, job.attempt))
         invocation = Invocation(input=build_input(state.event or {}, state.completed_outputs(), ctx, state.events),
                                 options=step.runtime.options, ctx=ctx,
                                 timeout=self._timeout_for(step.runtime.options, step.timeout),
@@ -269,7 +276,7 @@ class Executor:
         document = code.build_call_input(fn, state, job.attempt, max_attempts, target,
                                          max_output_bytes=self.config.max_output_bytes, version=version)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=target or "",
-                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state))
+                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state, job.attempt))
         if ctx.traceparent:
             document["ctx"]["traceparent"] = ctx.traceparent
         options = dict(fn.runtime.options)
@@ -332,7 +339,7 @@ class Executor:
             return None
         max_attempts = fn.attempts_for("")
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
-                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state))
+                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state, job.attempt))
         invocation = Invocation(
             input=code.build_remote_input(fn, state, job.step_id, job.attempt, max_attempts, payload.get("data")),
             options=runtime, ctx=ctx, timeout=self._timeout_for(runtime),

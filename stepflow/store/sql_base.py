@@ -36,7 +36,6 @@ from stepflow.store.records import (
 
 RUN_COLUMNS = ("id, function_id, function_version, app_id, event_id, status, created_at, started_at, "
                "ended_at, output, error, original_run_id, trace_id, parent_span_id")
-MAX_SPANS = 1000  # spans kept per run: a trace's size is bounded (a run of 100,000 steps keeps its first 1,000)
 STEP_COLUMNS = ("run_id, step_id, status, attempts, scheduled_at, started_at, ended_at, output, error, seq, "
                 "logs, name, kind")
 PAUSE_COLUMNS = "id, run_id, step_id, kind, event_name, expression, child_run_id, expires_at"
@@ -343,12 +342,12 @@ class SqlBase(Store):
                               slots if not isinstance(slots, bool) else None, now, hold)
 
     async def _insert_span(self, c: Conn, span: SpanRecord) -> None:
-        """Keep a span with its run, up to MAX_SPANS a run (the count is one indexed range: the run's spans)."""
+        """Keep a span with its run. (The executor bounds a run's spans: none past MAX_TRACED_STEPS steps, nor
+        past MAX_TRACED_ATTEMPTS attempts of one step — no count here, on every settle.)"""
         await c.execute("INSERT INTO spans (run_id, span_id, parent_id, name, start_ms, end_ms, status, attributes) "
-                        "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM spans WHERE run_id=?) < ? "
-                        "ON CONFLICT (run_id, span_id) DO NOTHING", span.run_id, span.span_id, span.parent_id,
-                        span.name, span.start, span.end, span.status, pack(span.attributes or None), span.run_id,
-                        MAX_SPANS)
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, span_id) DO NOTHING", span.run_id,
+                        span.span_id, span.parent_id, span.name, span.start, span.end, span.status,
+                        pack(span.attributes or None))
 
     async def _call_if_idle(self, c: Conn, run_id: str, now: int) -> None:
         """Call the function again once nothing of the run is pending (all parallel work has settled)."""
