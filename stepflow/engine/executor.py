@@ -251,7 +251,8 @@ class Executor:
             return None
         max_attempts = fn.attempts_for(job.step_id)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
-                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state, job.attempt))
+                          attempt=job.attempt, max_attempts=max_attempts,
+                          traceparent=self._traceparent(state, job.attempt))
         invocation = Invocation(input=build_input(state.event or {}, state.completed_outputs(), ctx, state.events),
                                 options=step.runtime.options, ctx=ctx,
                                 timeout=self._timeout_for(step.runtime.options, step.timeout),
@@ -276,7 +277,8 @@ class Executor:
         document = code.build_call_input(fn, state, job.attempt, max_attempts, target,
                                          max_output_bytes=self.config.max_output_bytes, version=version)
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=target or "",
-                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state, job.attempt))
+                          attempt=job.attempt, max_attempts=max_attempts,
+                          traceparent=self._traceparent(state, job.attempt))
         if ctx.traceparent:
             document["ctx"]["traceparent"] = ctx.traceparent
         options = dict(fn.runtime.options)
@@ -339,7 +341,8 @@ class Executor:
             return None
         max_attempts = fn.attempts_for("")
         ctx = StepContext(run_id=job.run_id, function_id=fn.id, app_id=fn.app_id, step_id=job.step_id,
-                          attempt=job.attempt, max_attempts=max_attempts, traceparent=self._traceparent(state, job.attempt))
+                          attempt=job.attempt, max_attempts=max_attempts,
+                          traceparent=self._traceparent(state, job.attempt))
         invocation = Invocation(
             input=code.build_remote_input(fn, state, job.step_id, job.attempt, max_attempts, payload.get("data")),
             options=runtime, ctx=ctx, timeout=self._timeout_for(runtime),
