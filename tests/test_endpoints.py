@@ -700,3 +700,25 @@ async def test_a_durable_endpoint_is_listed_as_one_and_cannot_be_paused(
         assert resp.status == 409 and "durable endpoint" in answer["error"]["message"], answer
     async with http.get(f"{api.url}/ping") as resp:
         assert resp.status == 200
+
+
+async def test_a_request_continues_its_callers_trace_and_its_inline_steps_are_spans(
+        server: RunningServer, api_factory: ApiFactory, http: aiohttp.ClientSession) -> None:
+    @endpoints.durable()
+    async def checkout(request: web.Request, step: Any) -> web.Response:
+        total = await step.run("price", lambda: 12)
+        await step.run("charge", lambda: total)
+        return web.json_response({"total": total})
+
+    api = await api_factory(server.url, lambda app: app.router.add_post("/checkout", checkout))
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with http.post(f"{api.url}/checkout", headers={"traceparent": f"00-{trace_id}-{parent}-01"}) as resp:
+        assert resp.status == 200 and await resp.json() == {"total": 12}
+        run_id = resp.headers["X-Run-ID"]
+    assert (await stored_run(server, api, run_id))["status"] == "Completed"
+    async with http.get(f"{server.url}/v2/runs/{run_id}/trace") as resp:
+        trace = (await resp.json())["data"]
+    assert trace["trace_id"] == trace_id and trace["root"]["parent_id"] == parent
+    children = trace["root"]["children"]
+    assert sorted(c["name"] for c in children) == ["step charge", "step price"], trace
+    assert all(c["attributes"]["inline"] is True and c["end"] >= c["start"] for c in children)

@@ -116,3 +116,4 @@ async def test_tracing_off_keeps_no_spans_and_sends_no_traceparent(stepflow_fact
     assert trace["root"]["children"] == [] and trace["span_count"] == 1  # the run alone
     assert "traceparent" not in step_server.headers["/ok"][0]
     assert "traceparent" not in step_server.calls["/ok"][0]["ctx"]
+

@@ -81,7 +81,7 @@ def make_middleware(provider: Provider) -> Any:
         body = await request.read()
         info = RequestInfo(method=request.method, path=request.path, domain=provider.app_id,
                            ip=request.remote or "", content_type=request.content_type, query=request.query_string,
-                           body=body)
+                           body=body, traceparent=request.headers.get("traceparent"))
         fn_id = _function_id(request, options, durable)
         idempotency = request.headers.get(provider.idempotency_header)
         call = EndpointCall(provider, options, fn_id, info, idempotency=idempotency)

@@ -163,7 +163,8 @@ def make_asgi_middleware(provider: Provider) -> type:
                              query_string=call.query.encode())
             info = RequestInfo(method=scope["method"], path=scope["path"], domain=provider.app_id,
                                ip=(scope.get("client") or ("", 0))[0], content_type=headers.get("content-type", ""),
-                               query=scope.get("query_string", b"").decode("latin-1"), body=body)
+                               query=scope.get("query_string", b"").decode("latin-1"), body=body,
+                               traceparent=headers.get("traceparent"))
             context = AsgiRequestContext(provider=provider, info=info, resume=resume,
                                          idempotency=headers.get(provider.idempotency_header.lower()))
             delivered = False

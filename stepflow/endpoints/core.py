@@ -68,6 +68,7 @@ class RequestInfo:
     content_type: str
     query: str
     body: bytes
+    traceparent: str | None = None   # the caller's W3C trace context: the request's run continues its trace
 
     def event_data(self, fn_id: str, omit_body: bool) -> dict[str, Any]:
         data: dict[str, Any] = {"fn": fn_id, "method": self.method, "path": self.path, "domain": self.domain,
@@ -235,7 +236,7 @@ class EndpointCall:
         checkpointer = self.provider.checkpointer
         await checkpointer.put({"op": "run", "run_id": self.run_id, "fn_id": self.fn_id, "app_id": self.provider.app_id,
                                 "url": self.endpoint_url, "started_at": self.started_ms,
-                                "idempotency": self.idempotency,
+                                "idempotency": self.idempotency, "traceparent": self.request.traceparent,
                                 "event": {"data": self.request.event_data(self.fn_id, self.options.omit_request_body)}})
         document = {"event": {"name": REQUEST_EVENT, "data": {}}, "steps": {},
                     "ctx": {"run_id": self.run_id, "function_id": self.fn_id, "attempt": 0}}

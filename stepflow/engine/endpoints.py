@@ -23,8 +23,9 @@ from stepflow.engine.runs import new_run
 from stepflow.errors import ConflictError, InvalidRequestError
 from stepflow.events import validate_event
 from stepflow.ids import is_ulid, now_ms
+from stepflow.observability.tracing import new_span_id, parse_traceparent
 from stepflow.protocol.wire import REQUEST_EVENT, RESUME_HEADER, Op
-from stepflow.store.records import Advance, EventRecord, RunState, RunStatus, StepStatus, StepWrite
+from stepflow.store.records import Advance, EventRecord, RunState, RunStatus, SpanRecord, StepStatus, StepWrite
 
 
 class EndpointCheckpoints:
@@ -75,6 +76,9 @@ class EndpointCheckpoints:
         record = EventRecord(id=run_id, name=REQUEST_EVENT, data=event.get("data") or {}, ts=now, received_at=now)
         run = new_run(fn, version, record.to_dict(), now)
         run.run_id, run.jobs = run_id, []  # the request is executing it right now: no call to schedule
+        trace = parse_traceparent(cp.get("traceparent"))
+        if trace is not None:  # the request continues its caller's trace
+            run.trace_id, run.parent_span_id = trace
         if cp.get("idempotency"):
             run.idempotency_key = str(cp["idempotency"])
         created = await self.engine.store.create_run(record, run, int(cp.get("started_at") or now))
@@ -87,9 +91,14 @@ class EndpointCheckpoints:
                             logs=op_logs(op))
                   for op in cp.get("steps") or [] if isinstance(op, dict) and op.get("op") == Op.STEP_RUN]
 
+        timings: dict[str, dict[str, Any]] = {str(op["id"]): op["timing"] for op in cp.get("steps") or []
+                                              if isinstance(op, dict) and isinstance(op.get("timing"), dict)}
+
         def advance(state: RunState) -> Advance:
             done = {sid for sid, s in state.steps.items() if s.status is StepStatus.COMPLETED}
-            return Advance(steps=[w for w in writes if w.step_id not in done])  # idempotent: once per step
+            new = [w for w in writes if w.step_id not in done]  # idempotent: once per step
+            spans = [_step_span(state, w, timings[w.step_id]) for w in new if w.step_id in timings]
+            return Advance(steps=new, spans=[s for s in spans if s is not None])
 
         run = await self.engine.store.advance_run(run_id, advance, now)
         return {"op": "steps", "run_id": run_id, "known": run is not None}
@@ -154,7 +163,8 @@ class EndpointCheckpoints:
 # each checkpoint's fields and the JSON types they must have (None: may be absent or null)
 _FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "run": {"fn_id": (str,), "app_id": (str,), "url": (str,), "method": (str, type(None)),
-            "event": (dict, type(None)), "idempotency": (str, type(None)), "started_at": (int, type(None))},
+            "event": (dict, type(None)), "idempotency": (str, type(None)), "started_at": (int, type(None)),
+            "traceparent": (str, type(None))},
     "steps": {"steps": (list,)},
     "async": {"ops": (list, type(None)), "attempt": (int, type(None)), "started_at": (int, type(None))},
     "response": {"result": (dict,)},
@@ -187,6 +197,15 @@ def _check_fields(op: str, checkpoint: dict[str, Any]) -> None:
         for i, item in enumerate(checkpoint.get("ops") or []):
             if not isinstance(item, dict):
                 raise InvalidRequestError(f"checkpoint 'async': op #{i + 1} must be an object")
+
+
+def _step_span(state: RunState, write: StepWrite, timing: dict[str, Any]) -> SpanRecord | None:
+    """A step that ran inside the request, as a child span of the request's run."""
+    start, end = timing.get("start"), timing.get("end")
+    if not state.run.trace_id or not isinstance(start, int) or not isinstance(end, int):
+        return None
+    return SpanRecord(run_id=state.run.id, span_id=new_span_id(), parent_id=None, name=f"step {write.name}",
+                      start=start, end=end, attributes={"step.id": write.name or write.step_id, "inline": True})
 
 
 def is_endpoint_function(fn: FunctionDef) -> bool:

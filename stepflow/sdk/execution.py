@@ -170,6 +170,7 @@ class Execution:
         op: dict[str, Any] = {"id": step.hashed, "displayName": step.display, "name": step.display}
         error: dict[str, Any] | None = None
         logging_step = _LOGGING_STEP.set(step.hashed)
+        began = int(time.time() * 1000)
         try:
             value = await step.run()
             try:
@@ -197,6 +198,9 @@ class Execution:
         logs = self._take_logs(step.hashed)
         if logs is not None:
             op["logs"] = logs  # stepflow's engine keeps them with the step (other servers ignore the field)
+        if self._on_step is not None:
+            # a durable endpoint: the step ran inside the request, and its span is made from these times
+            op["timing"] = {"start": began, "end": int(time.time() * 1000)}
         if error is not None:
             op.update(op=Op.STEP_ERROR, error=error)
             self._ops.append(op)

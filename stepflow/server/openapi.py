@@ -325,6 +325,8 @@ def _schemas() -> dict[str, Any]:
                                 "method": {"type": "string"},
                                 "event": {"type": "object", "properties": {"data": {"type": "object"}}},
                                 "idempotency": {"type": "string"},
+                                "traceparent": {"type": ["string", "null"],
+                                                "description": "the request's W3C trace context"},
                                 "started_at": {"type": "integer", "minimum": 0,
                                                "description": "milliseconds since the epoch"}}},
                 {"type": "object", "required": ["op", "run_id", "steps"],
@@ -332,7 +334,11 @@ def _schemas() -> dict[str, Any]:
                                 "steps": {"type": "array", "items": {
                                     "type": "object", "required": ["op", "id"],
                                     "properties": {"op": {"const": "StepRun"}, "id": {"type": "string"},
-                                                   "displayName": {"type": "string"}, "data": {}}}}}},
+                                                   "displayName": {"type": "string"}, "data": {},
+                                                   "logs": {"type": "string"},
+                                                   "timing": {"type": "object", "properties": {
+                                                       "start": {"type": "integer"},
+                                                       "end": {"type": "integer"}}}}}}}},
                 {"type": "object", "required": ["op", "run_id", "ops"],
                  "properties": {"op": {"const": "async"}, "run_id": {"type": "string", "pattern": ULID_PATTERN},
                                 "ops": {"type": "array", "items": {"type": "object"},

@@ -137,7 +137,7 @@ class SqlStore(SqlFunctionPauses):
     async def get_run_spans(self, run_id: str) -> list[SpanRecord]:
         rows = await self._read(lambda c: c.fetch(
             "SELECT run_id, span_id, parent_id, name, start_ms, end_ms, status, attributes FROM spans WHERE "
-            "run_id=? ORDER BY start_ms, span_id", run_id))
+            "run_id=? ORDER BY start_ms, end_ms, span_id", run_id))
         return [SpanRecord(run_id=r[0], span_id=r[1], parent_id=r[2], name=r[3], start=int(r[4]),
                            end=int(r[5]) if r[5] is not None else None, status=r[6],
                            attributes=codec.unpack(r[7]) or {}) for r in rows]
