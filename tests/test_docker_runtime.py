@@ -148,6 +148,17 @@ async def test_env_and_limits_reach_the_container(runtime: DockerRuntime) -> Non
     assert answer.response.body == {"greeting": "hi"}
 
 
+async def test_the_attempts_traceparent_reaches_the_container(runtime: DockerRuntime) -> None:
+    """TRACEPARENT (what OpenTelemetry SDKs read): code in the container joins the run's trace."""
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    inv = invocation(sh('echo "{\\"seen\\": \\"$TRACEPARENT\\"}"'))
+    inv = Invocation(input=inv.input, options=inv.options, ctx=StepContext(
+        run_id="01TEST", function_id="f", app_id="a", step_id="s", attempt=0, max_attempts=1, traceparent=traceparent),
+        timeout=inv.timeout, max_output_bytes=inv.max_output_bytes)
+    answer = await deliver(runtime, inv)
+    assert answer.response.body == {"seen": traceparent}
+
+
 async def test_large_input_goes_through_a_file(runtime: DockerRuntime) -> None:
     payload = b'{"event":{"data":{"blob":"' + b"y" * (ARGV_LIMIT + 5000) + b'"}}}'
     script = ('case "$1" in @*) f="${1#@}";; *) exit 9;; esac; '
