@@ -252,6 +252,8 @@ def test_dev_logs_json_lines_or_nothing_when_quiet(workflow_file: Path) -> None:
     steps = [line for line in lines if line.get("kind") == "step" and line["run_id"] == run_id]
     assert [(s["step"], s["attempt"], s["function_id"]) for s in steps] == [("add", 1, "adder"), ("check", 1, "adder")]
     assert all(isinstance(s["duration_ms"], int) for s in steps)
+    [ended] = [line for line in lines if line.get("kind") == "run" and line["run_id"] == run_id]
+    assert re.fullmatch(r"[0-9a-f]{32}", ended["trace_id"]) and {s["trace_id"] for s in steps} == {ended["trace_id"]}
     with server_process("dev", workflow_file.parent, "-f", str(workflow_file), "--quiet") as quiet:
         run_id = run_id_of(quiet, send(quiet, "math/add", {"a": 1, "b": 1}))
         cli("run", run_id, "--wait", "--json", "--url", quiet.url)

@@ -37,13 +37,14 @@ def run_started(run_id: str, function_id: str) -> None:
 
 
 def step_ended(run_id: str, function_id: str, step: str, attempt: int, status: str, duration_ms: int | None,
-               error: dict[str, Any] | None = None) -> None:
+               error: dict[str, Any] | None = None, trace_id: str | None = None) -> None:
     timing = f" in {duration_ms} ms" if duration_ms is not None else ""
     detail = f": {str(error.get('message') or error.get('code') or '')[:300]}" if error else ""
     log.log(logging.INFO if status == "completed" else logging.WARNING, "run %s (%s): step %s %s%s (attempt %d)%s",
             run_id, function_id, step, status, timing, attempt + 1, detail,
             extra={"activity": {"kind": "step", "run_id": run_id, "function_id": function_id, "step": step,
-                                "attempt": attempt + 1, "status": status, "duration_ms": duration_ms}})
+                                "attempt": attempt + 1, "status": status, "duration_ms": duration_ms,
+                                **({"trace_id": trace_id} if trace_id else {})}})
 
 
 def step_retried(run_id: str, function_id: str, step: str, attempt: int, delay: float, error: dict[str, Any]) -> None:
@@ -63,7 +64,8 @@ def run_ended(run: RunRecord) -> None:
         detail = f": {str(run.error.get('message') or run.error.get('code') or '')[:300]}"
     log.log(level, "run %s (%s) %s in %.3fs%s", run.id, run.function_id, run.status.v1_name, duration, detail,
             extra={"activity": {"kind": "run", "run_id": run.id, "function_id": run.function_id,
-                                "status": run.status.v1_name, "duration_s": duration}})
+                                "status": run.status.v1_name, "duration_s": duration,
+                                **({"trace_id": run.trace_id} if run.trace_id else {})}})
 
 
 class JsonLines(logging.Formatter):

@@ -229,7 +229,8 @@ class Executor:
             activity.step_ended(job.run_id, job.function_id, job.step_id, job.attempt,
                                 "completed" if isinstance(verdict, Succeeded) else "failed",
                                 attempt.ended - attempt.started,
-                                None if isinstance(verdict, Succeeded) else verdict.error)
+                                None if isinstance(verdict, Succeeded) else verdict.error,
+                                trace_id=(invocation.ctx.traceparent or "--").split("-")[1] or None)
         if isinstance(verdict, Succeeded):
             return StepUpdate(status=StepStatus.COMPLETED, ended_at=now, output=stored(verdict.response), logs=logs,
                               span=span)
