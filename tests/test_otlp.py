@@ -5,14 +5,19 @@ attempt — with the trace id the steps received in their `traceparent`."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from conftest import ServerFactory, StepServer, free_port, workflow_config
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from test_sdk_support import embedded, first_run
+
+import stepflow
 
 
 class Receiver:
@@ -88,3 +93,53 @@ async def test_an_unreachable_collector_loses_no_run_and_holds_no_shutdown(
     started = time.monotonic()
     await server.engine.stop()
     assert time.monotonic() - started < 10
+
+
+async def test_http_docker_and_sdk_steps_join_one_exported_trace(
+        receiver: Receiver, stepflow_factory: ServerFactory, step_server: StepServer, tmp_path: Path) -> None:
+    """A workflow of an HTTP step and a container step, and an SDK function on an embedded engine: each step saw
+    its own span's traceparent, and the exported spans link to their run's root."""
+    from test_docker_runtime import BUSYBOX, _docker_ready
+
+    reason = await _docker_ready()
+    if reason is not None:
+        if os.environ.get("STEPFLOW_REQUIRE_DOCKER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = await stepflow_factory()
+    await server.register(workflow_config({
+        "web": {"runtime": {"type": "http", "url": step_server.json("/ok", {})}},
+        "box": {"runtime": {"type": "docker", "image": BUSYBOX, "command": [
+            "sh", "-c", 'echo "{\\"seen\\": \\"$TRACEPARENT\\"}"', "step"]}, "after": ["web"]}},
+        id="mixed", event="o/mixed"))
+    [event_id] = await server.client.send({"name": "o/mixed", "data": {}})
+    [run] = await server.client.get_event_runs(event_id)
+    assert (await server.client.wait_for_run(run["run_id"], timeout=60))["status"] == "Completed"
+    app = stepflow.App("otlp-sdk")
+
+    @app.function(id="sdk-fn", trigger=stepflow.event("o/sdk"))
+    async def sdk_fn(ctx: stepflow.Context) -> str:
+        return str(await ctx.step.run("one", lambda: "done"))
+
+    async with embedded(tmp_path, app, db="sdk.db") as engine:   # it exports too: the variables are set
+        [sdk_event] = await engine.send({"name": "o/sdk", "data": {}})
+        assert (await first_run(engine, sdk_event, timeout=20))["status"] == "Completed"
+    deadline = time.monotonic() + 20
+    while len({s.name for s in receiver.spans} & {"run mixed", "run sdk-fn"}) < 2:
+        assert time.monotonic() < deadline, [s.name for s in receiver.spans]
+        await asyncio.sleep(0.05)
+    by_trace: dict[bytes, list[Any]] = {}
+    for span in receiver.spans:
+        by_trace.setdefault(span.trace_id, []).append(span)
+    mixed = next(spans for spans in by_trace.values() if any(s.name == "run mixed" for s in spans))
+    root = next(s for s in mixed if s.name == "run mixed")
+    box = next(s for s in mixed if s.name == "step box")
+    assert {s.name for s in mixed} == {"run mixed", "step web", "step box"}
+    assert all(s.parent_span_id == root.span_id for s in mixed if s is not root)
+    steps = await server.client.get_run_steps(run["run_id"])
+    seen = next(s for s in steps if s["step_id"] == "box")["output"]["body"]["seen"]
+    assert seen == f"00-{root.trace_id.hex()}-{box.span_id.hex()}-01"   # the container's TRACEPARENT
+    sdk = next(spans for spans in by_trace.values() if any(s.name == "run sdk-fn" for s in spans))
+    sdk_root = next(s for s in sdk if s.name == "run sdk-fn")
+    calls = [s for s in sdk if s.name == "call"]
+    assert calls and all(s.parent_span_id == sdk_root.span_id for s in calls)
