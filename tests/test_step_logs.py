@@ -4,18 +4,15 @@ replayed call writes nothing twice."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-import pytest
-from aiohttp import web
-from conftest import RunningServer, free_port
+from conftest import RunningServer
+from test_sdk_http import Serve, serve  # noqa: F401 - the fixture, found by name
 from test_sdk_support import embedded, first_run
 
 import stepflow
 from stepflow.sdk.serve import ServeOptions
-from stepflow.sdk.serve_aiohttp import add_routes
 
 
 def logging_app() -> stepflow.App:
@@ -72,28 +69,9 @@ async def test_ctx_logger_lines_are_kept_with_their_step_in_process(tmp_path: Pa
         assert_kept(await engine.get_run_steps(run["run_id"]))
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[Callable[[stepflow.App, str], Awaitable[str]]]:
-    runners: list[web.AppRunner] = []
-
-    async def start(app: stepflow.App, base_url: str) -> str:
-        web_app = web.Application()
-        add_routes(web_app, app, path="/api/stepflow", options=ServeOptions(dev=True, base_url=base_url))
-        runner = web.AppRunner(web_app, access_log=None)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{port}/api/stepflow"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
-async def test_ctx_logger_lines_travel_back_from_an_app_served_over_http(
-        stepflow: RunningServer, served: Callable[[stepflow.App, str], Awaitable[str]]) -> None:
-    url = await served(logging_app(), stepflow.url)
+async def test_ctx_logger_lines_travel_back_from_an_app_served_over_http(stepflow: RunningServer,
+                                                                        serve: Serve) -> None:
+    url = await serve(logging_app(), ServeOptions(dev=True, base_url=stepflow.url))
     async with aiohttp.ClientSession() as http, http.put(url) as resp:   # sync
         assert resp.status == 200, await resp.text()
     [event_id] = await stepflow.client.send({"name": "logs/go", "data": {"order": 7}})
