@@ -204,6 +204,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, seq)
     );
     CREATE INDEX run_events_event ON run_events (event_id);
+    ALTER TABLE steps ADD COLUMN span BYTEA;
     ALTER TABLE runs ADD COLUMN trace_id TEXT;
     ALTER TABLE runs ADD COLUMN parent_span_id TEXT;
     CREATE TABLE spans (

@@ -46,6 +46,7 @@ from stepflow.store.sql_base import (
     event_record,
     pack,
     run_record,
+    span_row,
     step_record,
 )
 from stepflow.store.sql_operations import SqlFunctionPauses
@@ -135,12 +136,20 @@ class SqlStore(SqlFunctionPauses):
         return {e.id: e for e in map(event_record, await self._read(lambda c: c.fetch(sql, *unique)))}
 
     async def get_run_spans(self, run_id: str) -> list[SpanRecord]:
-        rows = await self._read(lambda c: c.fetch(
-            "SELECT run_id, span_id, parent_id, name, start_ms, end_ms, status, attributes FROM spans WHERE "
-            "run_id=? ORDER BY start_ms, end_ms, span_id", run_id))
-        return [SpanRecord(run_id=r[0], span_id=r[1], parent_id=r[2], name=r[3], start=int(r[4]),
-                           end=int(r[5]) if r[5] is not None else None, status=r[6],
-                           attributes=codec.unpack(r[7]) or {}) for r in rows]
+        async def read(c: Conn) -> list[SpanRecord]:
+            rows = await c.fetch("SELECT run_id, span_id, parent_id, name, start_ms, end_ms, status, attributes "
+                                 "FROM spans WHERE run_id=?", run_id)
+            spans = [SpanRecord(run_id=r[0], span_id=r[1], parent_id=r[2], name=r[3], start=int(r[4]),
+                                end=int(r[5]) if r[5] is not None else None, status=r[6],
+                                attributes=codec.unpack(r[7]) or {}) for r in rows]
+            for (kept,) in await c.fetch("SELECT span FROM steps WHERE run_id=? AND span IS NOT NULL", run_id):
+                row = codec.unpack(bytes(kept))
+                spans.append(SpanRecord(run_id=run_id, span_id=row["span_id"], parent_id=row.get("parent_id"),
+                                        name=row["name"], start=row["start"], end=row.get("end"),
+                                        status=row.get("status", "ok"), attributes=row.get("attributes") or {}))
+            return sorted(spans, key=lambda s: (s.start, s.end or s.start, s.span_id))
+
+        return await self._read(read)
 
     async def get_event_skips(self, event_id: str) -> list[dict[str, Any]]:
         rows = await self._read(lambda c: c.fetch("SELECT function_id, reason, message, at FROM skips WHERE "
@@ -412,12 +421,11 @@ class SqlStore(SqlFunctionPauses):
                 seq = 0
                 if update.status in (StepStatus.COMPLETED, StepStatus.FAILED):
                     seq = await c.fetchval("SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE run_id=?", job.run_id)
+                # the final attempt's span rides in the step's row (no statement of its own on the hot path)
                 await c.execute("UPDATE steps SET status=?, ended_at=?, output=?, error=?, seq=?, "
-                                "logs=COALESCE(?, logs) WHERE run_id=? AND step_id=?",
+                                "logs=COALESCE(?, logs), span=? WHERE run_id=? AND step_id=?",
                                 update.status.value, update.ended_at, pack(update.output), pack(update.error), seq,
-                                update.logs, job.run_id, job.step_id)
-                if update.span is not None:
-                    await self._insert_span(c, update.span)
+                                update.logs, pack(span_row(update.span)), job.run_id, job.step_id)
             progressed = advance is not None and await self._advance(c, job.run_id, advance, now)
             if job.kind is not JobKind.RUN_TIMEOUT and not progressed:
                 await self._fail_if_stalled(c, job, now)

@@ -78,6 +78,14 @@ def event_record(row: Row) -> EventRecord:
                        received_at=row[2], user=payload.get("user"), v=payload.get("v"))
 
 
+def span_row(span: SpanRecord | None) -> dict[str, Any] | None:
+    """A span as kept in its step's row."""
+    if span is None:
+        return None
+    return {"span_id": span.span_id, "parent_id": span.parent_id, "name": span.name, "start": span.start,
+            "end": span.end, "status": span.status, "attributes": span.attributes}
+
+
 def new_trace_id() -> str:
     """A W3C trace id: 32 hex digits, not all zero."""
     return os.urandom(16).hex()
