@@ -57,14 +57,27 @@ class Metrics:
         self.flow_waiting = Gauge("stepflow_flow_control_waiting_jobs", "Jobs flow control holds back, by control "
                                   "(concurrency, throttle, debounce, batch)", ["control"], registry=r)
 
+        # labelled children, looked up once: `labels()` takes a lock and builds a key on every call, and these two
+        # are called for every step attempt and every run
+        self._attempt_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._run_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
     def attempt(self, runtime: str, outcome: str, seconds: float) -> None:
-        self.step_attempts.labels(runtime, outcome).inc()
-        self.step_duration.labels(runtime).observe(seconds)
+        children = self._attempt_children.get((runtime, outcome))
+        if children is None:
+            children = (self.step_attempts.labels(runtime, outcome), self.step_duration.labels(runtime))
+            self._attempt_children[(runtime, outcome)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def run_ended(self, function_id: str, status: str, seconds: float | None) -> None:
-        self.runs_ended.labels(function_id, status).inc()
+        children = self._run_children.get((function_id, status))
+        if children is None:
+            children = (self.runs_ended.labels(function_id, status), self.run_duration.labels(function_id, status))
+            self._run_children[(function_id, status)] = children
+        children[0].inc()
         if seconds is not None:
-            self.run_duration.labels(function_id, status).observe(seconds)
+            children[1].observe(seconds)
 
     def set_queue(self, stats: dict[str, Any]) -> None:
         self.queue_due.set(stats["due"])
