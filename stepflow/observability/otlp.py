@@ -21,7 +21,8 @@ from stepflow.store.base import Store
 from stepflow.store.records import RunRecord, SpanRecord
 
 log = logging.getLogger("stepflow.otlp")
-BATCH = 32          # runs exported per request, at most
+BATCH = 512         # runs exported per request, at most
+LINGER = 0.25       # seconds to wait for more ended runs before an export: fewer, larger requests
 READ_RETRIES = 5    # a run read before the transaction that ended it committed is read again (10 ms apart)
 
 
@@ -73,8 +74,13 @@ class OtlpExporter:
     async def _loop(self) -> None:
         while True:
             run_ids = [await self._queue.get()]
-            while not self._queue.empty() and len(run_ids) < BATCH:
-                run_ids.append(self._queue.get_nowait())
+            deadline = asyncio.get_running_loop().time() + LINGER
+            while len(run_ids) < BATCH:
+                try:
+                    run_ids.append(await asyncio.wait_for(self._queue.get(),
+                                                          deadline - asyncio.get_running_loop().time()))
+                except TimeoutError:
+                    break
             try:
                 spans: list[Any] = []
                 for run_id in run_ids:
