@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-from conftest import RunningServer
+from conftest import RunningServer, StepServer, workflow_config
 from test_sdk_http import Serve, serve  # noqa: F401 - the fixture, found by name
 from test_sdk_support import embedded, first_run
 
@@ -79,3 +79,17 @@ async def test_ctx_logger_lines_travel_back_from_an_app_served_over_http(stepflo
     done = await stepflow.client.wait_for_run(run["run_id"], timeout=20)
     assert done["status"] == "Completed", done
     assert_kept(await stepflow.client.get_run_steps(run["run_id"]))
+
+
+async def test_a_plain_steps_response_can_carry_its_logs(stepflow: RunningServer, step_server: StepServer) -> None:
+    """The step contract's `logs`: any runtime's Response may say what the step wrote; it is kept with the step,
+    not in its stored result."""
+    answer = {"status": 200, "body": {"rows": 3}, "logs": "read 3 rows\nskipped 0\n"}
+    await stepflow.register(workflow_config({"s": {"runtime": {"type": "http", "url": step_server.json(
+        "/logged", answer)}}}, id="plain", event="logs/plain"))
+    [event_id] = await stepflow.client.send({"name": "logs/plain", "data": {}})
+    [run] = await stepflow.client.get_event_runs(event_id)
+    done = await stepflow.client.wait_for_run(run["run_id"], timeout=20)
+    assert done["output"] == {"rows": 3}
+    [step] = await stepflow.client.get_run_steps(run["run_id"])
+    assert step["logs"] == "read 3 rows\nskipped 0\n" and step["output"] == {"status": 200, "body": {"rows": 3}}

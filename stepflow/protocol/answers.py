@@ -131,14 +131,22 @@ def interpret(delivery: Delivery, *, sdk_call: bool, max_output_bytes: int) -> S
     if transport is not None and not 200 <= transport < 300 and response.status != transport:
         # The HTTP layer failed (e.g. a proxy's 502) but the body carried a status: trust the more severe one.
         status = max(transport, response.status) if transport >= 500 else response.status
-        response = StepResponse(status, response.body)
+        response = StepResponse(status, response.body, response.logs)
     return _answer(response, headers, delivery)
 
 
 def _answer(response: StepResponse, headers: dict[str, str], delivery: Delivery) -> StepAnswer:
+    # the Response's own `logs`, then what the runtime caught besides it (a container's stderr), bounded
+    logs = "\n".join(text for text in (response.logs, delivery.logs) if text) or None
+    if logs is not None and len(logs) > MAX_STEP_LOGS:
+        logs = logs[:MAX_STEP_LOGS - len(LOGS_CUT)] + LOGS_CUT
     return StepAnswer(response=response, retry_after=parse_retry_after(headers.get(RETRY_AFTER_HEADER.lower())),
-                      logs=delivery.logs, no_retry=headers.get(NO_RETRY_HEADER.lower(), "").lower() == "true",
+                      logs=logs, no_retry=headers.get(NO_RETRY_HEADER.lower(), "").lower() == "true",
                       headers=headers, details=delivery.details)
+
+
+MAX_STEP_LOGS = 64 * 1024
+LOGS_CUT = "\n[… truncated: the step wrote more than 64 KiB of log lines]\n"
 
 
 def too_large(size: int, limit: int, *, at_least: bool = False, logs: str | None = None) -> StepAttemptError:

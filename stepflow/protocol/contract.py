@@ -1,8 +1,8 @@
 """The step contract (docs/step-contract.md), shared by every runtime.
 
 Input:    {"event", "events", "steps", "ctx"} — the same document for http, docker and lambda.
-Response: {"status", "body"} (or `statusCode`); a string body holding JSON is decoded; a document with
-          neither field is a bare body with status 200.
+Response: {"status", "body", "logs"?} (or `statusCode`); a string body holding JSON is decoded; a document
+          with neither field is a bare body with status 200; `logs` (text) is kept with the step.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class StepResponse:
 
     status: int
     body: Any
+    logs: str | None = None   # the Response's own `logs` (kept with the step, not in its stored result)
 
     def to_stored(self) -> dict[str, Any]:
         return {"status": self.status, "body": self.body}
@@ -105,7 +106,8 @@ def interpret_document(document: Any, default_status: int = 200) -> StepResponse
                     body = codec.loads(body)
                 except codec.JSONDecodeError:
                     pass  # a plain string body stays a string
-        return StepResponse(status=status, body=body)
+        logs = document.get("logs")
+        return StepResponse(status=status, body=body, logs=logs if isinstance(logs, str) and logs else None)
     return StepResponse(status=default_status, body=document)
 
 
