@@ -239,7 +239,10 @@ async def test_an_sdk_function_packaged_as_an_image_runs_through_the_protocol(tm
         "app = stepflow.App('packaged')\n\n"
         "@app.function(id='packaged-sum', trigger=stepflow.event('pk/go'))\n"
         "async def total(ctx):\n"
-        "    a = await ctx.step.run('a', lambda: ctx.event.data['x'] * 2)\n"
+        "    def double():\n"
+        "        ctx.logger.info('doubling %s', ctx.event.data['x'])\n"
+        "        return ctx.event.data['x'] * 2\n"
+        "    a = await ctx.step.run('a', double)\n"
         "    await ctx.step.sleep('pause', '100ms')\n"
         "    b = await ctx.step.run('b', lambda: a + 1)\n"
         "    return {'total': b}\n")
@@ -253,3 +256,4 @@ async def test_an_sdk_function_packaged_as_an_image_runs_through_the_protocol(tm
         steps = {s["step_id"]: s for s in await engine.get_run_steps(run["run_id"])}
     assert [steps[k]["status"] for k in ("a", "pause", "b")] == ["completed"] * 3
     assert steps["a"]["output"] == 40 and steps["b"]["output"] == 41
+    assert "INFO doubling 20" in steps["a"]["logs"]  # ctx.logger in the container: kept with its step

@@ -217,7 +217,10 @@ def test_the_zip_imports_cleanly_in_a_fresh_python(tmp_path: Path) -> None:
 
         @app.function(id="count", trigger=stepflow.event("imports/x"))
         async def count(ctx):
-            return await ctx.step.run("n", lambda: len(ctx.event.data["rows"]))
+            def n():
+                ctx.logger.info("counting %d rows", len(ctx.event.data["rows"]))
+                return len(ctx.event.data["rows"])
+            return await ctx.step.run("n", n)
     '''))
     archive = build_zip(f"{app_file}:app", tmp_path / "dist" / "imports.zip")
     unpacked = tmp_path / "unpacked"
@@ -234,4 +237,5 @@ def test_the_zip_imports_cleanly_in_a_fresh_python(tmp_path: Path) -> None:
 
     response = json.loads(result.stdout.strip().splitlines()[-1])
     assert response["status"] == 206 and response["body"][0]["op"] == "StepRun"
+    assert "INFO counting 2 rows" in response["body"][0]["logs"]  # ctx.logger in a Lambda: it travels in the op
     assert response["body"][-1] == {"op": "RunComplete", "data": 2}
