@@ -82,9 +82,7 @@ class OtlpExporter:
                 except TimeoutError:
                     break
             try:
-                spans: list[Any] = []
-                for run_id in run_ids:
-                    spans += await self._run_spans(run_id)
+                spans = await self._spans_of(run_ids)
                 if spans:
                     result = await asyncio.to_thread(self._exporter.export, spans)
                     if result.name != "SUCCESS":
@@ -95,13 +93,23 @@ class OtlpExporter:
                 for _ in run_ids:
                     self._queue.task_done()
 
-    async def _run_spans(self, run_id: str) -> list[Any]:
+    async def _spans_of(self, run_ids: list[str]) -> list[Any]:
+        """The batch's ended runs and their spans, read together; a run read before the transaction that ended
+        it committed is read again, a few times, then left out."""
+        spans: list[Any] = []
+        pending = run_ids
         for _ in range(READ_RETRIES):
-            run = await self._store.get_run(run_id)
-            if run is not None and run.status.is_terminal and run.trace_id:
-                return self._convert(run, await self._store.get_run_spans(run_id))
+            later: list[str] = []
+            for run, run_spans in await self._store.get_traces(pending):
+                if not run.status.is_terminal:
+                    later.append(run.id)
+                elif run.trace_id:
+                    spans += self._convert(run, run_spans)
+            if not later:
+                break
+            pending = later
             await asyncio.sleep(0.01)
-        return []
+        return spans
 
     def _convert(self, run: RunRecord, spans: list[SpanRecord]) -> list[Any]:
         from opentelemetry.sdk.trace import ReadableSpan

@@ -132,6 +132,11 @@ class Store(ABC):
     async def get_event_runs(self, event_id: str) -> list[RunRecord]: ...
 
     @abstractmethod
+    async def get_traces(self, run_ids: Sequence[str]) -> list[tuple[RunRecord, list[SpanRecord]]]:
+        """The runs among these ids, each with its spans (unknown ids are left out)."""
+        ...
+
+    @abstractmethod
     async def get_run_spans(self, run_id: str) -> list[SpanRecord]:
         """The spans kept with the run (step attempts, sleeps, waits), by start time."""
         ...

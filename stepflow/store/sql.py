@@ -135,6 +135,29 @@ class SqlStore(SqlFunctionPauses):
         sql = "SELECT id, payload, received_at FROM events WHERE id IN (" + ", ".join("?" * len(unique)) + ")"
         return {e.id: e for e in map(event_record, await self._read(lambda c: c.fetch(sql, *unique)))}
 
+    async def get_traces(self, run_ids: Sequence[str]) -> list[tuple[RunRecord, list[SpanRecord]]]:
+        """Several runs with their spans, in three statements whatever their number (the OTLP export's read)."""
+        ids = list(dict.fromkeys(run_ids))
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+
+        async def read(c: Conn) -> list[tuple[RunRecord, list[SpanRecord]]]:
+            runs = [run_record(r) for r in await c.fetch(f"SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({marks})",
+                                                          *ids)]
+            spans: dict[str, list[SpanRecord]] = {run.id: [] for run in runs}
+            for r in await c.fetch("SELECT run_id, span_id, parent_id, name, start_ms, end_ms, status, attributes "
+                                   f"FROM spans WHERE run_id IN ({marks})", *ids):
+                spans[r[0]].append(SpanRecord(run_id=r[0], span_id=r[1], parent_id=r[2], name=r[3],
+                                              start=int(r[4]), end=int(r[5]) if r[5] is not None else None,
+                                              status=r[6], attributes=codec.unpack(r[7]) or {}))
+            for run_id, kept in await c.fetch(f"SELECT run_id, span FROM steps WHERE run_id IN ({marks}) AND span "
+                                              "IS NOT NULL", *ids):
+                spans[run_id].append(_step_span(run_id, kept))
+            return [(run, spans[run.id]) for run in runs]
+
+        return await self._read(read)
+
     async def get_run_spans(self, run_id: str) -> list[SpanRecord]:
         async def read(c: Conn) -> list[SpanRecord]:
             rows = await c.fetch("SELECT run_id, span_id, parent_id, name, start_ms, end_ms, status, attributes "
@@ -143,10 +166,7 @@ class SqlStore(SqlFunctionPauses):
                                 end=int(r[5]) if r[5] is not None else None, status=r[6],
                                 attributes=codec.unpack(r[7]) or {}) for r in rows]
             for (kept,) in await c.fetch("SELECT span FROM steps WHERE run_id=? AND span IS NOT NULL", run_id):
-                row = codec.unpack(bytes(kept))
-                spans.append(SpanRecord(run_id=run_id, span_id=row["span_id"], parent_id=row.get("parent_id"),
-                                        name=row["name"], start=row["start"], end=row.get("end"),
-                                        status=row.get("status", "ok"), attributes=row.get("attributes") or {}))
+                spans.append(_step_span(run_id, kept))
             return sorted(spans, key=lambda s: (s.start, s.end or s.start, s.span_id))
 
         return await self._read(read)
@@ -506,3 +526,11 @@ class SqlStore(SqlFunctionPauses):
             woken += await flow.wake(c, slot, limit, now)
         if woken:
             await self._work_added(c)
+
+
+def _step_span(run_id: str, kept: Any) -> SpanRecord:
+    """A step attempt's span as kept in its step row."""
+    row = codec.unpack(bytes(kept))
+    return SpanRecord(run_id=run_id, span_id=row["span_id"], parent_id=row.get("parent_id"), name=row["name"],
+                      start=row["start"], end=row.get("end"), status=row.get("status", "ok"),
+                      attributes=row.get("attributes") or {})

@@ -3,12 +3,14 @@ a crashed worker's slot coming back through its lease), throttle reservations, r
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from store_support import event, run_id
 
 from stepflow.ids import now_ms
 from stepflow.store.base import Store
-from stepflow.store.records import EventRecord, NewJob, NewRun, RunFlow, RunStatus, StepStatus, StepUpdate
+from stepflow.store.records import EventRecord, Job, NewJob, NewRun, RunFlow, RunStatus, StepStatus, StepUpdate
 
 pytestmark = pytest.mark.runs_once  # parametrized over both stores
 
@@ -88,3 +90,29 @@ async def test_rate_limit_and_singleton_skips_are_recorded(store: Store) -> None
     assert [s["reason"] for s in await store.get_event_skips("s1")] == ["singleton"]
     run = await store.get_run(run_id(10))
     assert run is not None and run.status is RunStatus.QUEUED
+
+
+async def test_spans_are_kept_with_their_run_and_read_back_in_batches(store: Store) -> None:
+    from stepflow.store.records import SpanRecord
+
+    now = now_ms()
+    plan: Any = limited(RunFlow())
+    await store.ingest_events([event(f"t{n}", n, at=now) for n in range(2)], plan)
+    [first, second] = await store.claim_jobs("w", 10, 30_000, now)
+
+    def span(job: Job, span_id: str, status: str) -> SpanRecord:
+        return SpanRecord(run_id=job.run_id, span_id=span_id, parent_id=None, name="step s", start=now,
+                          end=now + 5, status=status, attributes={"attempt": 1})
+
+    failed = StepUpdate(status=StepStatus.SCHEDULED, ended_at=now + 5, error={"code": "x"},
+                        span=span(first, "a" * 16, "error"))
+    assert await store.retry_job(first, failed, now + 10)          # a retried attempt: a row in spans
+    done = StepUpdate(status=StepStatus.COMPLETED, ended_at=now + 5, output={"status": 200, "body": None},
+                      span=span(second, "b" * 16, "ok"))
+    await store.settle_job(second, done, None, now + 6)             # the final one: kept in its step row
+    traces = {run.id: spans for run, spans in await store.get_traces([first.run_id, second.run_id, "nope"])}
+    assert [(s.span_id, s.status) for s in traces[first.run_id]] == [("a" * 16, "error")]
+    assert [(s.span_id, s.attributes) for s in traces[second.run_id]] == [("b" * 16, {"attempt": 1})]
+    assert [s.span_id for s in await store.get_run_spans(second.run_id)] == ["b" * 16]
+    run = await store.get_run(first.run_id)
+    assert run is not None and run.trace_id is not None and len(run.trace_id) == 32
