@@ -477,8 +477,8 @@ class SqlBase(Store):
         if ended[4] is not None:
             await c.execute("DELETE FROM singletons WHERE function_id=? AND key=? AND run_id=?", ended[5], ended[4],
                             run_id)
-        await c.execute("DELETE FROM debounces WHERE run_id=?", run_id)
-        await c.execute("DELETE FROM batches WHERE run_id=?", run_id)
+        # (a debounce or batch row of an ended run is left: the next event finds its run no longer queued and
+        # replaces it — no statement here on every run's end for the few runs that have one)
         await c.execute("UPDATE steps SET status='cancelled', ended_at=? WHERE run_id=? AND status='scheduled'",
                         now, run_id)
         self.hooks.run_ended(run_id)
