@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from stepflow import codec
-from stepflow.cli.output import EXIT_FAILED, EXIT_USAGE, fail, fail_for, print_json, print_table
+from stepflow.cli.output import EXIT_FAILED, EXIT_USAGE, fail, fail_for, print_json, print_table, show
 from stepflow.client import Client
 from stepflow.durations import parse_duration
 from stepflow.errors import StepflowError
@@ -96,10 +96,7 @@ def runs() -> None:
 def runs_for_event(event_id: str, url: str, signing_key: str | None, as_json: bool) -> None:
     """The runs that EVENT_ID started."""
     data = _with_client(url, signing_key, lambda c: c.get_event_runs(event_id), as_json=as_json)
-    if as_json:
-        print_json(data)
-    else:
-        print_table(data, RUN_COLUMNS)
+    show(data, data, RUN_COLUMNS, as_json=as_json)
 
 
 @runs.command("list")
@@ -198,10 +195,7 @@ def run(run_id: str, wait: bool, timeout: float, url: str, signing_key: str | No
 def runs_cancel(run_id: str, url: str, signing_key: str | None, as_json: bool) -> None:
     """Cancel a run (a run that has ended is shown as it is)."""
     info = _with_client(url, signing_key, lambda c: c.cancel(run_id), as_json=as_json)
-    if as_json:
-        print_json(info)
-    else:
-        print_table([info], RUN_COLUMNS)
+    show(info, [info], RUN_COLUMNS, as_json=as_json)
 
 
 @runs.command("rerun")
@@ -211,10 +205,7 @@ def runs_cancel(run_id: str, url: str, signing_key: str | None, as_json: bool) -
 def runs_rerun(run_id: str, from_step: str | None, url: str, signing_key: str | None, as_json: bool) -> None:
     """Rerun a run that has ended; prints the new run."""
     info = _with_client(url, signing_key, lambda c: c.rerun(run_id, from_step=from_step), as_json=as_json)
-    if as_json:
-        print_json(info)
-    else:
-        print_table([info], RUN_COLUMNS)
+    show(info, [info], RUN_COLUMNS, as_json=as_json)
 
 
 @click.group()
@@ -227,11 +218,8 @@ def functions() -> None:
 def functions_list(url: str, signing_key: str | None, as_json: bool) -> None:
     """The functions the server runs."""
     data = _with_client(url, signing_key, lambda c: c.list_functions(), as_json=as_json)
-    if as_json:
-        print_json(data)
-    else:
-        print_table([{**f, "paused": f"since {f['paused_at']}" if f["paused"] else "no"} for f in data],
-                    FUNCTION_COLUMNS)
+    show(data, [{**f, "paused": f"since {f['paused_at']}" if f["paused"] else "no"} for f in data],
+         FUNCTION_COLUMNS, as_json=as_json)
 
 
 @functions.command("invoke")
@@ -298,10 +286,7 @@ def events_list(name: str | None, since: str | None, limit: int, url: str, signi
     start = _since(since, as_json)
     page = _with_client(url, signing_key, lambda c: c.list_events(name=name, since=start, limit=limit),
                         as_json=as_json)
-    if as_json:
-        print_json(page)
-    else:
-        print_table(page["data"], EVENT_COLUMNS)
+    show(page, page["data"], EVENT_COLUMNS, as_json=as_json)
 
 
 @events.command("show")

@@ -27,6 +27,14 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> N
         click.echo("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
 
 
+def show(data: Any, rows: list[dict[str, Any]], columns: list[tuple[str, str]], *, as_json: bool) -> None:
+    """`data` as JSON with --json, else `rows` as a table."""
+    if as_json:
+        print_json(data)
+    else:
+        print_table(rows, columns)
+
+
 def _cell(value: Any, limit: int = 60) -> str:
     if value is None:
         return "-"
