@@ -159,17 +159,9 @@ class SqlStore(SqlFunctionPauses):
         return await self._read(read)
 
     async def get_run_spans(self, run_id: str) -> list[SpanRecord]:
-        async def read(c: Conn) -> list[SpanRecord]:
-            rows = await c.fetch("SELECT run_id, span_id, parent_id, name, start_ms, end_ms, status, attributes "
-                                 "FROM spans WHERE run_id=?", run_id)
-            spans = [SpanRecord(run_id=r[0], span_id=r[1], parent_id=r[2], name=r[3], start=int(r[4]),
-                                end=int(r[5]) if r[5] is not None else None, status=r[6],
-                                attributes=codec.unpack(r[7]) or {}) for r in rows]
-            for (kept,) in await c.fetch("SELECT span FROM steps WHERE run_id=? AND span IS NOT NULL", run_id):
-                spans.append(_step_span(run_id, kept))
-            return sorted(spans, key=lambda s: (s.start, s.end or s.start, s.span_id))
-
-        return await self._read(read)
+        traces = await self.get_traces([run_id])
+        spans = traces[0][1] if traces else []
+        return sorted(spans, key=lambda s: (s.start, s.end or s.start, s.span_id))
 
     async def get_event_skips(self, event_id: str) -> list[dict[str, Any]]:
         rows = await self._read(lambda c: c.fetch("SELECT function_id, reason, message, at FROM skips WHERE "
